@@ -1,0 +1,15 @@
+//! Generates the gRPC code from `proto/` with protox (pure Rust): no system
+//! `protoc` is needed. The encoded descriptor set is kept for server
+//! reflection, so `grpcurl` works without the .proto file.
+use std::{env, fs, path::PathBuf};
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(["signet/v1/signet.proto"], ["proto"])?;
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(out.join("signet_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! `signet bench`: Sign throughput and latency over gRPC, next to the raw
+//! rate of the same signing code in-process, measured in the same run.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use tokio::net::TcpListener;
+
+use super::{client, parse_duration};
+use crate::{
+    clock::SystemClock,
+    crypto::{Algorithm, Jwk, KeySpec},
+    keyring::{JwkSet, KeyManager, SignParams},
+    pb::{self, signer_client::SignerClient},
+    rpc,
+    store::MemoryStore,
+};
+
+/// Options of `signet bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Server to drive. Omit and pass --in-process to start one here.
+    #[arg(long, env = "SIGNET_ADDR", conflicts_with = "in_process")]
+    addr: Option<String>,
+    /// Start a server in this process on 127.0.0.1:0, with a fresh ring of --alg.
+    #[arg(long)]
+    in_process: bool,
+    /// Algorithm of the in-process ring: RS256, PS256, ES256, EdDSA, Ed25519.
+    #[arg(long, default_value = "RS256")]
+    alg: String,
+    /// Ring to sign with.
+    #[arg(long, default_value = "default")]
+    ring: String,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// How long to measure each phase, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// HTTP/2 connections the requests are spread over.
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// The claims every request signs.
+    #[arg(
+        long,
+        default_value = r#"{"sub":"bench-user","aud":"api.example","scope":"read write"}"#
+    )]
+    claims: String,
+    /// Print the results as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Measured results of one run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    /// JWS algorithm of the ring.
+    pub alg: String,
+    /// Requests in flight.
+    pub concurrency: usize,
+    /// Successful Signs per second over gRPC.
+    pub grpc_per_sec: f64,
+    /// Median latency, milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile latency, milliseconds.
+    pub p99_ms: f64,
+    /// Slowest request, milliseconds.
+    pub max_ms: f64,
+    /// Failed requests.
+    pub errors: u64,
+    /// Signs per second of `KeyManager::sign` without gRPC.
+    pub raw_per_sec: f64,
+    /// Threads the raw phase used (the machine's cores).
+    pub raw_threads: usize,
+    /// grpc_per_sec / raw_per_sec.
+    pub ratio: f64,
+}
+
+/// Runs the benchmark and prints its report.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.concurrency == 0 || args.connections == 0 {
+        bail!("--concurrency and --connections must be at least 1");
+    }
+    let claims = args.claims.clone().into_bytes();
+    let (addr, server) = if args.in_process {
+        let alg: Algorithm = args.alg.parse().context("--alg")?;
+        let keys = KeyManager::open(Arc::new(MemoryStore::new()), Arc::new(SystemClock)).await?;
+        keys.create_ring(&args.ring, KeySpec::new(alg, 0)?).await?;
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(rpc::serve(listener, keys, async {
+            let _ = stopped.await;
+        }));
+        (addr, Some((stop, task)))
+    } else {
+        let addr = args
+            .addr
+            .clone()
+            .context("give --addr (or SIGNET_ADDR) of a running server, or --in-process")?;
+        (addr, None)
+    };
+
+    let mut channels = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        channels.push(client::connect(&addr).await?);
+    }
+    let jwks = SignerClient::new(channels[0].clone())
+        .get_jwks(pb::GetJwksRequest {
+            key_ring: args.ring.clone(),
+        })
+        .await
+        .map_err(client::status_error)?
+        .into_inner();
+    let spec = spec_of(&jwks.jwks_json)?;
+
+    let grpc = grpc_phase(&args, &channels, &claims).await?;
+    if let Some((stop, task)) = server {
+        let _ = stop.send(());
+        task.await??;
+    }
+    let raw_threads = thread::available_parallelism().map_or(2, |n| n.get());
+    let raw_per_sec = raw_phase(spec, raw_threads, args.duration, &claims).await?;
+
+    let report = BenchReport {
+        alg: spec.alg().name().to_owned(),
+        concurrency: args.concurrency,
+        grpc_per_sec: grpc.per_sec,
+        p50_ms: grpc.percentile(0.50),
+        p99_ms: grpc.percentile(0.99),
+        max_ms: grpc.percentile(1.0),
+        errors: grpc.errors,
+        raw_per_sec,
+        raw_threads,
+        ratio: if raw_per_sec > 0.0 {
+            grpc.per_sec / raw_per_sec
+        } else {
+            0.0
+        },
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "signet bench: ring {} ({spec}) at {addr}{}, concurrency {}, {} connections, {}",
+            args.ring,
+            if args.in_process { " (in-process)" } else { "" },
+            args.concurrency,
+            args.connections,
+            humantime::format_duration(args.duration),
+        );
+        println!(
+            "  gRPC Sign  {:>9.0} /s   p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms   errors {}",
+            report.grpc_per_sec, report.p50_ms, report.p99_ms, report.max_ms, report.errors
+        );
+        println!(
+            "  raw sign   {:>9.0} /s   ({} threads, KeyManager::sign without gRPC)",
+            report.raw_per_sec, report.raw_threads
+        );
+        println!("  ratio      {:>9.1} % of raw", report.ratio * 100.0);
+    }
+    if let Some(e) = grpc.first_error {
+        eprintln!(
+            "signet bench: {} requests failed; first error: {e}",
+            grpc.errors
+        );
+    }
+    Ok(())
+}
+
+/// The key spec of the ring's current keys, read from its JWKS.
+fn spec_of(jwks_json: &str) -> anyhow::Result<KeySpec> {
+    let set: JwkSet = serde_json::from_str(jwks_json).context("the server sent a bad JWKS")?;
+    let jwk: &Jwk = set.keys.last().context("the ring's JWKS is empty")?;
+    let alg: Algorithm = jwk.alg.parse()?;
+    let bits = if alg.is_rsa() {
+        let n = jwk.n.as_deref().unwrap_or_default();
+        // base64url without padding: 4 characters per 3 bytes.
+        u32::try_from(n.len() * 6 / 8 * 8).unwrap_or(0)
+    } else {
+        0
+    };
+    Ok(KeySpec::new(alg, bits)?)
+}
+
+struct GrpcResult {
+    per_sec: f64,
+    latencies_us: Vec<u32>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl GrpcResult {
+    fn percentile(&self, q: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let last = self.latencies_us.len() - 1;
+        // Rounds to the nearest rank; q = 1.0 is the maximum.
+        let idx = ((last as f64) * q).round() as usize;
+        f64::from(self.latencies_us[idx.min(last)]) / 1000.0
+    }
+}
+
+async fn grpc_phase(
+    args: &BenchArgs,
+    channels: &[tonic::transport::Channel],
+    claims: &[u8],
+) -> anyhow::Result<GrpcResult> {
+    // Warm up connections and caches; these requests are not counted.
+    let warmup = (args.duration / 5).min(Duration::from_secs(1));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(args.concurrency);
+    for i in 0..args.concurrency {
+        let mut client = SignerClient::new(channels[i % channels.len()].clone());
+        let request = pb::SignRequest {
+            key_ring: args.ring.clone(),
+            claims_json: claims.to_vec(),
+            ttl: None,
+            header_json: Vec::new(),
+        };
+        let (measuring, stop, errors) = (measuring.clone(), stop.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(4096);
+            let mut first_error = None;
+            while !stop.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                let result = client.sign(request.clone()).await;
+                let took = start.elapsed();
+                if !measuring.load(Ordering::Relaxed) {
+                    continue;
+                }
+                match result {
+                    Ok(_) => latencies.push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX)),
+                    Err(s) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        first_error
+                            .get_or_insert_with(|| format!("{:?}: {}", s.code(), s.message()));
+                    }
+                }
+            }
+            (latencies, first_error)
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    measuring.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    tokio::time::sleep(args.duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies_us = Vec::new();
+    let mut first_error = None;
+    for t in tasks {
+        let (l, e) = t.await?;
+        latencies_us.extend(l);
+        if first_error.is_none() {
+            first_error = e;
+        }
+    }
+    latencies_us.sort_unstable();
+    Ok(GrpcResult {
+        per_sec: latencies_us.len() as f64 / elapsed.as_secs_f64(),
+        latencies_us,
+        errors: errors.load(Ordering::Relaxed),
+        first_error,
+    })
+}
+
+/// Signs with `KeyManager::sign` on `threads` OS threads (each a
+/// single-threaded runtime with a few requests in flight, so the RSA pool
+/// never idles) for `duration`, and returns signs per second.
+async fn raw_phase(
+    spec: KeySpec,
+    threads: usize,
+    duration: Duration,
+    claims: &[u8],
+) -> anyhow::Result<f64> {
+    let keys = KeyManager::open(Arc::new(MemoryStore::new()), Arc::new(SystemClock)).await?;
+    keys.create_ring("bench-raw", spec).await?;
+    let count = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + duration;
+    let start = Instant::now();
+    let mut handles = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        let (keys, count, claims) = (keys.clone(), count.clone(), claims.to_vec());
+        handles.push(thread::spawn(move || -> anyhow::Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread().build()?;
+            rt.block_on(async {
+                let mut set = tokio::task::JoinSet::new();
+                for _ in 0..4 {
+                    let (keys, count, claims) = (keys.clone(), count.clone(), claims.clone());
+                    set.spawn(async move {
+                        while Instant::now() < deadline {
+                            let params = SignParams {
+                                ring: "bench-raw",
+                                claims_json: &claims,
+                                ttl: None,
+                                header_json: &[],
+                            };
+                            keys.sign(params).await?;
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok::<(), crate::Error>(())
+                    });
+                }
+                while let Some(r) = set.join_next().await {
+                    r??;
+                }
+                Ok(())
+            })
+        }));
+    }
+    let joined = tokio::task::spawn_blocking(move || {
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a raw bench thread panicked"))?
+            })
+            .collect::<anyhow::Result<Vec<()>>>()
+    })
+    .await?;
+    joined?;
+    Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}

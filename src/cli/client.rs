@@ -1,0 +1,265 @@
+//! Client subcommands: they talk to a running server over gRPC.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context, anyhow};
+use clap::{Args, Subcommand};
+use tonic::transport::{Channel, Endpoint};
+
+use super::{ClientArgs, parse_duration};
+use crate::pb::{self, key_admin_client::KeyAdminClient, signer_client::SignerClient};
+
+/// Connects to `addr` (`http://HOST:PORT` or `HOST:PORT`).
+pub async fn connect(addr: &str) -> anyhow::Result<Channel> {
+    let uri = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    Endpoint::from_shared(uri.clone())
+        .with_context(|| format!("--addr {addr:?} is not a valid address"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "cannot connect to {uri}: is the server running? (start one with `signet dev`, \
+                 or point --addr / SIGNET_ADDR at it)"
+            )
+        })
+}
+
+/// Turns a gRPC status into a one-line error: the code, then the server's
+/// message (which names the field and the rule).
+pub fn status_error(s: tonic::Status) -> anyhow::Error {
+    anyhow!("{:?}: {}", s.code(), s.message())
+}
+
+/// `--ring`, defaulting to `default`.
+#[derive(Debug, Args)]
+pub struct RingArgs {
+    /// Key ring name.
+    #[arg(long, default_value = "default")]
+    pub ring: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Options of `signet sign`.
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    #[command(flatten)]
+    ring: RingArgs,
+    /// Claims as a JSON object, or @FILE to read them from a file (@- for
+    /// stdin). `iat`, `exp` and `jti` are set by the server.
+    #[arg(long)]
+    claims: String,
+    /// Token lifetime, e.g. 90s, 15m, 1h (default: the ring's, 15m; at most
+    /// the ring's max_token_ttl, 1h).
+    #[arg(long, value_parser = parse_duration)]
+    ttl: Option<Duration>,
+    /// Extra header members as JSON; only `typ` and `cty`, e.g. '{"typ":"at+jwt"}'.
+    #[arg(long)]
+    header: Option<String>,
+}
+
+/// Options of `signet keys`.
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    ring: RingArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `signet rotate`.
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    ring: RingArgs,
+    /// Emergency rotation (in this release every rotation is immediate).
+    #[arg(long)]
+    now: bool,
+}
+
+/// `signet rings ...`
+#[derive(Debug, Subcommand)]
+pub enum RingsCommand {
+    /// Create a key ring and its first key.
+    Create {
+        /// Ring name: a-z, 0-9, '-', '_', '.'; up to 64 characters.
+        name: String,
+        /// Algorithm: RS256, PS256, ES256, EdDSA or Ed25519.
+        #[arg(long)]
+        alg: String,
+        /// RSA modulus size for RS256/PS256: 2048, 3072 or 4096.
+        #[arg(long)]
+        rsa_bits: Option<u32>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn read_claims(arg: &str) -> anyhow::Result<Vec<u8>> {
+    match arg.strip_prefix('@') {
+        Some("-") => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                .context("--claims @-: cannot read stdin")?;
+            Ok(buf)
+        }
+        Some(path) => std::fs::read(PathBuf::from(path))
+            .with_context(|| format!("--claims @{path}: cannot read the file")),
+        None => Ok(arg.as_bytes().to_vec()),
+    }
+}
+
+pub async fn sign(args: SignArgs) -> anyhow::Result<()> {
+    let claims_json = read_claims(&args.claims)?;
+    let mut client = SignerClient::new(connect(&args.ring.client.addr).await?);
+    let resp = client
+        .sign(pb::SignRequest {
+            key_ring: args.ring.ring,
+            claims_json,
+            ttl: args.ttl.map(crate::rpc::duration_to_proto),
+            header_json: args.header.map(String::into_bytes).unwrap_or_default(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!("{}", resp.token);
+    Ok(())
+}
+
+pub async fn jwks(args: RingArgs) -> anyhow::Result<()> {
+    let mut client = SignerClient::new(connect(&args.client.addr).await?);
+    let resp = client
+        .get_jwks(pb::GetJwksRequest {
+            key_ring: args.ring,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let value: serde_json::Value =
+        serde_json::from_str(&resp.jwks_json).context("the server sent a JWKS that is not JSON")?;
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
+}
+
+fn time(t: Option<&prost_types::Timestamp>) -> String {
+    t.map(|t| crate::clock::UnixTime::from_secs(t.seconds).to_string())
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+fn state_name(k: &pb::KeyInfo) -> &'static str {
+    match k.state() {
+        pb::KeyState::Pending => "pending",
+        pb::KeyState::Published => "published",
+        pb::KeyState::Active => "active",
+        pb::KeyState::Retiring => "retiring",
+        pb::KeyState::Removed => "removed",
+        pb::KeyState::Revoked => "revoked",
+        pb::KeyState::Unspecified => "unknown",
+    }
+}
+
+pub async fn keys(args: KeysArgs) -> anyhow::Result<()> {
+    let mut client = KeyAdminClient::new(connect(&args.ring.client.addr).await?);
+    let resp = client
+        .list_keys(pb::ListKeysRequest {
+            key_ring: args.ring.ring,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if args.json {
+        let keys: Vec<_> = resp
+            .keys
+            .iter()
+            .map(|k| {
+                serde_json::json!({
+                    "kid": k.kid,
+                    "alg": k.alg,
+                    "state": state_name(k),
+                    "created_at": k.created_at.as_ref().map(|t| t.seconds),
+                    "publish_at": k.publish_at.as_ref().map(|t| t.seconds),
+                    "activate_at": k.activate_at.as_ref().map(|t| t.seconds),
+                    "retire_at": k.retire_at.as_ref().map(|t| t.seconds),
+                    "remove_at": k.remove_at.as_ref().map(|t| t.seconds),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&keys)?);
+        return Ok(());
+    }
+    println!(
+        "{:<43}  {:<9}  {:<7}  {:<20}  {:<20}  {:<20}",
+        "KID", "STATE", "ALG", "ACTIVATED", "RETIRED", "REMOVED FROM JWKS"
+    );
+    for k in &resp.keys {
+        println!(
+            "{:<43}  {:<9}  {:<7}  {:<20}  {:<20}  {:<20}",
+            k.kid,
+            state_name(k),
+            k.alg,
+            time(k.activate_at.as_ref()),
+            time(k.retire_at.as_ref()),
+            time(k.remove_at.as_ref()),
+        );
+    }
+    Ok(())
+}
+
+pub async fn rotate(args: RotateArgs) -> anyhow::Result<()> {
+    let mut client = KeyAdminClient::new(connect(&args.ring.client.addr).await?);
+    let ring = args.ring.ring;
+    let resp = client
+        .rotate(pb::RotateRequest {
+            key_ring: ring.clone(),
+            immediate: args.now,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let new = resp.new_key.context("the server sent no new key")?;
+    println!("ring {ring}: key {} signs from now on", new.kid);
+    if let Some(old) = resp.previous_key {
+        println!(
+            "ring {ring}: key {} stopped signing; it stays in the JWKS until {}",
+            old.kid,
+            time(old.remove_at.as_ref())
+        );
+    }
+    Ok(())
+}
+
+pub async fn rings(cmd: RingsCommand) -> anyhow::Result<()> {
+    match cmd {
+        RingsCommand::Create {
+            name,
+            alg,
+            rsa_bits,
+            client,
+        } => {
+            let mut admin = KeyAdminClient::new(connect(&client.addr).await?);
+            let resp = admin
+                .create_key_ring(pb::CreateKeyRingRequest {
+                    name,
+                    algorithm: alg,
+                    rsa_bits: rsa_bits.unwrap_or(0),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let ring = resp.ring.context("the server sent no ring")?;
+            let kid = ring.keys.first().map(|k| k.kid.as_str()).unwrap_or("-");
+            println!(
+                "created ring {} ({}), active kid {kid}",
+                ring.name, ring.algorithm
+            );
+            Ok(())
+        }
+    }
+}

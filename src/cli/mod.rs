@@ -1,0 +1,164 @@
+//! The `signet` command: `dev` runs a server; the other subcommands are
+//! clients of a running one (`--addr`, env `SIGNET_ADDR`).
+
+mod bench;
+mod client;
+mod dev;
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+pub use bench::BenchArgs;
+
+/// Signet: a signing service for JWT infrastructure.
+///
+/// Signet holds JWT signing keys that no caller ever sees, signs claims over
+/// gRPC, publishes the public keys as a JWKS and rotates them.
+///
+/// Start a local server with `signet dev`, then in another terminal:
+///
+///   signet sign --claims '{"sub":"alice"}'
+///   signet jwks
+///   signet rotate
+#[derive(Debug, Parser)]
+#[command(name = "signet", version, verbatim_doc_comment)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a development server on loopback, with an RS256 key ring "default".
+    ///
+    /// Keys are kept in memory only and are lost when it stops. Plaintext
+    /// gRPC, loopback only: never expose it.
+    Dev(dev::DevArgs),
+    /// Sign claims with a ring's active key; prints the token alone on stdout.
+    Sign(client::SignArgs),
+    /// Print a ring's JWKS (the public keys verifiers need) as JSON.
+    Jwks(client::RingArgs),
+    /// List a ring's keys with their states and dates.
+    Keys(client::KeysArgs),
+    /// Rotate a ring: a new key signs from now on; the old one stays
+    /// published for the grace period so its tokens keep verifying.
+    Rotate(client::RotateArgs),
+    /// Manage key rings.
+    #[command(subcommand)]
+    Rings(client::RingsCommand),
+    /// Measure Sign throughput and latency over gRPC against the raw
+    /// in-process signing rate.
+    Bench(BenchArgs),
+}
+
+/// Where a client subcommand finds the server.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Address of the Signet gRPC endpoint (http://HOST:PORT or HOST:PORT).
+    #[arg(
+        long,
+        env = "SIGNET_ADDR",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub addr: String,
+}
+
+/// Options shared by the commands that run a server.
+#[derive(Debug, Clone, Args)]
+pub struct ListenArgs {
+    /// Address for the gRPC API.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub grpc_listen: SocketAddr,
+    /// Address for the HTTP surface (JWKS for verifiers, health).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
+    /// Data directory. Reserved for durable key storage; this release keeps
+    /// keys in memory and writes nothing here.
+    #[arg(long, default_value = "./signet-dev")]
+    pub data_dir: PathBuf,
+}
+
+/// Parses `15m`, `1h`, `90s`, `30` (seconds).
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 90s, 15m, 1h)"))
+}
+
+/// Runs the command line and returns the process exit code. Errors print
+/// one line on stderr.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("signet: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("signet: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev(args) => dev::run(args).await,
+        Command::Sign(args) => client::sign(args).await,
+        Command::Jwks(args) => client::jwks(args).await,
+        Command::Keys(args) => client::keys(args).await,
+        Command::Rotate(args) => client::rotate(args).await,
+        Command::Rings(cmd) => client::rings(cmd).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default level `info`.
+pub(crate) fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second initialisation (tests) is harmless; keep the first.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

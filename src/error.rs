@@ -1,0 +1,57 @@
+//! The service-level error: what the key ring operations report. The gRPC
+//! layer (`rpc::status`) is the one place these become `tonic::Status`.
+
+use crate::{
+    crypto::{CryptoError, Kid, claims::InputError},
+    keyring::RingName,
+    store::StoreError,
+};
+
+/// Why a Signet operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Caller input broke a rule; the message names the field and the rule.
+    #[error(transparent)]
+    InvalidArgument(#[from] InputError),
+    /// No ring of that name.
+    #[error("key ring {0:?} not found")]
+    RingNotFound(String),
+    /// A ring of that name exists already.
+    #[error("key ring {0} already exists")]
+    RingExists(RingName),
+    /// The ring has no key in the Active state right now.
+    #[error("key ring {0} has no active key at this time; rotate it to create one")]
+    NoActiveKey(RingName),
+    /// The active key's private material is not loaded in this process.
+    #[error("the private key {kid} of ring {ring} is not loaded")]
+    KeyUnavailable {
+        /// The ring.
+        ring: RingName,
+        /// The key.
+        kid: Kid,
+    },
+    /// Another writer changed the ring first; nothing was written.
+    #[error("key ring {0} was changed concurrently; nothing was written, retry the request")]
+    Conflict(RingName),
+    /// The key store failed. The detail is logged by the store layer.
+    #[error("key store unavailable")]
+    Store(#[source] StoreError),
+    /// A cryptographic operation failed (opaque by design).
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// The signing pool is gone (the server is shutting down).
+    #[error("the service is shutting down")]
+    ShuttingDown,
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(ring) => Error::Conflict(ring),
+            StoreError::RingExists(ring) => Error::RingExists(ring),
+            StoreError::RingNotFound(ring) => Error::RingNotFound(ring.to_string()),
+            other => Error::Store(other),
+        }
+    }
+}

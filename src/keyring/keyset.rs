@@ -1,0 +1,148 @@
+//! The immutable snapshot of every ring that the signing path reads.
+
+use std::{collections::HashMap, fmt, sync::Arc};
+
+use serde::Serialize;
+
+use super::{KeyState, RingName, Timeline};
+use crate::{
+    clock::UnixTime,
+    crypto::{Algorithm, Jwk, Kid, SigningKey, jws},
+    store::{KeyRecord, RingRecord},
+};
+
+/// A private key ready to sign, with its default protected header already
+/// encoded (the header is the same for every token the key signs).
+pub(crate) struct LoadedKey {
+    pub(crate) key: SigningKey,
+    pub(crate) header_b64: String,
+}
+
+impl LoadedKey {
+    pub(crate) fn new(key: SigningKey) -> Self {
+        let header_b64 =
+            jws::encode_header(key.alg(), key.kid().as_str(), &jws::ExtraHeader::default());
+        Self { key, header_b64 }
+    }
+}
+
+/// One ring as of a snapshot: its stored record and its loaded keys.
+pub struct Ring {
+    pub(crate) record: RingRecord,
+    pub(crate) loaded: HashMap<Kid, Arc<LoadedKey>>,
+}
+
+// Hand-written so private keys can never reach a log through `{:?}`.
+impl fmt::Debug for Ring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut loaded: Vec<_> = self.loaded.keys().collect();
+        loaded.sort();
+        f.debug_struct("Ring")
+            .field("record", &self.record)
+            .field("loaded_kids", &loaded)
+            .finish()
+    }
+}
+
+/// The public view of one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// The key id.
+    pub kid: Kid,
+    /// Its algorithm.
+    pub alg: Algorithm,
+    /// Its state at the time the view was taken.
+    pub state: KeyState,
+    /// Its timeline.
+    pub timeline: Timeline,
+}
+
+/// A JSON Web Key Set (RFC 7517 section 5).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct JwkSet {
+    /// The published keys.
+    pub keys: Vec<Jwk>,
+}
+
+impl Ring {
+    /// The ring's name.
+    pub fn name(&self) -> &RingName {
+        &self.record.name
+    }
+
+    /// The stored record.
+    pub fn record(&self) -> &RingRecord {
+        &self.record
+    }
+
+    /// The key that signs at `now`, if any. By construction at most one key
+    /// is Active at any instant (a successor activates exactly when its
+    /// predecessor retires).
+    pub fn active_at(&self, now: UnixTime) -> Option<&KeyRecord> {
+        self.record
+            .keys
+            .iter()
+            .find(|k| k.timeline.state_at(now) == KeyState::Active)
+    }
+
+    pub(crate) fn loaded(&self, kid: &Kid) -> Option<&Arc<LoadedKey>> {
+        self.loaded.get(kid)
+    }
+
+    /// Every key with its state at `now`, oldest first.
+    pub fn key_infos(&self, now: UnixTime) -> Vec<KeyInfo> {
+        let alg = self.record.spec.alg();
+        self.record
+            .keys
+            .iter()
+            .map(|k| KeyInfo {
+                kid: k.kid.clone(),
+                alg,
+                state: k.timeline.state_at(now),
+                timeline: k.timeline,
+            })
+            .collect()
+    }
+
+    /// The keys a verifier needs at `now`: Published, Active and Retiring.
+    pub fn jwks(&self, now: UnixTime) -> JwkSet {
+        JwkSet {
+            keys: self
+                .record
+                .keys
+                .iter()
+                .filter(|k| k.timeline.state_at(now).is_published())
+                .map(|k| k.jwk.clone())
+                .collect(),
+        }
+    }
+}
+
+/// Every ring, as of one instant of the store. Immutable: writers build a
+/// new one and swap it in.
+#[derive(Default)]
+pub struct KeySet {
+    pub(crate) rings: HashMap<RingName, Arc<Ring>>,
+}
+
+impl fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut rings: Vec<_> = self.rings.values().collect();
+        rings.sort_by(|a, b| a.name().cmp(b.name()));
+        f.debug_list().entries(rings).finish()
+    }
+}
+
+impl KeySet {
+    /// The ring named `name`.
+    pub fn ring(&self, name: &RingName) -> Option<&Arc<Ring>> {
+        self.rings.get(name)
+    }
+
+    /// Every ring, sorted by name.
+    pub fn rings(&self) -> Vec<&Arc<Ring>> {
+        let mut rings: Vec<_> = self.rings.values().collect();
+        rings.sort_by(|a, b| a.name().cmp(b.name()));
+        rings
+    }
+}

@@ -1,0 +1,21 @@
+//! Key rings: named, versioned sets of keys with one algorithm, a policy and
+//! a timeline per key.
+//!
+//! [`KeyManager`] is the handle the RPC layer talks to. It keeps an
+//! immutable [`KeySet`] snapshot that the signing path reads without a lock,
+//! and writes every change through the [`KeyStore`](crate::store::KeyStore)
+//! before swapping in a new snapshot.
+
+mod keyset;
+mod lifecycle;
+mod manager;
+mod name;
+mod policy;
+mod sign;
+
+pub use keyset::{JwkSet, KeyInfo, KeySet, Ring};
+pub use lifecycle::{KeyState, Timeline};
+pub use manager::{KeyManager, RingInfo};
+pub use name::RingName;
+pub use policy::Policy;
+pub use sign::{SignParams, Signed};

@@ -1,0 +1,33 @@
+//! Signet: a gRPC signing service for JWT infrastructure.
+//!
+//! Token issuers call `Sign`; verifiers fetch the JWKS; nobody ever receives
+//! private key material. Keys live in key rings, each key has a timeline, and
+//! its state (pending, published, active, retiring, removed) is derived from
+//! that timeline and the current time.
+//!
+//! # Layout
+//!
+//! - [`clock`]: injected time, so lifecycle logic is deterministic in tests.
+//! - [`crypto`]: algorithms, private keys ([`crypto::SigningKey`]), JWKs and
+//!   thumbprints, strict claims parsing, JWS assembly.
+//! - [`keyring`]: rings, timelines, policy, the lock-free key snapshot and
+//!   the Sign path ([`keyring::KeyManager`]).
+//! - [`store`]: the [`store::KeyStore`] contract and its implementations.
+//! - [`rpc`]: the gRPC services; the one place errors become `Status`.
+//! - [`http`]: the verifier-facing HTTP surface (JWKS, health).
+//! - [`cli`]: the `signet` command: server, client subcommands, benchmark.
+//! - [`pb`]: generated protobuf code.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod clock;
+pub mod crypto;
+mod error;
+pub mod http;
+pub mod keyring;
+pub mod pb;
+pub mod rpc;
+pub mod store;
+
+pub use error::Error;

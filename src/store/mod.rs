@@ -1,0 +1,131 @@
+//! Durable records of key rings and keys.
+//!
+//! # Contract
+//!
+//! Every [`KeyStore`] implementation must:
+//!
+//! - **Apply each write atomically.** A [`RingUpdate`] (new keys plus
+//!   timeline changes) lands whole or not at all; a crash at any point leaves
+//!   the old records or the new ones, never a mixture.
+//! - **Compare and swap on the ring generation.** An update names the
+//!   generation it was computed from; if the stored generation differs the
+//!   store changes nothing and answers [`StoreError::Conflict`]. Success
+//!   stores `expected_generation + 1`. This is how concurrent writers (two
+//!   admin calls, two replicas' schedulers) agree that exactly one wins.
+//! - **Never reuse a kid.** A kid once inserted in a ring stays reserved
+//!   forever, even after its material is destroyed: inserting it again
+//!   answers [`StoreError::KidReused`].
+//! - **Hold only public or sealed data.** Records carry public keys and
+//!   timelines; private material is never handed to a store in the clear.
+//! - **Not block the async reactor.** Methods are `async`; blocking I/O runs
+//!   on a blocking pool inside the implementation.
+//!
+//! The [`contract`] module holds the tests every implementation must pass.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    crypto::{Jwk, KeySpec, Kid},
+    keyring::{Policy, RingName, Timeline},
+};
+
+#[doc(hidden)]
+pub mod contract;
+mod memory;
+
+pub use memory::MemoryStore;
+
+/// One key as stored: public key, timeline, never private material in clear.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// The key id (thumbprint of `jwk`).
+    pub kid: Kid,
+    /// The public key as published.
+    pub jwk: Jwk,
+    /// When the key is published, signs, retires and is removed.
+    pub timeline: Timeline,
+}
+
+/// One key ring as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingRecord {
+    /// The ring's name.
+    pub name: RingName,
+    /// Algorithm and size of every key in the ring.
+    pub spec: KeySpec,
+    /// Token lifetimes and grace period.
+    pub policy: Policy,
+    /// Incremented by every successful update; the compare-and-swap token.
+    pub generation: u64,
+    /// Every key the ring ever had, oldest first.
+    pub keys: Vec<KeyRecord>,
+}
+
+/// A change to one ring, applied atomically if the ring is still at
+/// `expected_generation`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingUpdate {
+    /// The ring to change.
+    pub ring: RingName,
+    /// The generation the change was computed from.
+    pub expected_generation: u64,
+    /// Keys to add (each with a kid never seen in this ring).
+    pub insert: Vec<KeyRecord>,
+    /// New timelines for existing keys.
+    pub timelines: Vec<(Kid, Timeline)>,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The ring changed since the update was computed; nothing was written.
+    #[error("ring {0} was changed concurrently")]
+    Conflict(RingName),
+    /// A ring of that name exists already.
+    #[error("ring {0} already exists")]
+    RingExists(RingName),
+    /// No ring of that name.
+    #[error("ring {0} not found")]
+    RingNotFound(RingName),
+    /// An inserted kid exists, or existed, in the ring.
+    #[error("kid {kid} was already used in ring {ring}")]
+    KidReused {
+        /// The ring.
+        ring: RingName,
+        /// The kid that was inserted twice.
+        kid: Kid,
+    },
+    /// A timeline update named a kid the ring does not have.
+    #[error("kid {kid} not found in ring {ring}")]
+    KidNotFound {
+        /// The ring.
+        ring: RingName,
+        /// The missing kid.
+        kid: Kid,
+    },
+    /// The store could not be reached or failed; the detail is logged, not
+    /// returned to callers.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Durable storage of rings and keys. See the [module docs](self) for the
+/// contract every implementation keeps.
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    /// A short name for status output, e.g. `memory` or `sqlite`.
+    fn kind(&self) -> &'static str;
+
+    /// Every ring with all its keys.
+    async fn load(&self) -> Result<Vec<RingRecord>, StoreError>;
+
+    /// Creates a ring with its first keys at generation 1. Fails with
+    /// [`StoreError::RingExists`] if the name is taken.
+    async fn create_ring(&self, ring: &RingRecord) -> Result<(), StoreError>;
+
+    /// Applies `update` atomically if the ring is still at its expected
+    /// generation. Returns the new generation.
+    async fn update_ring(&self, update: &RingUpdate) -> Result<u64, StoreError>;
+}
