@@ -20,6 +20,11 @@ use crate::{
     pb::{self, key_admin_server::KeyAdminServer, signer_server::SignerServer},
 };
 
+/// Largest request message accepted: the 16 KiB claims cap plus headroom.
+/// tonic's default (4 MiB) would let a caller make the server buffer far
+/// more than any valid request needs.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
 /// Serves the gRPC API (with health and reflection) on `listener` until
 /// `shutdown` completes, then finishes in-flight requests and returns.
 pub async fn serve(
@@ -49,8 +54,14 @@ pub async fn serve(
     Server::builder()
         .add_service(health_service)
         .add_optional_service(reflection)
-        .add_service(SignerServer::new(SignerService::new(keys.clone())))
-        .add_service(KeyAdminServer::new(KeyAdminService::new(keys)))
+        .add_service(
+            SignerServer::new(SignerService::new(keys.clone()))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            KeyAdminServer::new(KeyAdminService::new(keys))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -1,0 +1,200 @@
+//! The real `signet` binary: `dev` in a child process, clients against it.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_signet");
+
+struct Dev {
+    child: Child,
+    grpc: String,
+    http: String,
+}
+
+impl Dev {
+    fn start() -> Dev {
+        let mut child = Command::new(BIN)
+            .args(["dev", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut grpc, mut http) = (None, None);
+        while grpc.is_none() || http.is_none() {
+            let line = lines.next().expect("banner ended early").unwrap();
+            let word = |prefix: &str| {
+                line.trim()
+                    .strip_prefix(prefix)
+                    .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
+            };
+            grpc = grpc.or(word("gRPC"));
+            http = http.or(word("JWKS"));
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Dev {
+            child,
+            grpc: grpc.unwrap(),
+            http: http.unwrap(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("SIGNET_ADDR", &self.grpc)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "signet {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "signet dev ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn dev_sign_jwks_keys_rotate() {
+    let dev = Dev::start();
+    assert!(dev.grpc.starts_with("http://127.0.0.1:"), "{}", dev.grpc);
+    assert!(dev.http.ends_with("/.well-known/jwks.json"), "{}", dev.http);
+
+    let token = dev.ok(&["sign", "--claims", r#"{"sub":"alice"}"#, "--ttl", "5m"]);
+    let token = token.trim();
+    assert_eq!(token.split('.').count(), 3, "stdout is the token alone: {token:?}");
+
+    let jwks: serde_json::Value = serde_json::from_str(&dev.ok(&["jwks"])).unwrap();
+    let kid0 = jwks["keys"][0]["kid"].as_str().unwrap().to_owned();
+    assert_eq!(jwks["keys"][0]["alg"], "RS256", "dev's default ring is RS256");
+
+    let table = dev.ok(&["keys"]);
+    assert!(table.starts_with("KID"), "{table}");
+    assert!(table.contains(&kid0) && table.contains("active"), "{table}");
+
+    let rotated = dev.ok(&["rotate"]);
+    assert!(rotated.contains(&format!("key {kid0} stopped signing")), "{rotated}");
+
+    let keys: serde_json::Value = serde_json::from_str(&dev.ok(&["keys", "--json"])).unwrap();
+    let states: Vec<_> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["state"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(states, ["retiring", "active"]);
+
+    let created = dev.ok(&["rings", "create", "edge", "--alg", "EdDSA"]);
+    assert!(created.starts_with("created ring edge (EdDSA)"), "{created}");
+    let token = dev.ok(&["sign", "--ring", "edge", "--claims", "{}"]);
+    assert_eq!(token.trim().split('.').count(), 3);
+
+    // Claims from a file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("claims.json");
+    std::fs::write(&file, r#"{"sub":"from-file"}"#).unwrap();
+    let arg = format!("@{}", file.display());
+    dev.ok(&["sign", "--claims", &arg]);
+
+    let status = dev.terminate();
+    assert!(status.success(), "clean shutdown on SIGTERM: {status:?}");
+}
+
+#[test]
+fn errors_are_one_clear_line_and_nonzero() {
+    let dev = Dev::start();
+    let out = dev.run(&["sign", "--claims", "[1]"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        err,
+        "signet: InvalidArgument: claims_json: must be a JSON object, not an array\n"
+    );
+    assert!(out.stdout.is_empty(), "no token on failure");
+
+    let out = dev.run(&["sign", "--claims", "{}", "--ttl", "2h"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ttl: 2h exceeds the ring's max_token_ttl of 1h"));
+
+    let out = dev.run(&["jwks", "--ring", "missing"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        "signet: NotFound: key ring \"missing\" not found\n"
+    );
+
+    let out = Command::new(BIN)
+        .args(["jwks", "--addr", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.starts_with("signet: cannot connect to http://127.0.0.1:1"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn dev_refuses_non_loopback() {
+    let out = Command::new(BIN)
+        .args(["dev", "--grpc-listen", "0.0.0.0:0", "--http-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("--grpc-listen 0.0.0.0:0: signet dev serves plaintext"), "{err}");
+}
+
+#[test]
+fn help_teaches() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for sub in ["dev", "sign", "jwks", "keys", "rotate", "rings", "bench"] {
+        assert!(help.contains(sub), "--help lists {sub}");
+    }
+    assert!(help.contains("signet sign --claims"), "--help shows an example");
+}
+
+#[test]
+fn bench_reports_grpc_and_raw_rates() {
+    let out = Command::new(BIN)
+        .args(["bench", "--in-process", "--alg", "ES256", "--duration", "1s", "--concurrency", "4", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["alg"], "ES256");
+    assert_eq!(r["errors"], 0);
+    let grpc = r["grpc_per_sec"].as_f64().unwrap();
+    let raw = r["raw_per_sec"].as_f64().unwrap();
+    assert!(grpc > 0.0 && raw > 0.0, "{r}");
+    assert!((r["ratio"].as_f64().unwrap() - grpc / raw).abs() < 1e-9);
+    let (p50, p99, max) = (r["p50_ms"].as_f64().unwrap(), r["p99_ms"].as_f64().unwrap(), r["max_ms"].as_f64().unwrap());
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{r}");
+}

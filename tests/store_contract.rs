@@ -1,0 +1,7 @@
+//! The KeyStore contract suite, run against every store implementation.
+
+#[tokio::test]
+async fn memory_store_keeps_the_contract() {
+    let store = signet::store::MemoryStore::new();
+    signet::store::contract::run_all(&store).await;
+}
