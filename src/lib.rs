@@ -28,6 +28,7 @@ pub mod http;
 pub mod keyring;
 pub mod pb;
 pub mod rpc;
+pub mod seal;
 pub mod store;
 
 pub use error::Error;

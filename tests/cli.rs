@@ -17,7 +17,13 @@ struct Dev {
 impl Dev {
     fn start() -> Dev {
         let mut child = Command::new(BIN)
-            .args(["dev", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args([
+                "dev",
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -63,7 +69,13 @@ impl Dev {
 
     fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -90,18 +102,28 @@ fn dev_sign_jwks_keys_rotate() {
 
     let token = dev.ok(&["sign", "--claims", r#"{"sub":"alice"}"#, "--ttl", "5m"]);
     let token = token.trim();
-    assert_eq!(token.split('.').count(), 3, "stdout is the token alone: {token:?}");
+    assert_eq!(
+        token.split('.').count(),
+        3,
+        "stdout is the token alone: {token:?}"
+    );
 
     let jwks: serde_json::Value = serde_json::from_str(&dev.ok(&["jwks"])).unwrap();
     let kid0 = jwks["keys"][0]["kid"].as_str().unwrap().to_owned();
-    assert_eq!(jwks["keys"][0]["alg"], "RS256", "dev's default ring is RS256");
+    assert_eq!(
+        jwks["keys"][0]["alg"], "RS256",
+        "dev's default ring is RS256"
+    );
 
     let table = dev.ok(&["keys"]);
     assert!(table.starts_with("KID"), "{table}");
     assert!(table.contains(&kid0) && table.contains("active"), "{table}");
 
     let rotated = dev.ok(&["rotate"]);
-    assert!(rotated.contains(&format!("key {kid0} stopped signing")), "{rotated}");
+    assert!(
+        rotated.contains(&format!("key {kid0} stopped signing")),
+        "{rotated}"
+    );
 
     let keys: serde_json::Value = serde_json::from_str(&dev.ok(&["keys", "--json"])).unwrap();
     let states: Vec<_> = keys
@@ -113,7 +135,10 @@ fn dev_sign_jwks_keys_rotate() {
     assert_eq!(states, ["retiring", "active"]);
 
     let created = dev.ok(&["rings", "create", "edge", "--alg", "EdDSA"]);
-    assert!(created.starts_with("created ring edge (EdDSA)"), "{created}");
+    assert!(
+        created.starts_with("created ring edge (EdDSA)"),
+        "{created}"
+    );
     let token = dev.ok(&["sign", "--ring", "edge", "--claims", "{}"]);
     assert_eq!(token.trim().split('.').count(), 3);
 
@@ -141,7 +166,10 @@ fn errors_are_one_clear_line_and_nonzero() {
     assert!(out.stdout.is_empty(), "no token on failure");
 
     let out = dev.run(&["sign", "--claims", "{}", "--ttl", "2h"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("ttl: 2h exceeds the ring's max_token_ttl of 1h"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("ttl: 2h exceeds the ring's max_token_ttl of 1h")
+    );
 
     let out = dev.run(&["jwks", "--ring", "missing"]);
     assert!(!out.status.success());
@@ -156,19 +184,31 @@ fn errors_are_one_clear_line_and_nonzero() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.starts_with("signet: cannot connect to http://127.0.0.1:1"), "{err}");
+    assert!(
+        err.starts_with("signet: cannot connect to http://127.0.0.1:1"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
 
 #[test]
 fn dev_refuses_non_loopback() {
     let out = Command::new(BIN)
-        .args(["dev", "--grpc-listen", "0.0.0.0:0", "--http-listen", "127.0.0.1:0"])
+        .args([
+            "dev",
+            "--grpc-listen",
+            "0.0.0.0:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("--grpc-listen 0.0.0.0:0: signet dev serves plaintext"), "{err}");
+    assert!(
+        err.contains("--grpc-listen 0.0.0.0:0: signet dev serves plaintext"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -178,16 +218,33 @@ fn help_teaches() {
     for sub in ["dev", "sign", "jwks", "keys", "rotate", "rings", "bench"] {
         assert!(help.contains(sub), "--help lists {sub}");
     }
-    assert!(help.contains("signet sign --claims"), "--help shows an example");
+    assert!(
+        help.contains("signet sign --claims"),
+        "--help shows an example"
+    );
 }
 
 #[test]
 fn bench_reports_grpc_and_raw_rates() {
     let out = Command::new(BIN)
-        .args(["bench", "--in-process", "--alg", "ES256", "--duration", "1s", "--concurrency", "4", "--json"])
+        .args([
+            "bench",
+            "--in-process",
+            "--alg",
+            "ES256",
+            "--duration",
+            "1s",
+            "--concurrency",
+            "4",
+            "--json",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["alg"], "ES256");
     assert_eq!(r["errors"], 0);
@@ -195,6 +252,10 @@ fn bench_reports_grpc_and_raw_rates() {
     let raw = r["raw_per_sec"].as_f64().unwrap();
     assert!(grpc > 0.0 && raw > 0.0, "{r}");
     assert!((r["ratio"].as_f64().unwrap() - grpc / raw).abs() < 1e-9);
-    let (p50, p99, max) = (r["p50_ms"].as_f64().unwrap(), r["p99_ms"].as_f64().unwrap(), r["max_ms"].as_f64().unwrap());
+    let (p50, p99, max) = (
+        r["p50_ms"].as_f64().unwrap(),
+        r["p99_ms"].as_f64().unwrap(),
+        r["max_ms"].as_f64().unwrap(),
+    );
     assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{r}");
 }

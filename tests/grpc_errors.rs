@@ -29,20 +29,72 @@ async fn claims_rules() {
     let server = TestServer::start(&[("default", Algorithm::EdDsa)]).await;
     let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(17 * 1024)).into_bytes();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("array", b"[1,2]".to_vec(), "claims_json: must be a JSON object, not an array"),
-        ("string", b"\"x\"".to_vec(), "claims_json: must be a JSON object, not a string"),
+        (
+            "array",
+            b"[1,2]".to_vec(),
+            "claims_json: must be a JSON object, not an array",
+        ),
+        (
+            "string",
+            b"\"x\"".to_vec(),
+            "claims_json: must be a JSON object, not a string",
+        ),
         ("empty", b"".to_vec(), "claims_json: is not acceptable JSON"),
-        ("utf8", b"{\"sub\":\"\xc3\x28\"}".to_vec(), "claims_json: is not valid UTF-8"),
-        ("dup", br#"{"sub":"a","sub":"b"}"#.to_vec(), "claims_json: is not acceptable JSON: duplicate member name \"sub\""),
-        ("depth", deep(33), "claims_json: is not acceptable JSON: nesting deeper than 32 levels"),
-        ("size", big, "claims_json: is 17418 bytes; the limit is 16384 bytes"),
-        ("exp type", br#"{"exp":"tomorrow"}"#.to_vec(), "claims_json.exp: must be a NumericDate"),
-        ("iat type", br#"{"iat":true}"#.to_vec(), "claims_json.iat: must be a NumericDate"),
-        ("exp given", br#"{"exp":4102444800}"#.to_vec(), "claims_json.exp: is set by Signet"),
-        ("nbf type", br#"{"nbf":"now"}"#.to_vec(), "claims_json.nbf: must be a NumericDate"),
-        ("nbf late", br#"{"nbf":9999999999}"#.to_vec(), "claims_json.nbf: 9999999999 is not before the token's exp"),
-        ("sub type", br#"{"sub":42}"#.to_vec(), "claims_json.sub: must be a string, not a number"),
-        ("aud type", br#"{"aud":{"x":1}}"#.to_vec(), "claims_json.aud: must be a string or a non-empty array of strings"),
+        (
+            "utf8",
+            b"{\"sub\":\"\xc3\x28\"}".to_vec(),
+            "claims_json: is not valid UTF-8",
+        ),
+        (
+            "dup",
+            br#"{"sub":"a","sub":"b"}"#.to_vec(),
+            "claims_json: is not acceptable JSON: duplicate member name \"sub\"",
+        ),
+        (
+            "depth",
+            deep(33),
+            "claims_json: is not acceptable JSON: nesting deeper than 32 levels",
+        ),
+        (
+            "size",
+            big,
+            "claims_json: is 17418 bytes; the limit is 16384 bytes",
+        ),
+        (
+            "exp type",
+            br#"{"exp":"tomorrow"}"#.to_vec(),
+            "claims_json.exp: must be a NumericDate",
+        ),
+        (
+            "iat type",
+            br#"{"iat":true}"#.to_vec(),
+            "claims_json.iat: must be a NumericDate",
+        ),
+        (
+            "exp given",
+            br#"{"exp":4102444800}"#.to_vec(),
+            "claims_json.exp: is set by Signet",
+        ),
+        (
+            "nbf type",
+            br#"{"nbf":"now"}"#.to_vec(),
+            "claims_json.nbf: must be a NumericDate",
+        ),
+        (
+            "nbf late",
+            br#"{"nbf":9999999999}"#.to_vec(),
+            "claims_json.nbf: 9999999999 is not before the token's exp",
+        ),
+        (
+            "sub type",
+            br#"{"sub":42}"#.to_vec(),
+            "claims_json.sub: must be a string, not a number",
+        ),
+        (
+            "aud type",
+            br#"{"aud":{"x":1}}"#.to_vec(),
+            "claims_json.aud: must be a string or a non-empty array of strings",
+        ),
     ];
     for (what, claims, want) in cases {
         let s = refused(&server, req("default", &claims)).await;
@@ -50,7 +102,11 @@ async fn claims_rules() {
         assert!(s.message().starts_with(want), "{what}: {}", s.message());
     }
     // 32 levels is still fine.
-    server.signer().sign(req("default", &deep(32))).await.unwrap();
+    server
+        .signer()
+        .sign(req("default", &deep(32)))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -62,7 +118,10 @@ async fn ttl_rules() {
         r
     };
     let cases = [
-        (ttl(3601, 0), "ttl: 1h 1s exceeds the ring's max_token_ttl of 1h"),
+        (
+            ttl(3601, 0),
+            "ttl: 1h 1s exceeds the ring's max_token_ttl of 1h",
+        ),
         (ttl(-5, 0), "ttl: must be positive"),
         (ttl(0, 0), "ttl: must be at least 1 second"),
         (ttl(10, 500), "ttl: must be whole seconds"),
@@ -72,9 +131,17 @@ async fn ttl_rules() {
         assert_eq!(s.code(), Code::InvalidArgument, "{}", s.message());
         assert!(s.message().starts_with(want), "{}", s.message());
     }
-    let ok = server.signer().sign(ttl(3600, 0)).await.unwrap().into_inner();
+    let ok = server
+        .signer()
+        .sign(ttl(3600, 0))
+        .await
+        .unwrap()
+        .into_inner();
     let claims = common::part(&ok.token, 1);
-    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 3600);
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        3600
+    );
 }
 
 #[tokio::test]
@@ -93,7 +160,10 @@ async fn header_cannot_be_overridden() {
     let mut r = req("default", b"{}");
     r.header_json = br#"{"zip":"DEF"}"#.to_vec();
     let s = refused(&server, r).await;
-    assert_eq!(s.message(), "header_json.zip: is not allowed (only typ and cty may be set)");
+    assert_eq!(
+        s.message(),
+        "header_json.zip: is not allowed (only typ and cty may be set)"
+    );
 
     // typ may be set (RFC 9068 access tokens); alg and kid stay the service's.
     let mut r = req("default", br#"{"alg":"none","kid":"evil"}"#);
@@ -116,7 +186,11 @@ async fn ring_rules() {
     for bad in ["", "UPPER", "a/b", "../etc"] {
         let s = refused(&server, req(bad, b"{}")).await;
         assert_eq!(s.code(), Code::InvalidArgument, "{bad:?}");
-        assert!(s.message().starts_with("key_ring: "), "{bad:?}: {}", s.message());
+        assert!(
+            s.message().starts_with("key_ring: "),
+            "{bad:?}: {}",
+            s.message()
+        );
     }
     let s = server
         .admin()

@@ -40,7 +40,10 @@ async fn every_algorithm_signs_and_verifies_independently() {
     for (ring, alg) in ALL {
         let resp = server
             .signer()
-            .sign(sign_req(ring, r#"{"sub":"alice","aud":["a","b"],"role":"admin"}"#))
+            .sign(sign_req(
+                ring,
+                r#"{"sub":"alice","aud":["a","b"],"role":"admin"}"#,
+            ))
             .await
             .unwrap()
             .into_inner();
@@ -57,7 +60,10 @@ async fn every_algorithm_signs_and_verifies_independently() {
         let exp = claims["exp"].as_i64().unwrap();
         assert_eq!(exp - iat, 15 * 60, "{alg}: default ttl is 15 minutes");
         assert_eq!(resp.expires_at.unwrap().seconds, exp);
-        assert!(claims["jti"].as_str().is_some_and(|j| j.len() >= 16), "jti set");
+        assert!(
+            claims["jti"].as_str().is_some_and(|j| j.len() >= 16),
+            "jti set"
+        );
     }
 }
 
@@ -65,7 +71,8 @@ async fn every_algorithm_signs_and_verifies_independently() {
 async fn jwks_entries_carry_only_public_members() {
     let server = TestServer::start(&ALL).await;
     for (ring, alg) in ALL {
-        let set: serde_json::Value = serde_json::from_str(&jwks(&server, ring).await.jwks_json).unwrap();
+        let set: serde_json::Value =
+            serde_json::from_str(&jwks(&server, ring).await.jwks_json).unwrap();
         let keys = set["keys"].as_array().unwrap();
         assert_eq!(keys.len(), 1);
         let mut members: Vec<_> = keys[0].as_object().unwrap().keys().cloned().collect();
@@ -91,7 +98,8 @@ async fn kid_is_the_rfc7638_thumbprint() {
     use rsa::sha2::{Digest, Sha256};
     let server = TestServer::start(&ALL).await;
     for (ring, _) in ALL {
-        let set: serde_json::Value = serde_json::from_str(&jwks(&server, ring).await.jwks_json).unwrap();
+        let set: serde_json::Value =
+            serde_json::from_str(&jwks(&server, ring).await.jwks_json).unwrap();
         let k = &set["keys"][0];
         // Recompute independently: required members, sorted, no whitespace.
         let canonical = match k["kty"].as_str().unwrap() {
@@ -127,7 +135,11 @@ async fn rotate_keeps_old_tokens_verifiable() {
     assert_eq!(old.kid, before.kid);
     assert_eq!(old.state(), pb::KeyState::Retiring);
     let grace = old.remove_at.unwrap().seconds - old.retire_at.unwrap().seconds;
-    assert_eq!(grace, 7 * 24 * 3600, "old key stays published for the 7-day grace");
+    assert_eq!(
+        grace,
+        7 * 24 * 3600,
+        "old key stays published for the 7-day grace"
+    );
     assert_ne!(new_kid, before.kid);
 
     let after = server
@@ -172,10 +184,34 @@ async fn create_key_ring_validates() {
     let server = TestServer::start(&[("default", Algorithm::EdDsa)]).await;
     let cases = [
         ("Bad Name", "ES256", 0, Code::InvalidArgument, "name: "),
-        ("x", "HS256", 0, Code::InvalidArgument, "algorithm: \"HS256\" is not supported"),
-        ("x", "RS256", 1024, Code::InvalidArgument, "rsa_bits: 1024 is not supported"),
-        ("x", "ES256", 2048, Code::InvalidArgument, "rsa_bits: must be 0 for ES256"),
-        ("default", "ES256", 0, Code::AlreadyExists, "key ring default already exists"),
+        (
+            "x",
+            "HS256",
+            0,
+            Code::InvalidArgument,
+            "algorithm: \"HS256\" is not supported",
+        ),
+        (
+            "x",
+            "RS256",
+            1024,
+            Code::InvalidArgument,
+            "rsa_bits: 1024 is not supported",
+        ),
+        (
+            "x",
+            "ES256",
+            2048,
+            Code::InvalidArgument,
+            "rsa_bits: must be 0 for ES256",
+        ),
+        (
+            "default",
+            "ES256",
+            0,
+            Code::AlreadyExists,
+            "key ring default already exists",
+        ),
     ];
     for (name, alg, bits, code, msg) in cases {
         let err = server
@@ -188,7 +224,11 @@ async fn create_key_ring_validates() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), code, "{name} {alg} {bits}: {}", err.message());
-        assert!(err.message().starts_with(msg), "{name} {alg} {bits}: {}", err.message());
+        assert!(
+            err.message().starts_with(msg),
+            "{name} {alg} {bits}: {}",
+            err.message()
+        );
     }
     let ok = server
         .admin()
@@ -204,7 +244,12 @@ async fn create_key_ring_validates() {
         .unwrap();
     assert_eq!((ok.algorithm.as_str(), ok.rsa_bits), ("PS256", 3072));
     assert_eq!(ok.max_token_ttl.unwrap().seconds, 3600);
-    let resp = server.signer().sign(sign_req("big", "{}")).await.unwrap().into_inner();
+    let resp = server
+        .signer()
+        .sign(sign_req("big", "{}"))
+        .await
+        .unwrap()
+        .into_inner();
     let set = jwks(&server, "big").await;
     verify(&resp.token, &set.jwks_json);
 }
@@ -250,10 +295,14 @@ async fn health_and_reflection_are_served() {
 
 #[tokio::test]
 async fn http_serves_jwks() {
-    let server = TestServer::start(&[("default", Algorithm::Es256), ("other", Algorithm::EdDsa)]).await;
+    let server =
+        TestServer::start(&[("default", Algorithm::Es256), ("other", Algorithm::EdDsa)]).await;
     let (status, head, body) = common::http_get(server.http, "/.well-known/jwks.json").await;
     assert_eq!(status, 200);
-    assert!(head.contains("content-type: application/jwk-set+json"), "{head}");
+    assert!(
+        head.contains("content-type: application/jwk-set+json"),
+        "{head}"
+    );
     let grpc = jwks(&server, "default").await.jwks_json;
     assert_eq!(body, grpc, "HTTP and gRPC serve the same set");
     let (status, _, body) = common::http_get(server.http, "/v1/rings/other/jwks.json").await;

@@ -145,6 +145,7 @@ impl KeyManager {
                 kid: key.kid(),
                 jwk: key.jwk().clone(),
                 timeline: Timeline::immediate(now),
+                sealed: None,
             }],
         };
         self.shared.store.create_ring(&record).await?;
@@ -178,28 +179,29 @@ impl KeyManager {
             kid: key.kid(),
             jwk: key.jwk().clone(),
             timeline: Timeline::immediate(now),
+            sealed: None,
         };
         let retired = ring.active_at(now).map(|old| {
-            let mut tl = old.timeline;
-            tl.retire_at = Some(now);
-            tl.remove_at = Some(now.saturating_add(ring.record.policy.grace));
-            (old.kid.clone(), tl)
+            let mut old = old.clone();
+            old.timeline.retire_at = Some(now);
+            old.timeline.remove_at = Some(now.saturating_add(ring.record.policy.grace));
+            old
         });
         let update = RingUpdate {
             ring: name.clone(),
             expected_generation: ring.record.generation,
             insert: vec![new.clone()],
-            timelines: retired.iter().cloned().collect(),
+            update: retired.iter().cloned().collect(),
         };
         let generation = self.shared.store.update_ring(&update).await?;
 
         let mut record = ring.record.clone();
         record.generation = generation;
         let mut old_info = None;
-        if let Some((kid, tl)) = &retired
-            && let Some(k) = record.keys.iter_mut().find(|k| &k.kid == kid)
+        if let Some(changed) = &retired
+            && let Some(k) = record.keys.iter_mut().find(|k| k.kid == changed.kid)
         {
-            k.timeline = *tl;
+            *k = changed.clone();
             old_info = Some(key_info(k, record.spec, now));
         }
         let new_info = key_info(&new, record.spec, now);
@@ -275,12 +277,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::{
-        clock::ManualClock,
-        crypto::Algorithm,
-        keyring::SignParams,
-        store::MemoryStore,
-    };
+    use crate::{clock::ManualClock, crypto::Algorithm, keyring::SignParams, store::MemoryStore};
 
     fn hex(b: &[u8]) -> String {
         b.iter().map(|x| format!("{x:02x}")).collect()
@@ -326,7 +323,9 @@ mod tests {
         let mut secrets = Vec::new();
         for (i, alg) in Algorithm::ALL.into_iter().enumerate() {
             let name = format!("r{i}");
-            keys.create_ring(&name, KeySpec::new(alg, 0).unwrap()).await.unwrap();
+            keys.create_ring(&name, KeySpec::new(alg, 0).unwrap())
+                .await
+                .unwrap();
             keys.rotate(&name).await.unwrap();
             let snap = keys.snapshot();
             let ring = snap.ring(&RingName::parse(&name, "n").unwrap()).unwrap();
@@ -338,7 +337,10 @@ mod tests {
         for ring in keys.snapshot().rings() {
             texts.push(format!("{ring:?}"));
             texts.push(format!("{:?}", ring.key_infos(keys.now())));
-            texts.push(format!("{:?}", keys.ring_info(ring.name().as_str(), "r").unwrap()));
+            texts.push(format!(
+                "{:?}",
+                keys.ring_info(ring.name().as_str(), "r").unwrap()
+            ));
         }
         let bad_inputs: [(&str, &[u8], &[u8]); 5] = [
             ("r0", b"[]", b""),
@@ -366,7 +368,10 @@ mod tests {
         for (alg, der) in &secrets {
             for form in forms(*alg, der) {
                 for text in &texts {
-                    assert!(!text.contains(&form), "{alg} private key material {form:?} in output");
+                    assert!(
+                        !text.contains(&form),
+                        "{alg} private key material {form:?} in output"
+                    );
                 }
             }
         }
@@ -385,7 +390,10 @@ mod tests {
         let (new, old) = keys.rotate("r").await.unwrap();
         let old = old.unwrap();
         assert_eq!(new.timeline.activate_at.as_secs(), 1_000_100);
-        assert_eq!(old.timeline.retire_at.map(UnixTime::as_secs), Some(1_000_100));
+        assert_eq!(
+            old.timeline.retire_at.map(UnixTime::as_secs),
+            Some(1_000_100)
+        );
         assert_eq!(
             old.timeline.remove_at.map(UnixTime::as_secs),
             Some(1_000_100 + 7 * 86_400)

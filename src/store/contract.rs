@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use super::{KeyRecord, KeyStore, RingRecord, RingUpdate, StoreError};
+use super::{KeyRecord, KeyStore, RingRecord, RingUpdate, SealedBlob, StoreError};
 use crate::{
     clock::UnixTime,
     crypto::{Algorithm, KeySpec, SigningKey},
@@ -20,6 +20,9 @@ pub async fn run_all(store: &dyn KeyStore) {
     kid_never_reused(store).await;
     failed_update_is_atomic(store).await;
     unknown_ring(store).await;
+    destroyed_material_is_gone_and_kid_stays_reserved(store).await;
+    kek_check_is_written_once(store).await;
+    rekey_replaces_blobs_and_check_atomically(store).await;
 }
 
 /// A fresh public record for `ring` (generates a real Ed25519 key).
@@ -30,6 +33,7 @@ pub fn key_record(at: i64) -> KeyRecord {
         kid: key.kid(),
         jwk: key.jwk().clone(),
         timeline: Timeline::immediate(UnixTime::from_secs(at)),
+        sealed: Some(SealedBlob(format!("sealed-{at}").into_bytes())),
     }
 }
 
@@ -82,15 +86,16 @@ async fn update_applies_and_bumps_generation(store: &dyn KeyStore) {
         .await
         .unwrap();
     let second = key_record(20);
-    let mut retired = first.timeline;
-    retired.retire_at = Some(UnixTime::from_secs(20));
-    retired.remove_at = Some(UnixTime::from_secs(30));
+    let mut retired = first.clone();
+    retired.timeline.retire_at = Some(UnixTime::from_secs(20));
+    retired.timeline.remove_at = Some(UnixTime::from_secs(30));
+    retired.sealed = Some(SealedBlob(b"resealed".to_vec()));
     let g = store
         .update_ring(&RingUpdate {
             ring: RingName::parse("c-upd", "n").unwrap(),
             expected_generation: 1,
             insert: vec![second.clone()],
-            timelines: vec![(first.kid.clone(), retired)],
+            update: vec![retired.clone()],
         })
         .await
         .unwrap();
@@ -98,7 +103,7 @@ async fn update_applies_and_bumps_generation(store: &dyn KeyStore) {
     let got = get(store, "c-upd").await;
     assert_eq!(got.generation, 2);
     assert_eq!(got.keys.len(), 2);
-    assert_eq!(got.keys[0].timeline, retired, "timeline updated");
+    assert_eq!(got.keys[0], retired, "timeline and sealed blob updated");
     assert_eq!(got.keys[1], second, "new key appended after the old one");
 }
 
@@ -113,7 +118,7 @@ async fn stale_generation_conflicts_and_changes_nothing(store: &dyn KeyStore) {
             ring: before.name.clone(),
             expected_generation: 7,
             insert: vec![key_record(2)],
-            timelines: vec![],
+            update: vec![],
         })
         .await;
     assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
@@ -135,7 +140,7 @@ async fn kid_never_reused(store: &dyn KeyStore) {
             ring: RingName::parse("c-kid", "n").unwrap(),
             expected_generation: 1,
             insert: vec![k],
-            timelines: vec![],
+            update: vec![],
         })
         .await;
     assert!(matches!(r, Err(StoreError::KidReused { .. })), "{r:?}");
@@ -155,10 +160,10 @@ async fn failed_update_is_atomic(store: &dyn KeyStore) {
             ring: before.name.clone(),
             expected_generation: 1,
             insert: vec![key_record(2)],
-            timelines: vec![(
-                crate::crypto::Kid::new("no-such-kid"),
-                Timeline::immediate(UnixTime::from_secs(3)),
-            )],
+            update: vec![KeyRecord {
+                kid: crate::crypto::Kid::new("no-such-kid"),
+                ..key_record(3)
+            }],
         })
         .await;
     assert!(matches!(r, Err(StoreError::KidNotFound { .. })), "{r:?}");
@@ -175,8 +180,103 @@ async fn unknown_ring(store: &dyn KeyStore) {
             ring: RingName::parse("c-none", "n").unwrap(),
             expected_generation: 1,
             insert: vec![],
-            timelines: vec![],
+            update: vec![],
         })
         .await;
     assert!(matches!(r, Err(StoreError::RingNotFound(_))), "{r:?}");
+}
+
+async fn destroyed_material_is_gone_and_kid_stays_reserved(store: &dyn KeyStore) {
+    let k = key_record(1);
+    store
+        .create_ring(&ring("c-tomb", vec![k.clone()]))
+        .await
+        .unwrap();
+    let destroyed = KeyRecord {
+        sealed: None,
+        ..k.clone()
+    };
+    store
+        .update_ring(&RingUpdate {
+            ring: RingName::parse("c-tomb", "n").unwrap(),
+            expected_generation: 1,
+            insert: vec![],
+            update: vec![destroyed.clone()],
+        })
+        .await
+        .unwrap();
+    let got = get(store, "c-tomb").await;
+    assert_eq!(
+        got.keys,
+        vec![destroyed],
+        "tombstone keeps kid and public key, no blob"
+    );
+    let r = store
+        .update_ring(&RingUpdate {
+            ring: got.name.clone(),
+            expected_generation: 2,
+            insert: vec![k],
+            update: vec![],
+        })
+        .await;
+    assert!(matches!(r, Err(StoreError::KidReused { .. })), "{r:?}");
+}
+
+/// Runs first on a fresh store: the check value starts unset.
+async fn kek_check_is_written_once(store: &dyn KeyStore) {
+    assert_eq!(
+        store.kek_check().await.unwrap(),
+        None,
+        "a new store has no check value"
+    );
+    store.init_kek_check(b"check-1").await.unwrap();
+    let again = store.init_kek_check(b"check-2").await;
+    assert!(
+        matches!(again, Err(StoreError::KekCheckExists)),
+        "{again:?}"
+    );
+    assert_eq!(
+        store.kek_check().await.unwrap().as_deref(),
+        Some(&b"check-1"[..])
+    );
+}
+
+async fn rekey_replaces_blobs_and_check_atomically(store: &dyn KeyStore) {
+    store
+        .create_ring(&ring("c-rekey-a", vec![key_record(1)]))
+        .await
+        .unwrap();
+    store
+        .create_ring(&ring("c-rekey-b", vec![key_record(2)]))
+        .await
+        .unwrap();
+    let before_check = store.kek_check().await.unwrap();
+    let mut a = get(store, "c-rekey-a").await;
+    let mut b = get(store, "c-rekey-b").await;
+    a.keys[0].sealed = Some(SealedBlob(b"rewrapped-a".to_vec()));
+    b.keys[0].sealed = Some(SealedBlob(b"rewrapped-b".to_vec()));
+    // A stale generation on one ring: nothing at all may change.
+    let mut stale = b.clone();
+    stale.generation = 99;
+    let r = store.rekey(b"new-check", &[a.clone(), stale]).await;
+    assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
+    assert_eq!(store.kek_check().await.unwrap(), before_check);
+    assert_ne!(
+        get(store, "c-rekey-a").await.keys,
+        a.keys,
+        "no blob replaced"
+    );
+
+    store
+        .rekey(b"new-check", &[a.clone(), b.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.kek_check().await.unwrap().as_deref(),
+        Some(&b"new-check"[..])
+    );
+    let got_a = get(store, "c-rekey-a").await;
+    assert_eq!(got_a.keys, a.keys);
+    assert_eq!(got_a.generation, a.generation + 1);
+    assert_eq!(get(store, "c-rekey-b").await.keys, b.keys);
 }

@@ -14,7 +14,13 @@ use crate::keyring::RingName;
 /// with no `.await` inside, so it is never held across a suspension point.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    rings: Mutex<BTreeMap<RingName, RingRecord>>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    rings: BTreeMap<RingName, RingRecord>,
+    kek_check: Option<Vec<u8>>,
 }
 
 impl MemoryStore {
@@ -23,10 +29,10 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<RingName, RingRecord>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave a ring half-updated:
         // updates are validated first and applied by whole-value assignment.
-        self.rings.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -37,11 +43,12 @@ impl KeyStore for MemoryStore {
     }
 
     async fn load(&self) -> Result<Vec<RingRecord>, StoreError> {
-        Ok(self.lock().values().cloned().collect())
+        Ok(self.lock().rings.values().cloned().collect())
     }
 
     async fn create_ring(&self, ring: &RingRecord) -> Result<(), StoreError> {
-        let mut rings = self.lock();
+        let mut inner = self.lock();
+        let rings = &mut inner.rings;
         if rings.contains_key(&ring.name) {
             return Err(StoreError::RingExists(ring.name.clone()));
         }
@@ -52,7 +59,8 @@ impl KeyStore for MemoryStore {
     }
 
     async fn update_ring(&self, update: &RingUpdate) -> Result<u64, StoreError> {
-        let mut rings = self.lock();
+        let mut inner = self.lock();
+        let rings = &mut inner.rings;
         let current = rings
             .get(&update.ring)
             .ok_or_else(|| StoreError::RingNotFound(update.ring.clone()))?;
@@ -70,20 +78,52 @@ impl KeyStore for MemoryStore {
             }
             next.keys.push(key.clone());
         }
-        for (kid, timeline) in &update.timelines {
+        for changed in &update.update {
             let key = next
                 .keys
                 .iter_mut()
-                .find(|k| &k.kid == kid)
+                .find(|k| k.kid == changed.kid)
                 .ok_or_else(|| StoreError::KidNotFound {
                     ring: update.ring.clone(),
-                    kid: kid.clone(),
+                    kid: changed.kid.clone(),
                 })?;
-            key.timeline = *timeline;
+            key.timeline = changed.timeline;
+            key.sealed = changed.sealed.clone();
         }
         next.generation += 1;
         let generation = next.generation;
         rings.insert(update.ring.clone(), next);
         Ok(generation)
+    }
+
+    async fn kek_check(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().kek_check.clone())
+    }
+
+    async fn init_kek_check(&self, check: &[u8]) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.kek_check.is_some() {
+            return Err(StoreError::KekCheckExists);
+        }
+        inner.kek_check = Some(check.to_vec());
+        Ok(())
+    }
+
+    async fn rekey(&self, check: &[u8], rings: &[RingRecord]) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        for ring in rings {
+            match inner.rings.get(&ring.name) {
+                Some(cur) if cur.generation == ring.generation => {}
+                Some(_) => return Err(StoreError::Conflict(ring.name.clone())),
+                None => return Err(StoreError::RingNotFound(ring.name.clone())),
+            }
+        }
+        for ring in rings {
+            let mut next = ring.clone();
+            next.generation += 1;
+            inner.rings.insert(ring.name.clone(), next);
+        }
+        inner.kek_check = Some(check.to_vec());
+        Ok(())
     }
 }

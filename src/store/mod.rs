@@ -15,8 +15,14 @@
 //! - **Never reuse a kid.** A kid once inserted in a ring stays reserved
 //!   forever, even after its material is destroyed: inserting it again
 //!   answers [`StoreError::KidReused`].
-//! - **Hold only public or sealed data.** Records carry public keys and
-//!   timelines; private material is never handed to a store in the clear.
+//! - **Hold only public or sealed data.** Records carry public keys,
+//!   timelines and an opaque sealed blob (see `seal`); private material is
+//!   never handed to a store in the clear.
+//! - **Destroy for real.** An update that sets a key's `sealed` to `None`
+//!   deletes the blob (the kid stays, as a tombstone).
+//! - **Guard the KEK check value.** It is written once
+//!   ([`KeyStore::init_kek_check`]) and replaced only by
+//!   [`KeyStore::rekey`], in the same transaction as every sealed blob.
 //! - **Not block the async reactor.** Methods are `async`; blocking I/O runs
 //!   on a blocking pool inside the implementation.
 //!
@@ -45,6 +51,21 @@ pub struct KeyRecord {
     pub jwk: Jwk,
     /// When the key is published, signs, retires and is removed.
     pub timeline: Timeline,
+    /// The private key, sealed under the KEK (format in `seal`); `None`
+    /// once the material is destroyed and only the kid's tombstone remains.
+    pub sealed: Option<SealedBlob>,
+}
+
+/// An opaque sealed private key: only `seal` can open it, and only with the
+/// right KEK and the record it was sealed for.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedBlob(pub Vec<u8>);
+
+impl std::fmt::Debug for SealedBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Ciphertext is not secret, but it is noise in logs.
+        write!(f, "SealedBlob({} bytes)", self.0.len())
+    }
 }
 
 /// One key ring as stored.
@@ -72,8 +93,9 @@ pub struct RingUpdate {
     pub expected_generation: u64,
     /// Keys to add (each with a kid never seen in this ring).
     pub insert: Vec<KeyRecord>,
-    /// New timelines for existing keys.
-    pub timelines: Vec<(Kid, Timeline)>,
+    /// Existing keys with a new timeline and sealed blob (`None` destroys
+    /// the material). Matched by kid; the public key never changes.
+    pub update: Vec<KeyRecord>,
 }
 
 /// Why a store operation failed.
@@ -105,6 +127,9 @@ pub enum StoreError {
         /// The missing kid.
         kid: Kid,
     },
+    /// A KEK check value is stored already.
+    #[error("the store is already initialised with a key-encryption key")]
+    KekCheckExists,
     /// The store could not be reached or failed; the detail is logged, not
     /// returned to callers.
     #[error("store unavailable: {0}")]
@@ -128,4 +153,18 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Applies `update` atomically if the ring is still at its expected
     /// generation. Returns the new generation.
     async fn update_ring(&self, update: &RingUpdate) -> Result<u64, StoreError>;
+
+    /// The KEK check value, if the store has been initialised.
+    async fn kek_check(&self) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Stores the KEK check value of a new store. Fails with
+    /// [`StoreError::KekCheckExists`] if one is already stored, so two
+    /// processes with different KEKs cannot both initialise it.
+    async fn init_kek_check(&self, check: &[u8]) -> Result<(), StoreError>;
+
+    /// Replaces the KEK check value and every listed sealed blob in one
+    /// transaction (re-wrapping under a new KEK). Fails with
+    /// [`StoreError::Conflict`] if any ring is no longer at the generation
+    /// given with it; every ring written gets generation + 1.
+    async fn rekey(&self, check: &[u8], rings: &[RingRecord]) -> Result<(), StoreError>;
 }

@@ -98,7 +98,11 @@ pub fn verify(token: &str, jwks_json: &str) -> serde_json::Value {
         "Ed25519" => {
             // jsonwebtoken knows only the polymorphic "EdDSA" name.
             use ed25519_dalek::Verifier;
-            let x: [u8; 32] = B64.decode(jwk["x"].as_str().unwrap()).unwrap().try_into().unwrap();
+            let x: [u8; 32] = B64
+                .decode(jwk["x"].as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap();
             let vk = ed25519_dalek::VerifyingKey::from_bytes(&x).unwrap();
             let sig = ed25519_dalek::Signature::from_slice(&sig).unwrap();
             vk.verify(signing_input.as_bytes(), &sig).unwrap();
@@ -128,11 +132,13 @@ fn verify_rsa(alg: &str, jwk: &serde_json::Value, msg: &[u8], sig: &[u8]) {
     if alg == "RS256" {
         let vk = rsa::pkcs1v15::VerifyingKey::<Sha256>::new(key);
         let sig = rsa::pkcs1v15::Signature::try_from(sig).unwrap();
-        vk.verify(msg, &sig).expect("rsa crate rejected an RS256 token");
+        vk.verify(msg, &sig)
+            .expect("rsa crate rejected an RS256 token");
     } else {
         let vk = rsa::pss::VerifyingKey::<Sha256>::new(key);
         let sig = rsa::pss::Signature::try_from(sig).unwrap();
-        vk.verify(msg, &sig).expect("rsa crate rejected a PS256 token");
+        vk.verify(msg, &sig)
+            .expect("rsa crate rejected a PS256 token");
     }
 }
 
