@@ -4,6 +4,7 @@
 use crate::{
     crypto::{CryptoError, Kid, claims::InputError},
     keyring::RingName,
+    seal::KekError,
     store::StoreError,
 };
 
@@ -40,6 +41,26 @@ pub enum Error {
     /// A cryptographic operation failed (opaque by design).
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// Signet is sealed: no private key is in memory.
+    #[error("sealed: Signet holds no keys in memory; unseal it first (`signet unseal`)")]
+    Sealed,
+    /// The KEK provider could not be opened or used; says which and why.
+    #[error("KEK unavailable: {0}")]
+    Kek(#[source] KekError),
+    /// The KEK opened, but it is not the KEK this store was sealed with.
+    #[error(
+        "KEK {0} is not the key-encryption key of this store (its check value does not open); \
+         nothing was changed"
+    )]
+    WrongKek(String),
+    /// A sealed record failed its integrity check.
+    #[error("the sealed record of key {kid} in ring {ring} failed its integrity check")]
+    DataLoss {
+        /// The ring.
+        ring: RingName,
+        /// The key.
+        kid: Kid,
+    },
     /// The signing pool is gone (the server is shutting down).
     #[error("the service is shutting down")]
     ShuttingDown,

@@ -22,7 +22,6 @@ use crate::{
     keyring::{JwkSet, KeyManager, SignParams},
     pb::{self, signer_client::SignerClient},
     rpc,
-    store::MemoryStore,
 };
 
 /// Options of `signet bench`.
@@ -93,7 +92,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let claims = args.claims.clone().into_bytes();
     let (addr, server) = if args.in_process {
         let alg: Algorithm = args.alg.parse().context("--alg")?;
-        let keys = KeyManager::open(Arc::new(MemoryStore::new()), Arc::new(SystemClock)).await?;
+        let keys = KeyManager::ephemeral(Arc::new(SystemClock)).await?;
         keys.create_ring(&args.ring, KeySpec::new(alg, 0)?).await?;
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = format!("http://{}", listener.local_addr()?);
@@ -287,7 +286,7 @@ async fn raw_phase(
     duration: Duration,
     claims: &[u8],
 ) -> anyhow::Result<f64> {
-    let keys = KeyManager::open(Arc::new(MemoryStore::new()), Arc::new(SystemClock)).await?;
+    let keys = KeyManager::ephemeral(Arc::new(SystemClock)).await?;
     keys.create_ring("bench-raw", spec).await?;
     let count = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + duration;

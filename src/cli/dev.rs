@@ -13,7 +13,6 @@ use crate::{
     http,
     keyring::KeyManager,
     rpc,
-    store::MemoryStore,
 };
 
 /// Options of `signet dev`.
@@ -44,7 +43,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     loopback_only("--grpc-listen", grpc_listen)?;
     loopback_only("--http-listen", http_listen)?;
 
-    let keys = KeyManager::open(Arc::new(MemoryStore::new()), Arc::new(SystemClock)).await?;
+    let keys = KeyManager::ephemeral(Arc::new(SystemClock)).await?;
     let ring = keys
         .create_ring(http::DEFAULT_RING, KeySpec::new(Algorithm::Rs256, 0)?)
         .await?;

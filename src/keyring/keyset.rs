@@ -1,6 +1,10 @@
 //! The immutable snapshot of every ring that the signing path reads.
 
-use std::{collections::HashMap, fmt, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    sync::Arc,
+};
 
 use serde::Serialize;
 
@@ -29,7 +33,15 @@ impl LoadedKey {
 /// One ring as of a snapshot: its stored record and its loaded keys.
 pub struct Ring {
     pub(crate) record: RingRecord,
+    /// Private keys ready to sign. Empty while sealed.
     pub(crate) loaded: HashMap<Kid, Arc<LoadedKey>>,
+    /// Keys whose sealed record opened and matched its public key when the
+    /// service last unsealed (or that it generated itself). Only these are
+    /// published: a record someone wrote into the store without the KEK
+    /// never reaches the JWKS. Kept while sealed.
+    pub(crate) verified: HashSet<Kid>,
+    /// Keys whose sealed record failed its integrity check.
+    pub(crate) broken: HashSet<Kid>,
 }
 
 // Hand-written so private keys can never reach a log through `{:?}`.
@@ -40,6 +52,7 @@ impl fmt::Debug for Ring {
         f.debug_struct("Ring")
             .field("record", &self.record)
             .field("loaded_kids", &loaded)
+            .field("broken_kids", &self.broken)
             .finish()
     }
 }
@@ -104,17 +117,30 @@ impl Ring {
             .collect()
     }
 
-    /// The keys a verifier needs at `now`: Published, Active and Retiring.
+    /// The keys a verifier needs at `now`: Published, Active and Retiring
+    /// keys whose sealed record was verified.
     pub fn jwks(&self, now: UnixTime) -> JwkSet {
         JwkSet {
             keys: self
                 .record
                 .keys
                 .iter()
-                .filter(|k| k.timeline.state_at(now).is_published())
+                .filter(|k| self.is_published(k, now))
                 .map(|k| k.jwk.clone())
                 .collect(),
         }
+    }
+
+    /// Whether `key` belongs in the JWKS at `now`.
+    pub fn is_published(&self, key: &KeyRecord, now: UnixTime) -> bool {
+        key.timeline.state_at(now).is_published()
+            && key.sealed.is_some()
+            && self.verified.contains(&key.kid)
+    }
+
+    /// Whether the key's sealed record failed its integrity check.
+    pub fn is_broken(&self, kid: &Kid) -> bool {
+        self.broken.contains(kid)
     }
 }
 

@@ -6,12 +6,16 @@
 //! and writes every change through the [`KeyStore`](crate::store::KeyStore)
 //! before swapping in a new snapshot.
 
+mod admin;
 mod keyset;
 mod lifecycle;
 mod manager;
 mod name;
 mod policy;
 mod sign;
+#[cfg(test)]
+mod tests;
+mod unseal;
 
 pub use keyset::{JwkSet, KeyInfo, KeySet, Ring};
 pub use lifecycle::{KeyState, Timeline};
@@ -19,3 +23,4 @@ pub use manager::{KeyManager, RingInfo};
 pub use name::RingName;
 pub use policy::Policy;
 pub use sign::{SignParams, Signed};
+pub use unseal::{Status, rekey};

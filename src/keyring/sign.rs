@@ -91,13 +91,22 @@ impl KeyManager {
         let active = ring
             .active_at(now)
             .ok_or_else(|| Error::NoActiveKey(ring.name().clone()))?;
-        let loaded = ring
-            .loaded(&active.kid)
-            .cloned()
-            .ok_or_else(|| Error::KeyUnavailable {
-                ring: ring.name().clone(),
-                kid: active.kid.clone(),
-            })?;
+        let loaded = match ring.loaded(&active.kid) {
+            Some(loaded) => loaded.clone(),
+            None if ring.is_broken(&active.kid) => {
+                return Err(Error::DataLoss {
+                    ring: ring.name().clone(),
+                    kid: active.kid.clone(),
+                });
+            }
+            None if self.is_sealed() => return Err(Error::Sealed),
+            None => {
+                return Err(Error::KeyUnavailable {
+                    ring: ring.name().clone(),
+                    kid: active.kid.clone(),
+                });
+            }
+        };
 
         claims.insert("iat".into(), Value::from(now.as_secs()));
         claims.insert("exp".into(), Value::from(exp.as_secs()));

@@ -15,9 +15,13 @@ impl From<Error> for Status {
             Error::RingExists(_) => Code::AlreadyExists,
             Error::NoActiveKey(_) => Code::FailedPrecondition,
             Error::Conflict(_) => Code::Aborted,
-            Error::KeyUnavailable { .. } | Error::Store(_) | Error::ShuttingDown => {
-                Code::Unavailable
-            }
+            Error::KeyUnavailable { .. }
+            | Error::Store(_)
+            | Error::ShuttingDown
+            | Error::Sealed
+            | Error::Kek(_)
+            | Error::WrongKek(_) => Code::Unavailable,
+            Error::DataLoss { .. } => Code::DataLoss,
             Error::Crypto(_) => Code::Internal,
         };
         if let Error::Store(inner) = &e {

@@ -9,7 +9,6 @@ use signet::{
     crypto::{Algorithm, KeySpec},
     keyring::KeyManager,
     pb::{key_admin_client::KeyAdminClient, signer_client::SignerClient},
-    store::MemoryStore,
 };
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
@@ -26,9 +25,7 @@ pub struct TestServer {
 impl TestServer {
     /// Starts gRPC and HTTP on port 0 with one ring per `(name, alg)`.
     pub async fn start(rings: &[(&str, Algorithm)]) -> Self {
-        let keys = KeyManager::open(Arc::new(MemoryStore::new()), Arc::new(SystemClock))
-            .await
-            .unwrap();
+        let keys = KeyManager::ephemeral(Arc::new(SystemClock)).await.unwrap();
         for (name, alg) in rings {
             keys.create_ring(name, KeySpec::new(*alg, 0).unwrap())
                 .await

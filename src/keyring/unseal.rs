@@ -1,0 +1,233 @@
+//! Sealing and unsealing: the KEK check value, opening every sealed key,
+//! dropping every key from memory, and re-wrapping under a new KEK.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use super::{KeyManager, KeySet, Ring, RingName, keyset::LoadedKey};
+use crate::{
+    Error,
+    crypto::Kid,
+    seal::{Kek, KeyContext, SealError, envelope},
+    store::{KeyStore, StoreError},
+};
+
+/// What Operator.Status reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// No KEK and no private key in memory.
+    pub sealed: bool,
+    /// KEK provider kind (`file`, `env`, `pkcs11`, `ephemeral`).
+    pub kek_kind: &'static str,
+    /// KEK provider description, without secrets.
+    pub kek_provider: String,
+    /// Store kind (`sqlite`, `memory`, ...).
+    pub store_kind: &'static str,
+    /// Number of rings.
+    pub rings: usize,
+    /// Keys with sealed material (not destroyed).
+    pub keys: usize,
+    /// Keys loaded in memory, ready to sign.
+    pub loaded_keys: usize,
+    /// Keys whose sealed record failed its integrity check.
+    pub broken_keys: usize,
+}
+
+/// Maps a sealing failure for one key to the service error.
+pub(super) fn seal_error(e: SealError, ring: &RingName, kid: &Kid) -> Error {
+    match e {
+        SealError::Kek(e) => Error::Kek(e),
+        SealError::Integrity => Error::DataLoss {
+            ring: ring.clone(),
+            kid: kid.clone(),
+        },
+    }
+}
+
+/// Checks that `kek` is this store's KEK, initialising the check value of a
+/// store that has none yet. Nothing is written unless the store is new.
+async fn check_kek(store: &dyn KeyStore, kek: &dyn Kek, describe: &str) -> Result<(), Error> {
+    let check = match store.kek_check().await? {
+        Some(check) => check,
+        None => {
+            // A store that holds sealed keys but no check value has lost it;
+            // refuse rather than adopt whatever KEK arrives first.
+            let rings = store.load().await?;
+            if let Some((ring, key)) = rings
+                .iter()
+                .find_map(|r| r.keys.iter().find(|k| k.sealed.is_some()).map(|k| (r, k)))
+            {
+                return Err(Error::DataLoss {
+                    ring: ring.name.clone(),
+                    kid: key.kid.clone(),
+                });
+            }
+            let check = envelope::make_check(kek).await.map_err(Error::Kek)?;
+            match store.init_kek_check(&check).await {
+                Ok(()) => return Ok(()),
+                // Another process initialised it first: verify against theirs.
+                Err(StoreError::KekCheckExists) => store
+                    .kek_check()
+                    .await?
+                    .ok_or(Error::WrongKek(describe.into()))?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    if envelope::verify_check(kek, &check)
+        .await
+        .map_err(Error::Kek)?
+    {
+        Ok(())
+    } else {
+        Err(Error::WrongKek(describe.into()))
+    }
+}
+
+impl KeyManager {
+    /// Opens the KEK through the configured provider, checks it against the
+    /// store's check value before touching any key, and opens every sealed
+    /// key. A record that fails its integrity check is marked broken (Sign
+    /// on its ring answers DATA_LOSS while it is the Active key) and the
+    /// other rings keep working. On any KEK failure nothing changes and the
+    /// service stays sealed.
+    pub async fn unseal(&self) -> Result<Status, Error> {
+        let _writer = self.shared.writer.lock().await;
+        if self.kek().is_some() {
+            return Ok(self.status());
+        }
+        let describe = self.shared.kek_provider.describe();
+        let kek = self.shared.kek_provider.open().await.map_err(Error::Kek)?;
+        check_kek(self.store(), &*kek, &describe).await?;
+
+        let mut rings = HashMap::new();
+        for record in self.store().load().await? {
+            let mut ring = Ring {
+                record,
+                loaded: HashMap::new(),
+                verified: HashSet::new(),
+                broken: HashSet::new(),
+            };
+            for key in &ring.record.keys {
+                let Some(blob) = &key.sealed else {
+                    continue; // destroyed: a tombstone
+                };
+                let ctx = KeyContext {
+                    ring: &ring.record.name,
+                    kid: &key.kid,
+                    alg: ring.record.spec.alg(),
+                    timeline: &key.timeline,
+                };
+                match envelope::open(&*kek, ctx, blob).await {
+                    Ok(opened) if opened.jwk() == &key.jwk => {
+                        ring.verified.insert(key.kid.clone());
+                        ring.loaded
+                            .insert(key.kid.clone(), Arc::new(LoadedKey::new(opened)));
+                    }
+                    Ok(_) | Err(SealError::Integrity) => {
+                        tracing::error!(
+                            ring = %ring.record.name,
+                            kid = %key.kid,
+                            "sealed record failed its integrity check; the key is not loaded or published"
+                        );
+                        ring.broken.insert(key.kid.clone());
+                    }
+                    Err(SealError::Kek(e)) => return Err(Error::Kek(e)),
+                }
+            }
+            rings.insert(ring.record.name.clone(), Arc::new(ring));
+        }
+        self.install_all(KeySet { rings });
+        self.set_kek(Some(kek));
+        let status = self.status();
+        tracing::info!(
+            kek = %describe,
+            keys = status.loaded_keys,
+            broken = status.broken_keys,
+            "unsealed"
+        );
+        Ok(status)
+    }
+
+    /// Drops the KEK and every private key from memory now. Sign answers
+    /// UNAVAILABLE until [`KeyManager::unseal`]. Keys that were verified stay
+    /// published, so verifiers keep working.
+    pub async fn seal(&self) -> Status {
+        let _writer = self.shared.writer.lock().await;
+        self.set_kek(None);
+        let current = self.snapshot();
+        let rings = current
+            .rings
+            .iter()
+            .map(|(name, r)| {
+                let ring = Ring {
+                    record: r.record.clone(),
+                    loaded: HashMap::new(),
+                    verified: r.verified.clone(),
+                    broken: r.broken.clone(),
+                };
+                (name.clone(), Arc::new(ring))
+            })
+            .collect();
+        // Each key is wiped when its last user (an in-flight Sign) lets go.
+        self.install_all(KeySet { rings });
+        tracing::warn!("sealed: the KEK and every private key were dropped from memory");
+        self.status()
+    }
+
+    /// The service's seal state and inventory.
+    pub fn status(&self) -> Status {
+        let set = self.snapshot();
+        let rings = set.rings();
+        Status {
+            sealed: self.is_sealed(),
+            kek_kind: self.shared.kek_provider.kind(),
+            kek_provider: self.shared.kek_provider.describe(),
+            store_kind: self.store_kind(),
+            rings: rings.len(),
+            keys: rings
+                .iter()
+                .map(|r| r.record.keys.iter().filter(|k| k.sealed.is_some()).count())
+                .sum(),
+            loaded_keys: rings.iter().map(|r| r.loaded.len()).sum(),
+            broken_keys: rings.iter().map(|r| r.broken.len()).sum(),
+        }
+    }
+}
+
+/// Re-wraps every data key in `store` from `old` to `new` and replaces the
+/// KEK check value, in one store transaction. Afterwards only `new` opens
+/// the store. Refuses (changing nothing) if `old` is not the store's KEK or
+/// any sealed record fails to open. Returns the number of keys re-wrapped.
+pub async fn rekey(
+    store: &dyn KeyStore,
+    old: &dyn Kek,
+    old_describe: &str,
+    new: &dyn Kek,
+) -> Result<usize, Error> {
+    check_kek(store, old, old_describe).await?;
+    let mut rings = store.load().await?;
+    let mut count = 0;
+    for ring in &mut rings {
+        let alg = ring.spec.alg();
+        for key in &mut ring.keys {
+            let Some(blob) = &key.sealed else { continue };
+            let ctx = KeyContext {
+                ring: &ring.name,
+                kid: &key.kid,
+                alg,
+                timeline: &key.timeline,
+            };
+            let rewrapped = envelope::rewrap(old, new, ctx, blob)
+                .await
+                .map_err(|e| seal_error(e, &ring.name, &key.kid))?;
+            key.sealed = Some(rewrapped);
+            count += 1;
+        }
+    }
+    let check = envelope::make_check(new).await.map_err(Error::Kek)?;
+    store.rekey(&check, &rings).await?;
+    Ok(count)
+}
