@@ -1,5 +1,7 @@
 //! Sign, GetJwks, Rotate and ListKeys against a real server on port 0.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure should panic
+
 mod common;
 
 use common::{TestServer, part, verify};
