@@ -7,6 +7,9 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    // `sqlx::migrate!` embeds migrations/sqlite at compile time but cannot
+    // tell cargo to rebuild when a migration file changes.
+    println!("cargo:rerun-if-changed=migrations");
     let fds = protox::compile(["signet/v1/signet.proto"], ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("signet_descriptor.bin"), fds.encode_to_vec())?;

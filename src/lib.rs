@@ -22,13 +22,16 @@
 
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod crypto;
 mod error;
+pub mod hardening;
 pub mod http;
 pub mod keyring;
 pub mod pb;
 pub mod rpc;
 pub mod seal;
+pub mod server;
 pub mod store;
 
 pub use error::Error;

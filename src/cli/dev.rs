@@ -1,18 +1,18 @@
-//! `signet dev`: a development server on loopback with one RS256 ring.
+//! `signet dev`: a development server on loopback with one RS256 ring,
+//! keys sealed in its data directory under a KEK file it creates.
 
-use std::{io::Write, net::SocketAddr, sync::Arc};
+use std::{io::Write, net::SocketAddr};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use tokio::{net::TcpListener, sync::watch};
 
 use super::{ListenArgs, init_logging, shutdown_signal};
 use crate::{
-    clock::SystemClock,
     crypto::{Algorithm, KeySpec},
-    http,
-    keyring::KeyManager,
-    rpc,
+    hardening,
+    keyring::RingName,
+    seal::{KekSpec, LocalKek},
+    server::{self, ServerOptions},
 };
 
 /// Options of `signet dev`.
@@ -20,6 +20,10 @@ use crate::{
 pub struct DevArgs {
     #[command(flatten)]
     listen: ListenArgs,
+    /// KEK provider spec (file:PATH, env:VAR, pkcs11:...). Default: the
+    /// file DATA_DIR/kek, created with mode 0600 on first start.
+    #[arg(long)]
+    kek: Option<String>,
 }
 
 fn loopback_only(flag: &str, addr: SocketAddr) -> anyhow::Result<()> {
@@ -38,62 +42,63 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let ListenArgs {
         grpc_listen,
         http_listen,
-        data_dir: _,
+        data_dir,
     } = args.listen;
     loopback_only("--grpc-listen", grpc_listen)?;
     loopback_only("--http-listen", http_listen)?;
+    // Development machines rarely allow mlockall; say so and go on.
+    hardening::harden_process(true)?;
 
-    let keys = KeyManager::ephemeral(Arc::new(SystemClock)).await?;
-    let ring = keys
-        .create_ring(http::DEFAULT_RING, KeySpec::new(Algorithm::Rs256, 0)?)
-        .await?;
-    let grpc = TcpListener::bind(grpc_listen)
-        .await
-        .with_context(|| format!("--grpc-listen {grpc_listen}: cannot listen"))?;
-    let web = TcpListener::bind(http_listen)
-        .await
-        .with_context(|| format!("--http-listen {http_listen}: cannot listen"))?;
-    let grpc_addr = grpc.local_addr()?;
-    let http_addr = web.local_addr()?;
-    let kid = ring
+    let kek = match args.kek {
+        Some(spec) => spec.parse::<KekSpec>().context("--kek")?,
+        None => {
+            let path = data_dir.join("kek");
+            server::lock_data_dir(&data_dir)?;
+            if !path.exists() {
+                LocalKek::create_file(&path)?;
+                tracing::info!(path = %path.display(), "created a development KEK file");
+            }
+            KekSpec::File(path)
+        }
+    };
+    let opts = ServerOptions {
+        grpc_listen,
+        http_listen,
+        data_dir: data_dir.clone(),
+        kek: kek.clone(),
+        rings: vec![(
+            RingName::parse("default", "ring")?,
+            KeySpec::new(Algorithm::Rs256, 0)?,
+        )],
+        start_sealed: false,
+    };
+    let prepared = server::prepare(&opts).await?;
+    let (grpc_addr, http_addr) = (prepared.grpc_addr, prepared.http_addr);
+    let ring = prepared.keys.ring_info("default", "ring")?;
+    let active = ring
         .keys
-        .first()
+        .iter()
+        .find(|k| k.state == crate::keyring::KeyState::Active)
         .map(|k| k.kid.to_string())
         .unwrap_or_default();
-
     let banner = format!(
-        "signet dev: development server (keys in memory only, plaintext, loopback only)\n\
+        "signet dev: development server (plaintext, no access control, loopback only)\n\
          \x20 gRPC  http://{grpc_addr}   (reflection on: grpcurl -plaintext {grpc_addr} list)\n\
          \x20 JWKS  http://{http_addr}/.well-known/jwks.json\n\
-         \x20 ring  default  {spec}  kid {kid}\n\
+         \x20 data  {data}  (keys sealed under KEK {kek})\n\
+         \x20 ring  default  {spec}  active kid {active}\n\
          try:\n\
          \x20 export SIGNET_ADDR=http://{grpc_addr}\n\
          \x20 signet sign --claims '{{\"sub\":\"alice\"}}'\n\
          \x20 signet jwks\n\
          Ctrl-C stops the server.\n",
+        data = data_dir.display(),
         spec = ring.spec,
     );
     let mut out = std::io::stdout().lock();
     out.write_all(banner.as_bytes())?;
     out.flush()?;
     drop(out);
-    tracing::warn!("development mode: plaintext gRPC, no access control, keys lost on exit");
-
-    let (stop_tx, stop_rx) = watch::channel(());
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            // Resolves when the sender signals or is dropped.
-            let _ = rx.changed().await;
-        }
-    };
-    let grpc_task = tokio::spawn(rpc::serve(grpc, keys.clone(), stopped()));
-    let http_task = tokio::spawn(http::serve(web, keys, stopped()));
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    drop(stop_tx);
-    grpc_task.await?.context("gRPC server failed")?;
-    http_task.await?.context("HTTP server failed")?;
-    tracing::info!("stopped");
-    Ok(())
+    tracing::warn!("development mode: plaintext gRPC, no access control");
+    prepared.serve(shutdown_signal()).await
 }

@@ -4,6 +4,8 @@
 mod bench;
 mod client;
 mod dev;
+mod operator;
+mod server;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -32,9 +34,12 @@ pub struct Cli {
 enum Command {
     /// Run a development server on loopback, with an RS256 key ring "default".
     ///
-    /// Keys are kept in memory only and are lost when it stops. Plaintext
-    /// gRPC, loopback only: never expose it.
+    /// Keys are sealed in --data-dir under a KEK file created there on first
+    /// start, so they survive restarts. Plaintext gRPC, no access control,
+    /// loopback only: never expose it.
     Dev(dev::DevArgs),
+    /// Run the server from a configuration file (see signet.example.toml).
+    Server(server::ServerArgs),
     /// Sign claims with a ring's active key; prints the token alone on stdout.
     Sign(client::SignArgs),
     /// Print a ring's JWKS (the public keys verifiers need) as JSON.
@@ -47,6 +52,15 @@ enum Command {
     /// Manage key rings.
     #[command(subcommand)]
     Rings(client::RingsCommand),
+    /// Show whether the server is sealed, its KEK provider, store and keys.
+    Status(operator::StatusArgs),
+    /// Drop the KEK and every private key from the server's memory now.
+    Seal(operator::SealArgs),
+    /// Re-open the KEK and the sealed keys after `signet seal`.
+    Unseal(ClientArgs),
+    /// Offline maintenance of a stopped server's data directory.
+    #[command(subcommand)]
+    Operator(operator::OperatorCommand),
     /// Measure Sign throughput and latency over gRPC against the raw
     /// in-process signing rate.
     Bench(BenchArgs),
@@ -74,8 +88,8 @@ pub struct ListenArgs {
     /// Address for the HTTP surface (JWKS for verifiers, health).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http_listen: SocketAddr,
-    /// Data directory. Reserved for durable key storage; this release keeps
-    /// keys in memory and writes nothing here.
+    /// Data directory: the SQLite store (sealed keys) and, unless --kek is
+    /// given, the development KEK file.
     #[arg(long, default_value = "./signet-dev")]
     pub data_dir: PathBuf,
 }
@@ -114,6 +128,11 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
+        Command::Server(args) => server::run(args).await,
+        Command::Status(args) => operator::status(args).await,
+        Command::Seal(args) => operator::seal(args).await,
+        Command::Unseal(args) => operator::unseal(args).await,
+        Command::Operator(cmd) => operator::operator(cmd).await,
         Command::Sign(args) => client::sign(args).await,
         Command::Jwks(args) => client::jwks(args).await,
         Command::Keys(args) => client::keys(args).await,

@@ -4,6 +4,7 @@
 mod convert;
 pub use convert::duration as duration_to_proto;
 mod key_admin;
+mod operator;
 mod signer;
 mod status;
 
@@ -13,11 +14,15 @@ use tokio::net::TcpListener;
 use tonic::transport::{Server, server::TcpIncoming};
 
 pub use key_admin::KeyAdminService;
+pub use operator::OperatorService;
 pub use signer::SignerService;
 
 use crate::{
     keyring::KeyManager,
-    pb::{self, key_admin_server::KeyAdminServer, signer_server::SignerServer},
+    pb::{
+        self, key_admin_server::KeyAdminServer, operator_server::OperatorServer,
+        signer_server::SignerServer,
+    },
 };
 
 /// Largest request message accepted: the 16 KiB claims cap plus headroom.
@@ -59,7 +64,11 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .add_service(
-            KeyAdminServer::new(KeyAdminService::new(keys))
+            KeyAdminServer::new(KeyAdminService::new(keys.clone()))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            OperatorServer::new(OperatorService::new(keys))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .serve_with_incoming_shutdown(incoming, shutdown)

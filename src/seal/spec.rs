@@ -3,7 +3,7 @@
 
 use std::{fmt, path::PathBuf, str::FromStr, sync::Arc};
 
-use super::{Kek, KekError, LocalKek};
+use super::{Kek, KekError, LocalKek, Pkcs11Kek, Pkcs11Spec};
 
 /// Where the KEK comes from. Holds no key material: opening reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -12,6 +12,8 @@ pub enum KekSpec {
     File(PathBuf),
     /// Base64 of 32 bytes in an environment variable.
     Env(String),
+    /// An AES-256 key inside an HSM, used through PKCS#11.
+    Pkcs11(Pkcs11Spec),
 }
 
 impl FromStr for KekSpec {
@@ -31,6 +33,7 @@ impl FromStr for KekSpec {
         match kind {
             "file" => Ok(KekSpec::File(PathBuf::from(rest))),
             "env" => Ok(KekSpec::Env(rest.to_owned())),
+            "pkcs11" => Ok(KekSpec::Pkcs11(Pkcs11Spec::parse(rest)?)),
             _ => Err(bad("unknown provider")),
         }
     }
@@ -41,6 +44,7 @@ impl fmt::Display for KekSpec {
         match self {
             KekSpec::File(p) => write!(f, "file:{}", p.display()),
             KekSpec::Env(v) => write!(f, "env:{v}"),
+            KekSpec::Pkcs11(p) => write!(f, "pkcs11:{p}"),
         }
     }
 }
@@ -51,6 +55,7 @@ impl KekSpec {
         match self {
             KekSpec::File(_) => "file",
             KekSpec::Env(_) => "env",
+            KekSpec::Pkcs11(_) => "pkcs11",
         }
     }
 
@@ -62,6 +67,7 @@ impl KekSpec {
             match spec {
                 KekSpec::File(path) => Ok(Arc::new(LocalKek::from_file(&path)?)),
                 KekSpec::Env(var) => Ok(Arc::new(LocalKek::from_env(&var)?)),
+                KekSpec::Pkcs11(p) => Ok(Arc::new(Pkcs11Kek::open(&p)?)),
             }
         })
         .await

@@ -258,7 +258,12 @@ async fn rekey_replaces_blobs_and_check_atomically(store: &dyn KeyStore) {
     // A stale generation on one ring: nothing at all may change.
     let mut stale = b.clone();
     stale.generation = 99;
-    let r = store.rekey(b"new-check", &[a.clone(), stale]).await;
+    let with_stale: Vec<_> = others(store)
+        .await
+        .into_iter()
+        .chain([a.clone(), stale])
+        .collect();
+    let r = store.rekey(b"new-check", &with_stale).await;
     assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
     assert_eq!(store.kek_check().await.unwrap(), before_check);
     assert_ne!(
@@ -267,10 +272,21 @@ async fn rekey_replaces_blobs_and_check_atomically(store: &dyn KeyStore) {
         "no blob replaced"
     );
 
-    store
-        .rekey(b"new-check", &[a.clone(), b.clone()])
+    // Leaving a ring out would strand its blobs under the old KEK.
+    let partial: Vec<_> = others(store).await.into_iter().chain([a.clone()]).collect();
+    let r = store.rekey(b"new-check", &partial).await;
+    assert!(
+        matches!(r, Err(StoreError::Conflict(ref n)) if n.as_str() == "c-rekey-b"),
+        "{r:?}"
+    );
+    assert_eq!(store.kek_check().await.unwrap(), before_check);
+
+    let all: Vec<_> = others(store)
         .await
-        .unwrap();
+        .into_iter()
+        .chain([a.clone(), b.clone()])
+        .collect();
+    store.rekey(b"new-check", &all).await.unwrap();
     assert_eq!(
         store.kek_check().await.unwrap().as_deref(),
         Some(&b"new-check"[..])
@@ -279,4 +295,15 @@ async fn rekey_replaces_blobs_and_check_atomically(store: &dyn KeyStore) {
     assert_eq!(got_a.keys, a.keys);
     assert_eq!(got_a.generation, a.generation + 1);
     assert_eq!(get(store, "c-rekey-b").await.keys, b.keys);
+}
+
+/// Every ring but the rekey test's own, as stored (rekey must list them all).
+async fn others(store: &dyn KeyStore) -> Vec<RingRecord> {
+    store
+        .load()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| !r.name.as_str().starts_with("c-rekey"))
+        .collect()
 }

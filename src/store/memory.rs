@@ -111,18 +111,37 @@ impl KeyStore for MemoryStore {
 
     async fn rekey(&self, check: &[u8], rings: &[RingRecord]) -> Result<(), StoreError> {
         let mut inner = self.lock();
+        // Validate everything before changing anything.
+        let mut next = inner.rings.clone();
         for ring in rings {
-            match inner.rings.get(&ring.name) {
-                Some(cur) if cur.generation == ring.generation => {}
-                Some(_) => return Err(StoreError::Conflict(ring.name.clone())),
-                None => return Err(StoreError::RingNotFound(ring.name.clone())),
+            let cur = next
+                .get_mut(&ring.name)
+                .ok_or_else(|| StoreError::RingNotFound(ring.name.clone()))?;
+            if cur.generation != ring.generation {
+                return Err(StoreError::Conflict(ring.name.clone()));
             }
+            for key in &ring.keys {
+                let stored = cur
+                    .keys
+                    .iter_mut()
+                    .find(|k| k.kid == key.kid)
+                    .ok_or_else(|| StoreError::KidNotFound {
+                        ring: ring.name.clone(),
+                        kid: key.kid.clone(),
+                    })?;
+                stored.timeline = key.timeline;
+                stored.sealed = key.sealed.clone();
+            }
+            cur.generation += 1;
         }
-        for ring in rings {
-            let mut next = ring.clone();
-            next.generation += 1;
-            inner.rings.insert(ring.name.clone(), next);
+        if let Some(missing) = inner
+            .rings
+            .keys()
+            .find(|name| !rings.iter().any(|r| &r.name == *name))
+        {
+            return Err(StoreError::Conflict(missing.clone()));
         }
+        inner.rings = next;
         inner.kek_check = Some(check.to_vec());
         Ok(())
     }

@@ -39,8 +39,10 @@ use crate::{
 #[doc(hidden)]
 pub mod contract;
 mod memory;
+mod sqlite;
 
 pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
 
 /// One key as stored: public key, timeline, never private material in clear.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,9 +164,13 @@ pub trait KeyStore: Send + Sync + 'static {
     /// processes with different KEKs cannot both initialise it.
     async fn init_kek_check(&self, check: &[u8]) -> Result<(), StoreError>;
 
-    /// Replaces the KEK check value and every listed sealed blob in one
-    /// transaction (re-wrapping under a new KEK). Fails with
-    /// [`StoreError::Conflict`] if any ring is no longer at the generation
-    /// given with it; every ring written gets generation + 1.
+    /// Replaces the KEK check value and the sealed blobs (and timelines) of
+    /// the listed keys in one transaction: re-wrapping under a new KEK.
+    /// `rings` must list every ring of the store exactly once, at its
+    /// current generation, so no blob can stay under the old KEK; otherwise
+    /// nothing is written and the answer is [`StoreError::Conflict`] naming
+    /// a ring that changed or is missing. Keys are matched by kid
+    /// ([`StoreError::KidNotFound`] if unknown); ring specs, policies and
+    /// the set of keys never change. Every ring gets generation + 1.
     async fn rekey(&self, check: &[u8], rings: &[RingRecord]) -> Result<(), StoreError>;
 }

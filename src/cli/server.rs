@@ -1,0 +1,85 @@
+//! `signet server --config FILE`: the production server.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use super::{init_logging, shutdown_signal};
+use crate::{
+    config::Config,
+    hardening,
+    seal::KekSpec,
+    server::{self, ServerOptions},
+};
+
+/// Options of `signet server`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// The configuration file (TOML); see signet.example.toml.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Validate the configuration and exit without starting.
+    #[arg(long)]
+    check_config: bool,
+    /// KEK provider spec, overriding seal.kek from the file.
+    #[arg(long)]
+    kek: Option<String>,
+    /// Start sealed: serve Status and Unseal, refuse Sign until unsealed.
+    #[arg(long)]
+    start_sealed: bool,
+    /// Run even if key memory cannot be locked against swapping.
+    #[arg(long)]
+    allow_unlocked_memory: bool,
+}
+
+/// Runs the server until Ctrl-C or SIGTERM.
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let checked = Config::load(&args.config)?;
+    let kek = match &args.kek {
+        Some(spec) => spec.parse::<KekSpec>().context("--kek")?,
+        None => checked.kek.clone(),
+    };
+    let c = &checked.config;
+    if !c.listen.grpc.ip().is_loopback() {
+        bail!(
+            "{}: listen.grpc {}: gRPC is plaintext until TLS is configured, so signet server \
+             listens on loopback only",
+            args.config.display(),
+            c.listen.grpc
+        );
+    }
+    if args.check_config {
+        println!(
+            "{}: OK (gRPC {}, HTTP {}, data dir {}, KEK {kek}, {} ring(s))",
+            args.config.display(),
+            c.listen.grpc,
+            c.listen.http,
+            c.store.data_dir.display(),
+            checked.rings.len()
+        );
+        return Ok(());
+    }
+    init_logging();
+    let hardened =
+        hardening::harden_process(args.allow_unlocked_memory || c.seal.allow_unlocked_memory)?;
+    let opts = ServerOptions {
+        grpc_listen: c.listen.grpc,
+        http_listen: c.listen.http,
+        data_dir: c.store.data_dir.clone(),
+        kek,
+        rings: checked.rings.clone(),
+        start_sealed: args.start_sealed,
+    };
+    let prepared = server::prepare(&opts).await?;
+    tracing::info!(
+        grpc = %prepared.grpc_addr,
+        http = %prepared.http_addr,
+        data_dir = %opts.data_dir.display(),
+        kek = %opts.kek,
+        memory_locked = hardened.memory_locked,
+        sealed = prepared.keys.is_sealed(),
+        "signet server listening"
+    );
+    prepared.serve(shutdown_signal()).await
+}

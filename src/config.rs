@@ -1,0 +1,231 @@
+//! The server configuration file (TOML). Every field has a default and a
+//! doc comment; unknown fields are errors, so a typo never silently falls
+//! back to a default.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use crate::{
+    crypto::{Algorithm, KeySpec},
+    keyring::RingName,
+    seal::KekSpec,
+};
+
+/// The whole configuration of `signet server`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listen addresses.
+    #[serde(default)]
+    pub listen: Listen,
+    /// Where keys are stored.
+    #[serde(default)]
+    pub store: Store,
+    /// How keys are sealed at rest.
+    pub seal: Seal,
+    /// Rings to create at start if they do not exist yet.
+    #[serde(default)]
+    pub rings: Vec<RingConfig>,
+}
+
+/// `[listen]`
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// gRPC API address. Default `127.0.0.1:50051`.
+    #[serde(default = "default_grpc")]
+    pub grpc: SocketAddr,
+    /// HTTP address (JWKS for verifiers, health). Default `127.0.0.1:8080`.
+    #[serde(default = "default_http")]
+    pub http: SocketAddr,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            grpc: default_grpc(),
+            http: default_http(),
+        }
+    }
+}
+
+fn default_grpc() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50051))
+}
+
+fn default_http() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Store {
+    /// Data directory: holds the embedded SQLite store (`signet.db`).
+    /// Default `/var/lib/signet`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/signet")
+}
+
+/// `[seal]`
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Seal {
+    /// KEK provider: `file:PATH`, `env:VAR` or
+    /// `pkcs11:module=PATH;token=LABEL;key=LABEL;pin-env=VAR`. Required: keep
+    /// the KEK outside the data directory.
+    pub kek: String,
+    /// Run even if key memory cannot be locked (it could then be swapped to
+    /// disk). Default false.
+    #[serde(default)]
+    pub allow_unlocked_memory: bool,
+}
+
+/// `[[rings]]`
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RingConfig {
+    /// Ring name.
+    pub name: String,
+    /// RS256, PS256, ES256, EdDSA or Ed25519.
+    pub algorithm: String,
+    /// RSA modulus size (2048, 3072, 4096); omit for other algorithms.
+    #[serde(default)]
+    pub rsa_bits: u32,
+}
+
+/// A configuration that parsed and validated.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The file as written.
+    pub config: Config,
+    /// The KEK provider.
+    pub kek: KekSpec,
+    /// The rings, validated.
+    pub rings: Vec<(RingName, KeySpec)>,
+}
+
+/// Why a configuration file was refused. The message names the file, the
+/// field and the rule.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    path: String,
+    message: String,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Checked, ConfigError> {
+        let err = |message: String| ConfigError {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let config: Config = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        config.check().map_err(err)
+    }
+
+    /// Validates the parsed file.
+    pub fn check(self) -> Result<Checked, String> {
+        let kek: KekSpec = self
+            .seal
+            .kek
+            .parse()
+            .map_err(|e| format!("seal.kek: {e}"))?;
+        let mut rings = Vec::new();
+        for (i, r) in self.rings.iter().enumerate() {
+            let name =
+                RingName::parse(&r.name, &format!("rings[{i}].name")).map_err(|e| e.to_string())?;
+            let alg: Algorithm = r
+                .algorithm
+                .parse()
+                .map_err(|e| format!("rings[{i}].algorithm: {e}"))?;
+            let spec = KeySpec::new(alg, r.rsa_bits)
+                .map_err(|e| format!("rings[{i}].{}: {e}", e.field()))?;
+            if rings.iter().any(|(n, _)| n == &name) {
+                return Err(format!("rings[{i}].name: {name} is configured twice"));
+            }
+            rings.push((name, spec));
+        }
+        Ok(Checked {
+            config: self,
+            kek,
+            rings,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(s: &str) -> Result<Checked, String> {
+        toml::from_str::<Config>(s)
+            .map_err(|e| e.to_string())
+            .and_then(Config::check)
+    }
+
+    #[test]
+    fn example_file_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("signet.example.toml");
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.rings.len(), 2);
+        assert_eq!(c.kek.kind(), "file");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_named() {
+        let cases = [
+            (
+                "[seal]\nkek = \"file:/k\"\ncolour = 1",
+                "unknown field `colour`",
+            ),
+            (
+                "[seal]\nkek = \"vault:x\"",
+                "seal.kek: KEK spec \"vault:x\": unknown provider",
+            ),
+            (
+                "[listen]\ngrpc = \"nope\"\n[seal]\nkek = \"file:/k\"",
+                "invalid socket address",
+            ),
+            (
+                "[seal]\nkek = \"env:K\"\n[[rings]]\nname = \"a\"\nalgorithm = \"RS256\"\nrsa_bits = 1024",
+                "rings[0].rsa_bits: 1024 is not supported",
+            ),
+            (
+                "[seal]\nkek = \"env:K\"\n[[rings]]\nname = \"A\"\nalgorithm = \"ES256\"",
+                "rings[0].name: ",
+            ),
+            ("", "missing field `seal`"),
+        ];
+        for (text, want) in cases {
+            let e = check(text).err().unwrap_or_default();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = check("[seal]\nkek = \"env:SIGNET_KEK\"").unwrap();
+        assert_eq!(c.config.listen, Listen::default());
+        assert_eq!(c.config.store.data_dir, PathBuf::from("/var/lib/signet"));
+        assert!(!c.config.seal.allow_unlocked_memory);
+    }
+}

@@ -1,0 +1,161 @@
+//! Assembling a server: data directory, store, KEK, key manager, listeners.
+//! `signet dev` and `signet server` both go through [`prepare`].
+
+use std::{
+    fs::{self, File},
+    future::Future,
+    net::SocketAddr,
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    path::PathBuf,
+    sync::Arc,
+};
+
+use anyhow::{Context, bail};
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::{
+    clock::SystemClock,
+    crypto::KeySpec,
+    http,
+    keyring::{KeyManager, RingName},
+    rpc,
+    seal::KekSpec,
+    store::{KeyStore, SqliteStore},
+};
+
+/// What a server needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// gRPC listen address.
+    pub grpc_listen: SocketAddr,
+    /// HTTP listen address.
+    pub http_listen: SocketAddr,
+    /// Data directory (SQLite store and lock file).
+    pub data_dir: PathBuf,
+    /// KEK provider.
+    pub kek: KekSpec,
+    /// Rings to create when missing.
+    pub rings: Vec<(RingName, KeySpec)>,
+    /// Serve sealed (only Status and Unseal do anything) instead of
+    /// unsealing at start.
+    pub start_sealed: bool,
+}
+
+/// A server ready to serve: store open, keys unsealed (unless asked not
+/// to), listeners bound.
+pub struct Prepared {
+    /// The key manager.
+    pub keys: KeyManager,
+    /// Bound gRPC address (port 0 resolved).
+    pub grpc_addr: SocketAddr,
+    /// Bound HTTP address.
+    pub http_addr: SocketAddr,
+    grpc: TcpListener,
+    http: TcpListener,
+    /// Held for the life of the server: one process per data directory.
+    _lock: File,
+}
+
+/// The SQLite file inside a data directory.
+pub fn store_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("signet.db")
+}
+
+/// Creates the data directory (mode 0700) if needed and takes its lock.
+pub fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<File> {
+    let shown = data_dir.display();
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .with_context(|| format!("data dir {shown}: cannot create it"))?;
+    let mode = fs::metadata(data_dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(data_dir = %shown, mode = format!("{mode:03o}"), "data dir is accessible by group or others; chmod 700 it");
+    }
+    let lock_path = data_dir.join("signet.lock");
+    let lock = File::create(&lock_path)
+        .with_context(|| format!("data dir {shown}: cannot create its lock file"))?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "data dir {shown} is in use by another signet process (lock file {})",
+            lock_path.display()
+        );
+    }
+    Ok(lock)
+}
+
+/// Opens everything a server needs. On a KEK failure nothing on disk has
+/// changed and the error says which provider failed and why.
+pub async fn prepare(opts: &ServerOptions) -> anyhow::Result<Prepared> {
+    let lock = lock_data_dir(&opts.data_dir)?;
+    let store: Arc<dyn KeyStore> = Arc::new(
+        SqliteStore::open(&store_path(&opts.data_dir))
+            .await
+            .with_context(|| {
+                format!(
+                    "data dir {}: cannot open the store",
+                    opts.data_dir.display()
+                )
+            })?,
+    );
+    let keys = KeyManager::open(store, Arc::new(SystemClock), Arc::new(opts.kek.clone())).await?;
+    if opts.start_sealed {
+        tracing::warn!("starting sealed: Sign is refused until `signet unseal`");
+    } else {
+        keys.unseal()
+            .await
+            .context("cannot unseal; Signet stays sealed and nothing on disk was changed")?;
+        for (name, spec) in &opts.rings {
+            match keys.snapshot().ring(name) {
+                Some(ring) if ring.record().spec != *spec => tracing::warn!(
+                    ring = %name,
+                    configured = %spec,
+                    stored = %ring.record().spec,
+                    "ring exists with another algorithm; keeping the stored one"
+                ),
+                Some(_) => {}
+                None => {
+                    keys.create_ring(name.as_str(), *spec).await?;
+                }
+            }
+        }
+    }
+    let grpc = TcpListener::bind(opts.grpc_listen)
+        .await
+        .with_context(|| format!("--grpc-listen {}: cannot listen", opts.grpc_listen))?;
+    let http = TcpListener::bind(opts.http_listen)
+        .await
+        .with_context(|| format!("--http-listen {}: cannot listen", opts.http_listen))?;
+    Ok(Prepared {
+        keys,
+        grpc_addr: grpc.local_addr()?,
+        http_addr: http.local_addr()?,
+        grpc,
+        http,
+        _lock: lock,
+    })
+}
+
+impl Prepared {
+    /// Serves gRPC and HTTP until `shutdown` completes, then drains both.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(());
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                // Resolves when the sender signals or is dropped.
+                let _ = rx.changed().await;
+            }
+        };
+        let grpc_task = tokio::spawn(rpc::serve(self.grpc, self.keys.clone(), stopped()));
+        let http_task = tokio::spawn(http::serve(self.http, self.keys.clone(), stopped()));
+        shutdown.await;
+        tracing::info!("shutting down");
+        drop(stop_tx);
+        grpc_task.await?.context("gRPC server failed")?;
+        http_task.await?.context("HTTP server failed")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,455 @@
+//! Sealed durable storage: restarts, wrong KEKs, tampering, crashes, seal.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure should panic
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use common::process::{Proc, kek_file, write_config};
+use signet::{
+    clock::SystemClock,
+    crypto::{Algorithm, KeySpec},
+    keyring::KeyManager,
+    pb::{
+        self, key_admin_client::KeyAdminClient, operator_client::OperatorClient,
+        signer_client::SignerClient,
+    },
+    seal::KekSpec,
+    store::{KeyStore, RingUpdate, SqliteStore},
+};
+use tonic::Code;
+
+fn db(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("signet.db")
+}
+
+#[test]
+fn restart_keeps_keys_and_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let dev = Proc::dev(&data, &[], &[]).unwrap();
+    let token = dev.ok(&["sign", "--claims", r#"{"sub":"before-restart"}"#]);
+    let jwks_before = dev.ok(&["jwks"]);
+    assert!(dev.terminate().success());
+    let kek = std::fs::metadata(data.join("kek")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        kek.permissions().mode() & 0o777,
+        0o600,
+        "dev KEK file is 0600"
+    );
+
+    let dev = Proc::dev(&data, &[], &[]).unwrap();
+    let jwks_after = dev.ok(&["jwks"]);
+    assert_eq!(jwks_before, jwks_after, "same keys after restart");
+    common::verify(token.trim(), &jwks_after);
+    let again = dev.ok(&["sign", "--claims", "{}"]);
+    assert_eq!(
+        common::part(again.trim(), 0)["kid"],
+        common::part(token.trim(), 0)["kid"],
+        "signing continues with the same active key"
+    );
+}
+
+#[test]
+fn wrong_kek_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let dev = Proc::dev(&data, &[], &[]).unwrap();
+    dev.ok(&["rotate"]);
+    assert!(dev.terminate().success());
+    let before = std::fs::read(db(&data)).unwrap();
+
+    let other = kek_file(&dir.path().join("other-kek"));
+    let err = Proc::dev(&data, &["--kek", &other], &[]).err().unwrap();
+    assert!(
+        err.contains("is not the key-encryption key of this store"),
+        "{err}"
+    );
+    assert!(err.contains(&other), "names the provider: {err}");
+
+    let wrong = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let err = Proc::dev(
+        &data,
+        &["--kek", "env:SIGNET_TEST_KEK"],
+        &[("SIGNET_TEST_KEK", wrong)],
+    )
+    .err()
+    .unwrap();
+    assert!(
+        err.contains("KEK env:SIGNET_TEST_KEK is not the key-encryption key"),
+        "{err}"
+    );
+
+    let err = Proc::dev(&data, &["--kek", "env:SIGNET_UNSET_KEK_VAR"], &[])
+        .err()
+        .unwrap();
+    assert!(
+        err.contains("env KEK $SIGNET_UNSET_KEK_VAR: the variable is not set"),
+        "{err}"
+    );
+
+    let loose = dir.path().join("loose-kek");
+    kek_file(&loose);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let spec = format!("file:{}", loose.display());
+    let err = Proc::dev(&data, &["--kek", &spec], &[]).err().unwrap();
+    assert!(
+        err.contains("readable by group or others (mode 644)"),
+        "{err}"
+    );
+
+    assert_eq!(
+        std::fs::read(db(&data)).unwrap(),
+        before,
+        "store file bytes unchanged"
+    );
+}
+
+async fn manager(data: &std::path::Path, kek: &str) -> KeyManager {
+    let store = SqliteStore::open(&db(data)).await.unwrap();
+    let spec: KekSpec = kek.parse().unwrap();
+    let keys = KeyManager::open(Arc::new(store), Arc::new(SystemClock), Arc::new(spec))
+        .await
+        .unwrap();
+    keys.unseal().await.unwrap();
+    keys
+}
+
+fn params(ring: &str) -> signet::keyring::SignParams<'_> {
+    signet::keyring::SignParams {
+        ring,
+        claims_json: b"{}",
+        ttl: None,
+        header_json: b"",
+    }
+}
+
+#[tokio::test]
+async fn swapped_blobs_fail_with_data_loss_and_other_rings_work() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("d")).unwrap();
+    let data = dir.path().join("d");
+    let kek = kek_file(&dir.path().join("kek"));
+    let keys = manager(&data, &kek).await;
+    for ring in ["a", "b", "c"] {
+        keys.create_ring(ring, KeySpec::new(Algorithm::Es256, 0).unwrap())
+            .await
+            .unwrap();
+    }
+    drop(keys);
+
+    // Swap the sealed blobs of rings a and b through the store API.
+    let store = SqliteStore::open(&db(&data)).await.unwrap();
+    let rings = store.load().await.unwrap();
+    let get = |n: &str| rings.iter().find(|r| r.name.as_str() == n).unwrap().clone();
+    let (a, b) = (get("a"), get("b"));
+    for (ring, other) in [(&a, &b), (&b, &a)] {
+        let mut swapped = ring.keys[0].clone();
+        swapped.sealed = other.keys[0].sealed.clone();
+        store
+            .update_ring(&RingUpdate {
+                ring: ring.name.clone(),
+                expected_generation: ring.generation,
+                insert: vec![],
+                update: vec![swapped],
+            })
+            .await
+            .unwrap();
+    }
+    drop(store);
+
+    let keys = manager(&data, &kek).await;
+    assert_eq!(keys.status().broken_keys, 2);
+    for ring in [&a, &b] {
+        let err = keys.sign(params(ring.name.as_str())).await.unwrap_err();
+        let status = tonic::Status::from(err);
+        assert_eq!(status.code(), Code::DataLoss);
+        assert_eq!(
+            status.message(),
+            format!(
+                "the sealed record of key {} in ring {} failed its integrity check",
+                ring.keys[0].kid, ring.name
+            )
+        );
+        let (set, _) = keys.jwks(ring.name.as_str(), "r").unwrap();
+        assert!(set.keys.is_empty(), "a broken key is not published");
+    }
+    keys.sign(params("c")).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_the_store_is_data_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    std::fs::create_dir_all(&data).unwrap();
+    let kek = kek_file(&dir.path().join("kek"));
+    let keys = manager(&data, &kek).await;
+    keys.create_ring("r", KeySpec::new(Algorithm::EdDsa, 0).unwrap())
+        .await
+        .unwrap();
+    drop(keys);
+    let store = SqliteStore::open(&db(&data)).await.unwrap();
+    let ring = store.load().await.unwrap().remove(0);
+    let len = ring.keys[0].sealed.as_ref().unwrap().0.len();
+    // Every position, one bit each, through the real store.
+    for i in (0..len).step_by(7) {
+        let cur = store.load().await.unwrap().remove(0);
+        let mut key = ring.keys[0].clone();
+        key.sealed.as_mut().unwrap().0[i] ^= 0x10;
+        store
+            .update_ring(&RingUpdate {
+                ring: cur.name.clone(),
+                expected_generation: cur.generation,
+                insert: vec![],
+                update: vec![key],
+            })
+            .await
+            .unwrap();
+        let keys = manager(&data, &kek).await;
+        let err = keys.sign(params("r")).await.unwrap_err();
+        assert_eq!(tonic::Status::from(err).code(), Code::DataLoss, "byte {i}");
+    }
+}
+
+#[tokio::test]
+async fn seal_and_unseal_over_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let dev = Proc::dev(&data, &[], &[]).unwrap();
+    let ch = dev.channel().await;
+    let mut signer = SignerClient::new(ch.clone());
+    let mut op = OperatorClient::new(ch.clone());
+    let req = || pb::SignRequest {
+        key_ring: "default".into(),
+        claims_json: b"{}".to_vec(),
+        ttl: None,
+        header_json: vec![],
+    };
+    let kid = signer.sign(req()).await.unwrap().into_inner().kid;
+    let status = op.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    assert!(!status.sealed);
+    assert_eq!(
+        (
+            status.store_kind.as_str(),
+            status.kek_provider_kind.as_str()
+        ),
+        ("sqlite", "file")
+    );
+
+    let sealed = op
+        .seal(pb::SealRequest {
+            reason: "test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert!(sealed.sealed);
+    assert_eq!(sealed.loaded_keys, 0, "no private key left in memory");
+    let err = signer.sign(req()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().starts_with("sealed"), "{}", err.message());
+    let err = KeyAdminClient::new(ch.clone())
+        .rotate(pb::RotateRequest {
+            key_ring: "default".into(),
+            immediate: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    // Verifiers keep their keys while sealed.
+    assert!(dev.ok(&["jwks"]).contains(&kid));
+
+    let out = dev.ok(&["unseal"]);
+    assert!(out.contains("sealed:  no"), "{out}");
+    assert_eq!(
+        signer.sign(req()).await.unwrap().into_inner().kid,
+        kid,
+        "same kid after unseal"
+    );
+    let out = dev.ok(&["status"]);
+    assert!(out.contains("store:   sqlite"), "{out}");
+}
+
+#[test]
+fn server_config_check_and_start_sealed() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/signet.example.toml");
+    let out = std::process::Command::new(common::process::BIN)
+        .args(["server", "--config", example, "--check-config"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": OK ("));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[seal]\nkek = \"file:/k\"\nkek_file = 1\n").unwrap();
+    let out = std::process::Command::new(common::process::BIN)
+        .args([
+            "server",
+            "--config",
+            bad.to_str().unwrap(),
+            "--check-config",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `kek_file`"));
+
+    let kek = kek_file(&dir.path().join("kek"));
+    let config = write_config(
+        dir.path(),
+        &dir.path().join("data"),
+        &kek,
+        &[("api", "ES256")],
+    );
+    let cfg = config.to_str().unwrap();
+    let server = Proc::spawn(&["server", "--config", cfg, "--start-sealed"], &[]).unwrap();
+    let out = server.ok(&["status", "--json"]);
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["sealed"], true);
+    let out = server.run(&["sign", "--ring", "api", "--claims", "{}"]);
+    assert!(!out.status.success());
+    server.ok(&["unseal"]);
+    // Configured rings are created when the server unseals at start; a
+    // --start-sealed server creates none until restarted unsealed.
+    assert!(server.terminate().success());
+    let server = Proc::spawn(&["server", "--config", cfg], &[]).unwrap();
+    let token = server.ok(&["sign", "--ring", "api", "--claims", "{}"]);
+    assert_eq!(common::part(token.trim(), 0)["alg"], "ES256");
+}
+
+#[test]
+fn rekey_moves_the_store_to_a_new_kek() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let kek = kek_file(&dir.path().join("kek-old"));
+    let dev = Proc::dev(&data, &["--kek", &kek], &[]).unwrap();
+    let token = dev.ok(&["sign", "--claims", "{}"]);
+    dev.ok(&["rotate"]);
+    assert!(dev.terminate().success());
+
+    let new = kek_file(&dir.path().join("kek-new"));
+    let out = std::process::Command::new(common::process::BIN)
+        .args([
+            "operator",
+            "rekey",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--kek",
+            &kek,
+            "--new-kek",
+            &new,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("re-wrapped 2 key(s)"));
+
+    let err = Proc::dev(&data, &["--kek", &kek], &[]).err().unwrap();
+    assert!(
+        err.contains("is not the key-encryption key of this store"),
+        "{err}"
+    );
+    let dev = Proc::dev(&data, &["--kek", &new], &[]).unwrap();
+    common::verify(token.trim(), &dev.ok(&["jwks"]));
+    dev.ok(&["sign", "--claims", "{}"]);
+}
+
+/// SIGKILL during rotations, 50 rounds: after each restart exactly one key
+/// is active and published, every record opens, and every token issued
+/// earlier still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_during_rotation_never_leaves_a_half_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let kek = kek_file(&dir.path().join("kek"));
+    let config = write_config(
+        dir.path(),
+        &dir.path().join("data"),
+        &kek,
+        &[("crash", "ES256")],
+    );
+    let cfg = config.to_str().unwrap().to_owned();
+    let mut tokens: Vec<String> = Vec::new();
+    for round in 0..50u64 {
+        let server = Proc::spawn(&["server", "--config", &cfg], &[]).unwrap();
+        let ch = server.channel().await;
+        let mut signer = SignerClient::new(ch.clone());
+        let mut op = OperatorClient::new(ch.clone());
+
+        let status = op.status(pb::StatusRequest {}).await.unwrap().into_inner();
+        assert!(!status.sealed, "round {round}");
+        assert_eq!(status.broken_keys, 0, "round {round}: every record opens");
+        assert_eq!(status.loaded_keys, status.keys, "round {round}");
+        let keys = KeyAdminClient::new(ch.clone())
+            .list_keys(pb::ListKeysRequest {
+                key_ring: "crash".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .keys;
+        let active: Vec<_> = keys
+            .iter()
+            .filter(|k| k.state() == pb::KeyState::Active)
+            .collect();
+        assert_eq!(active.len(), 1, "round {round}: exactly one active key");
+        let jwks = signer
+            .get_jwks(pb::GetJwksRequest {
+                key_ring: "crash".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .jwks_json;
+        assert!(
+            jwks.contains(&active[0].kid),
+            "round {round}: the active key is published"
+        );
+        for t in &tokens {
+            common::verify(t, &jwks);
+        }
+        let signed = signer
+            .sign(pb::SignRequest {
+                key_ring: "crash".into(),
+                claims_json: format!(r#"{{"round":{round}}}"#).into_bytes(),
+                ttl: None,
+                header_json: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        tokens.push(signed.token);
+
+        // Rotate continuously and kill at a varying moment.
+        let mut admin = KeyAdminClient::new(ch.clone());
+        let rotating = tokio::spawn(async move {
+            loop {
+                let r = admin
+                    .rotate(pb::RotateRequest {
+                        key_ring: "crash".into(),
+                        immediate: true,
+                    })
+                    .await;
+                if r.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(5 + (round * 7919) % 40)).await;
+        server.kill9();
+        let _ = rotating.await;
+    }
+}
