@@ -453,3 +453,35 @@ async fn crash_during_rotation_never_leaves_a_half_key() {
         let _ = rotating.await;
     }
 }
+
+/// The server process cannot dump core, and (as root, where mlockall is
+/// permitted) its memory is locked against swapping.
+#[test]
+fn server_process_is_hardened() {
+    let dir = tempfile::tempdir().unwrap();
+    let kek = kek_file(&dir.path().join("kek"));
+    let config = write_config(dir.path(), &dir.path().join("data"), &kek, &[("h", "EdDSA")]);
+    let server = Proc::spawn(&["server", "--config", config.to_str().unwrap()], &[]).unwrap();
+    let pid = server.child.id();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+    let fields: Vec<_> = core.split_whitespace().collect();
+    assert_eq!(&fields[4..6], ["0", "0"], "RLIMIT_CORE is 0: {core}");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let locked_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    let euid = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:").map(|u| u.split_whitespace().nth(1).unwrap().to_owned()))
+        .unwrap();
+    if euid == "0" {
+        assert!(locked_kb > 0, "memory locked (VmLck {locked_kb} kB)");
+    }
+    let logs = server.stderr.lock().unwrap().clone();
+    assert!(logs.contains("memory_locked="), "{logs}");
+}
