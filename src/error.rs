@@ -18,6 +18,27 @@ pub enum Error {
     /// No ring of that name.
     #[error("key ring {0:?} not found")]
     RingNotFound(String),
+    /// The ring has no key with that kid.
+    #[error("key {kid} not found in ring {ring}")]
+    KidNotFound {
+        /// The ring.
+        ring: RingName,
+        /// The kid asked for.
+        kid: String,
+    },
+    /// The key's material is already destroyed (revoked or removed).
+    #[error("key {kid} of ring {ring} is already {state}; nothing to revoke")]
+    AlreadyGone {
+        /// The ring.
+        ring: RingName,
+        /// The key.
+        kid: Kid,
+        /// `revoked` or `removed`.
+        state: &'static str,
+    },
+    /// A policy breaks one of the rules that keep tokens verifiable.
+    #[error(transparent)]
+    Policy(#[from] crate::keyring::PolicyError),
     /// A ring of that name exists already.
     #[error("key ring {0} already exists")]
     RingExists(RingName),

@@ -103,9 +103,11 @@ pub async fn prepare(opts: &ServerOptions) -> anyhow::Result<Prepared> {
     if opts.start_sealed {
         tracing::warn!("starting sealed: Sign is refused until `signet unseal`");
     } else {
-        keys.unseal()
-            .await
-            .context("cannot unseal; Signet stays sealed and nothing on disk was changed")?;
+        if let Err(e) = keys.unseal().await {
+            keys.close().await;
+            return Err(anyhow::Error::new(e)
+                .context("cannot unseal; Signet stays sealed and nothing on disk was changed"));
+        }
         for (name, spec) in &opts.rings {
             match keys.snapshot().ring(name) {
                 Some(ring) if ring.record().spec != *spec => tracing::warn!(
@@ -149,12 +151,19 @@ impl Prepared {
             }
         };
         let grpc_task = tokio::spawn(rpc::serve(self.grpc, self.keys.clone(), stopped()));
+        let scheduler = tokio::spawn(crate::keyring::scheduler::run(
+            self.keys.clone(),
+            crate::keyring::scheduler::DEFAULT_TICK,
+            stopped(),
+        ));
         let http_task = tokio::spawn(http::serve(self.http, self.keys.clone(), stopped()));
         shutdown.await;
         tracing::info!("shutting down");
         drop(stop_tx);
         grpc_task.await?.context("gRPC server failed")?;
         http_task.await?.context("HTTP server failed")?;
+        scheduler.await?;
+        self.keys.close().await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -125,7 +125,8 @@ async fn no_private_key_anywhere() {
             admin
                 .rotate(pb::RotateRequest {
                     key_ring: ring.into(),
-                    immediate: true
+                    immediate: true,
+                    reason: "test".into()
                 })
                 .await
         ));

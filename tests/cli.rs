@@ -12,12 +12,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_signet");
 
 struct Dev {
     child: Child,
+    _data: tempfile::TempDir,
     grpc: String,
     http: String,
 }
 
 impl Dev {
     fn start() -> Dev {
+        let data = tempfile::tempdir().unwrap();
         let mut child = Command::new(BIN)
             .args([
                 "dev",
@@ -25,7 +27,9 @@ impl Dev {
                 "127.0.0.1:0",
                 "--http-listen",
                 "127.0.0.1:0",
+                "--data-dir",
             ])
+            .arg(data.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -46,6 +50,7 @@ impl Dev {
         std::thread::spawn(move || for _ in lines {});
         Dev {
             child,
+            _data: data,
             grpc: grpc.unwrap(),
             http: http.unwrap(),
         }
@@ -121,9 +126,9 @@ fn dev_sign_jwks_keys_rotate() {
     assert!(table.starts_with("KID"), "{table}");
     assert!(table.contains(&kid0) && table.contains("active"), "{table}");
 
-    let rotated = dev.ok(&["rotate"]);
+    let rotated = dev.ok(&["rotate", "--now", "--reason", "cli test"]);
     assert!(
-        rotated.contains(&format!("key {kid0} stopped signing")),
+        rotated.contains(&format!("key {kid0} signs until ")),
         "{rotated}"
     );
 

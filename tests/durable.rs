@@ -20,6 +20,18 @@ use signet::{
 };
 use tonic::Code;
 
+/// Every file of the data dir but the lock file, with its bytes.
+fn snapshot_files(dir: &std::path::Path) -> Vec<(std::ffi::OsString, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name() != "signet.lock")
+        .map(|e| (e.file_name(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
 fn db(dir: &std::path::Path) -> std::path::PathBuf {
     dir.join("signet.db")
 }
@@ -57,9 +69,9 @@ fn wrong_kek_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let dev = Proc::dev(&data, &[], &[]).unwrap();
-    dev.ok(&["rotate"]);
+    dev.ok(&["rotate", "--now", "--reason", "test"]);
     assert!(dev.terminate().success());
-    let before = std::fs::read(db(&data)).unwrap();
+    let before = snapshot_files(&data);
 
     let other = kek_file(&dir.path().join("other-kek"));
     let err = Proc::dev(&data, &["--kek", &other], &[]).err().unwrap();
@@ -101,11 +113,7 @@ fn wrong_kek_is_refused_and_changes_nothing() {
         "{err}"
     );
 
-    assert_eq!(
-        std::fs::read(db(&data)).unwrap(),
-        before,
-        "store file bytes unchanged"
-    );
+    assert!(snapshot_files(&data) == before, "store files changed");
 }
 
 async fn manager(data: &std::path::Path, kek: &str) -> KeyManager {
@@ -151,6 +159,7 @@ async fn swapped_blobs_fail_with_data_loss_and_other_rings_work() {
         swapped.sealed = other.keys[0].sealed.clone();
         store
             .update_ring(&RingUpdate {
+                policy: None,
                 ring: ring.name.clone(),
                 expected_generation: ring.generation,
                 insert: vec![],
@@ -201,6 +210,7 @@ async fn a_flipped_byte_in_the_store_is_data_loss() {
         key.sealed.as_mut().unwrap().0[i] ^= 0x10;
         store
             .update_ring(&RingUpdate {
+                policy: None,
                 ring: cur.name.clone(),
                 expected_generation: cur.generation,
                 insert: vec![],
@@ -257,6 +267,7 @@ async fn seal_and_unseal_over_grpc() {
         .rotate(pb::RotateRequest {
             key_ring: "default".into(),
             immediate: true,
+            reason: "test".into(),
         })
         .await
         .unwrap_err();
@@ -334,7 +345,7 @@ fn rekey_moves_the_store_to_a_new_kek() {
     let kek = kek_file(&dir.path().join("kek-old"));
     let dev = Proc::dev(&data, &["--kek", &kek], &[]).unwrap();
     let token = dev.ok(&["sign", "--claims", "{}"]);
-    dev.ok(&["rotate"]);
+    dev.ok(&["rotate", "--now", "--reason", "test"]);
     assert!(dev.terminate().success());
 
     let new = kek_file(&dir.path().join("kek-new"));
@@ -441,6 +452,7 @@ async fn crash_during_rotation_never_leaves_a_half_key() {
                     .rotate(pb::RotateRequest {
                         key_ring: "crash".into(),
                         immediate: true,
+                        reason: "test".into(),
                     })
                     .await;
                 if r.is_err() {
@@ -460,11 +472,19 @@ async fn crash_during_rotation_never_leaves_a_half_key() {
 fn server_process_is_hardened() {
     let dir = tempfile::tempdir().unwrap();
     let kek = kek_file(&dir.path().join("kek"));
-    let config = write_config(dir.path(), &dir.path().join("data"), &kek, &[("h", "EdDSA")]);
+    let config = write_config(
+        dir.path(),
+        &dir.path().join("data"),
+        &kek,
+        &[("h", "EdDSA")],
+    );
     let server = Proc::spawn(&["server", "--config", config.to_str().unwrap()], &[]).unwrap();
     let pid = server.child.id();
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
     let fields: Vec<_> = core.split_whitespace().collect();
     assert_eq!(&fields[4..6], ["0", "0"], "RLIMIT_CORE is 0: {core}");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -477,7 +497,10 @@ fn server_process_is_hardened() {
     let euid = std::fs::read_to_string("/proc/self/status")
         .unwrap()
         .lines()
-        .find_map(|l| l.strip_prefix("Uid:").map(|u| u.split_whitespace().nth(1).unwrap().to_owned()))
+        .find_map(|l| {
+            l.strip_prefix("Uid:")
+                .map(|u| u.split_whitespace().nth(1).unwrap().to_owned())
+        })
         .unwrap();
     if euid == "0" {
         assert!(locked_kb > 0, "memory locked (VmLck {locked_kb} kB)");

@@ -199,6 +199,7 @@ async fn ring_rules() {
         .rotate(pb::RotateRequest {
             key_ring: "nope".into(),
             immediate: true,
+            reason: "test".into(),
         })
         .await
         .unwrap_err();

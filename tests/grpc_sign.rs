@@ -127,7 +127,8 @@ async fn rotate_keeps_old_tokens_verifiable() {
         .admin()
         .rotate(pb::RotateRequest {
             key_ring: "default".into(),
-            immediate: false,
+            immediate: true,
+            reason: "test".into(),
         })
         .await
         .unwrap()

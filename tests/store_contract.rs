@@ -101,6 +101,7 @@ async fn sqlite_concurrent_updates_have_one_winner() {
             tokio::spawn(async move {
                 store
                     .update_ring(&RingUpdate {
+                        policy: None,
                         ring: RingName::parse("race", "n").unwrap(),
                         expected_generation: 1,
                         insert: vec![contract::key_record(1000 + i)],
@@ -143,6 +144,7 @@ async fn sqlite_destroyed_blob_leaves_the_disk() {
     key.sealed = None;
     store
         .update_ring(&RingUpdate {
+            policy: None,
             ring: r.name.clone(),
             expected_generation: 1,
             insert: vec![],

@@ -294,7 +294,9 @@ async fn raw_phase(
     let mut handles = Vec::with_capacity(threads);
     for _ in 0..threads {
         let (keys, count, claims) = (keys.clone(), count.clone(), claims.to_vec());
-        handles.push(thread::spawn(move || -> anyhow::Result<()> {
+        // Named, so a profile can tell the raw phase from the gRPC one.
+        let builder = thread::Builder::new().name("signet-bench-raw".into());
+        handles.push(builder.spawn(move || -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread().build()?;
             rt.block_on(async {
                 let mut set = tokio::task::JoinSet::new();
@@ -319,7 +321,7 @@ async fn raw_phase(
                 }
                 Ok(())
             })
-        }));
+        })?);
     }
     let joined = tokio::task::spawn_blocking(move || {
         handles

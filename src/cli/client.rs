@@ -79,9 +79,25 @@ pub struct KeysArgs {
 pub struct RotateArgs {
     #[command(flatten)]
     ring: RingArgs,
-    /// Emergency rotation (in this release every rotation is immediate).
+    /// Emergency rotation: the new key signs now instead of after
+    /// publish_lead. Verifiers with a cached JWKS refetch on the new kid.
     #[arg(long)]
     now: bool,
+    /// Why (kept with the new key and logged).
+    #[arg(long)]
+    reason: String,
+}
+
+/// Options of `signet revoke`.
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// The kid to revoke.
+    kid: String,
+    #[command(flatten)]
+    ring: RingArgs,
+    /// Why (kept with the key and logged).
+    #[arg(long)]
+    reason: String,
 }
 
 /// `signet rings ...`
@@ -148,12 +164,12 @@ pub async fn jwks(args: RingArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn time(t: Option<&prost_types::Timestamp>) -> String {
+pub(super) fn time(t: Option<&prost_types::Timestamp>) -> String {
     t.map(|t| crate::clock::UnixTime::from_secs(t.seconds).to_string())
         .unwrap_or_else(|| "-".to_owned())
 }
 
-fn state_name(k: &pb::KeyInfo) -> &'static str {
+pub(super) fn state_name(k: &pb::KeyInfo) -> &'static str {
     match k.state() {
         pb::KeyState::Pending => "pending",
         pb::KeyState::Published => "published",
@@ -188,6 +204,8 @@ pub async fn keys(args: KeysArgs) -> anyhow::Result<()> {
                     "activate_at": k.activate_at.as_ref().map(|t| t.seconds),
                     "retire_at": k.retire_at.as_ref().map(|t| t.seconds),
                     "remove_at": k.remove_at.as_ref().map(|t| t.seconds),
+                    "revoked_at": k.revoked_at.as_ref().map(|t| t.seconds),
+                    "reason": k.reason,
                 })
             })
             .collect();
@@ -195,18 +213,21 @@ pub async fn keys(args: KeysArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<43}  {:<9}  {:<7}  {:<20}  {:<20}  {:<20}",
-        "KID", "STATE", "ALG", "ACTIVATED", "RETIRED", "REMOVED FROM JWKS"
+        "{:<43}  {:<9}  {:<7}  {:<20}  {:<20}  {:<20}  {:<20}  REASON",
+        "KID", "STATE", "ALG", "PUBLISHED", "SIGNS FROM", "SIGNS UNTIL", "LEAVES JWKS"
     );
     for k in &resp.keys {
+        let leaves = k.revoked_at.as_ref().or(k.remove_at.as_ref());
         println!(
-            "{:<43}  {:<9}  {:<7}  {:<20}  {:<20}  {:<20}",
+            "{:<43}  {:<9}  {:<7}  {:<20}  {:<20}  {:<20}  {:<20}  {}",
             k.kid,
             state_name(k),
             k.alg,
+            time(k.publish_at.as_ref()),
             time(k.activate_at.as_ref()),
             time(k.retire_at.as_ref()),
-            time(k.remove_at.as_ref()),
+            time(leaves),
+            k.reason,
         );
     }
     Ok(())
@@ -219,19 +240,50 @@ pub async fn rotate(args: RotateArgs) -> anyhow::Result<()> {
         .rotate(pb::RotateRequest {
             key_ring: ring.clone(),
             immediate: args.now,
+            reason: args.reason,
         })
         .await
         .map_err(status_error)?
         .into_inner();
     let new = resp.new_key.context("the server sent no new key")?;
-    println!("ring {ring}: key {} signs from now on", new.kid);
+    if args.now {
+        println!("ring {ring}: key {} signs from now on", new.kid);
+    } else {
+        println!(
+            "ring {ring}: key {} is published and signs from {}",
+            new.kid,
+            time(new.activate_at.as_ref())
+        );
+    }
     if let Some(old) = resp.previous_key {
         println!(
-            "ring {ring}: key {} stopped signing; it stays in the JWKS until {}",
+            "ring {ring}: key {} signs until {}; it stays in the JWKS until {}",
             old.kid,
+            time(old.retire_at.as_ref()),
             time(old.remove_at.as_ref())
         );
     }
+    Ok(())
+}
+
+pub async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
+    let mut client = KeyAdminClient::new(connect(&args.ring.client.addr).await?);
+    let resp = client
+        .revoke_key(pb::RevokeKeyRequest {
+            key_ring: args.ring.ring.clone(),
+            kid: args.kid,
+            reason: args.reason,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let key = resp.key.context("the server sent no key")?;
+    println!(
+        "ring {}: key {} revoked at {}: removed from the JWKS, its material destroyed",
+        args.ring.ring,
+        key.kid,
+        time(key.revoked_at.as_ref())
+    );
     Ok(())
 }
 

@@ -5,7 +5,9 @@ mod bench;
 mod client;
 mod dev;
 mod operator;
+mod policy;
 mod server;
+mod timeline;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -22,7 +24,8 @@ pub use bench::BenchArgs;
 ///
 ///   signet sign --claims '{"sub":"alice"}'
 ///   signet jwks
-///   signet rotate
+///   signet rotate --reason "quarterly"
+///   signet timeline --simulate --days 200
 #[derive(Debug, Parser)]
 #[command(name = "signet", version, verbatim_doc_comment)]
 pub struct Cli {
@@ -46,9 +49,17 @@ enum Command {
     Jwks(client::RingArgs),
     /// List a ring's keys with their states and dates.
     Keys(client::KeysArgs),
-    /// Rotate a ring: a new key signs from now on; the old one stays
-    /// published for the grace period so its tokens keep verifying.
+    /// Rotate a ring. By default the successor is published now and signs
+    /// after the ring's publish_lead; --now is the emergency rotation.
     Rotate(client::RotateArgs),
+    /// Revoke a key: out of the JWKS now, material destroyed. Revoking the
+    /// signing key rotates immediately first.
+    Revoke(client::RevokeArgs),
+    /// Show, set or check a ring's rotation and token policy.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Chart a ring's key timeline (past and projected), or simulate one.
+    Timeline(timeline::TimelineArgs),
     /// Manage key rings.
     #[command(subcommand)]
     Rings(client::RingsCommand),
@@ -137,6 +148,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jwks(args) => client::jwks(args).await,
         Command::Keys(args) => client::keys(args).await,
         Command::Rotate(args) => client::rotate(args).await,
+        Command::Revoke(args) => client::revoke(args).await,
+        Command::Policy(cmd) => policy::run(cmd).await,
+        Command::Timeline(args) => timeline::run(args).await,
         Command::Rings(cmd) => client::rings(cmd).await,
         Command::Bench(args) => bench::run(args).await,
     }

@@ -1,20 +1,57 @@
-//! Writes: creating rings and rotating keys. Each is one store transaction
-//! guarded by the ring's generation, with every key sealed before it is
-//! written.
+//! Writes: creating rings, rotating, revoking, changing policy, and the
+//! scheduler's tick. Every write is planned as a list of [`Change`]s and
+//! committed by [`KeyManager::commit`]: keys sealed for their new timelines,
+//! then one store transaction guarded by the ring's generation, then a new
+//! snapshot.
 
 use std::{collections::HashSet, sync::Arc};
 
 use super::{
-    KeyInfo, KeyManager, Policy, Ring, RingInfo, RingName, Timeline,
+    KeyInfo, KeyManager, KeyState, Policy, Ring, RingInfo, RingName, Timeline, Warning,
     keyset::LoadedKey,
     manager::{info, key_info},
 };
 use crate::{
     Error,
-    crypto::KeySpec,
+    clock::UnixTime,
+    crypto::{KeySpec, Kid},
     seal::{Kek, KeyContext, envelope},
     store::{KeyRecord, RingRecord, RingUpdate},
 };
+
+/// One change to one key of a ring.
+pub(super) enum Change {
+    /// A freshly generated key with its timeline.
+    Insert {
+        key: Box<LoadedKey>,
+        timeline: Timeline,
+        reason: Option<String>,
+    },
+    /// An existing key gets a new timeline (and is re-sealed for it).
+    Retime {
+        kid: Kid,
+        timeline: Timeline,
+        reason: Option<String>,
+    },
+    /// An existing key's material is destroyed; its kid stays as a tombstone
+    /// with this timeline.
+    Destroy {
+        kid: Kid,
+        timeline: Timeline,
+        reason: Option<String>,
+    },
+}
+
+/// What one scheduler pass did to one ring.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TickReport {
+    /// Successors generated, as `(ring, kid)`.
+    pub generated: Vec<(RingName, Kid)>,
+    /// Keys whose material was destroyed, as `(ring, kid)`.
+    pub destroyed: Vec<(RingName, Kid)>,
+    /// Rings that could not be processed, with the error.
+    pub failed: Vec<(RingName, String)>,
+}
 
 impl KeyManager {
     /// Creates a ring with one key that is published and active at once.
@@ -27,7 +64,7 @@ impl KeyManager {
         }
         let loaded = self.generate(spec).await?;
         let now = self.now();
-        let record = sealed_record(&*kek, &name, &loaded, Timeline::immediate(now)).await?;
+        let record = sealed_record(&*kek, &name, &loaded, Timeline::immediate(now), None).await?;
         let ring = RingRecord {
             name: name.clone(),
             spec,
@@ -49,85 +86,453 @@ impl KeyManager {
         Ok(out)
     }
 
-    /// Generates a new key that is published and signs from now on. The key
-    /// that was Active retires now and stays in the JWKS for the ring's grace
-    /// period. Returns the new key and the one it replaced, if any.
+    /// Rotates a ring.
     ///
-    /// The new key and the re-sealed old key (its timeline is bound into its
-    /// seal) are written in one store transaction: a crash leaves either the
-    /// old ring or the new one.
-    pub async fn rotate(&self, name: &str) -> Result<(KeyInfo, Option<KeyInfo>), Error> {
+    /// Scheduled (`immediate == false`): generates the successor now on the
+    /// normal timeline (published now, signs `publish_lead` later, when the
+    /// Active key retires). If a successor is already waiting, returns it
+    /// and changes nothing.
+    ///
+    /// Immediate (emergency): a new key is published and signs now; the
+    /// Active key retires now and keeps its grace period; a successor that
+    /// was waiting is withdrawn (it never signed). Verifiers with a cached
+    /// JWKS refetch on the unknown kid.
+    ///
+    /// Returns the key that signs next and the key it replaces.
+    pub async fn rotate(
+        &self,
+        name: &str,
+        immediate: bool,
+        reason: &str,
+    ) -> Result<(KeyInfo, Option<KeyInfo>), Error> {
         let name = RingName::parse(name, "key_ring")?;
         let _writer = self.shared.writer.lock().await;
         let kek = self.kek().ok_or(Error::Sealed)?;
-        let ring = self
-            .shared
-            .snapshot
-            .load()
-            .ring(&name)
-            .cloned()
-            .ok_or_else(|| Error::RingNotFound(name.to_string()))?;
+        let ring = self.current(&name)?;
+        let now = self.now();
         let spec = ring.record.spec;
+        let reason = Some(reason.to_owned()).filter(|r| !r.is_empty());
+        if !immediate
+            && let Some(active) = ring.active_at(now)
+            && active.timeline.retire_at.is_some()
+            && let Some(next) = successor_of(&ring, active, now)
+        {
+            return Ok((key_info(next, spec, now), Some(key_info(active, spec, now))));
+        }
         let loaded = self.generate(spec).await?;
         // Read the clock after generation, which can take a while for RSA.
         let now = self.now();
-        let new = sealed_record(&*kek, &name, &loaded, Timeline::immediate(now)).await?;
+        let new_kid = loaded.key.kid();
+        let changes = if immediate {
+            immediate_changes(&ring, loaded, now, reason.as_deref())
+        } else {
+            scheduled_changes(&ring, loaded, now, reason.clone())
+        };
+        let old = ring.active_at(now).map(|k| k.kid.clone());
+        let next = self.commit(&ring, &*kek, changes, None).await?;
+        let find = |kid: &Kid| next.record.keys.iter().find(|k| &k.kid == kid);
+        let new_info = find(&new_kid)
+            .map(|k| key_info(k, spec, now))
+            .ok_or(Error::ShuttingDown)?;
+        let old_info = old.as_ref().and_then(find).map(|k| key_info(k, spec, now));
+        tracing::info!(
+            ring = %name,
+            new_kid = %new_kid,
+            old_kid = old.as_ref().map_or("-", |k| k.as_str()),
+            immediate,
+            reason = reason.as_deref().unwrap_or(""),
+            activate_at = %new_info.timeline.activate_at,
+            "key ring rotated"
+        );
+        Ok((new_info, old_info))
+    }
 
-        let mut retired = None;
-        if let Some(old) = ring.active_at(now) {
-            let mut timeline = old.timeline;
-            timeline.retire_at = Some(now);
-            timeline.remove_at = Some(now.saturating_add(ring.record.policy.grace));
-            let old_key = ring
-                .loaded(&old.kid)
-                .ok_or_else(|| match ring.is_broken(&old.kid) {
-                    true => Error::DataLoss {
-                        ring: name.clone(),
-                        kid: old.kid.clone(),
-                    },
-                    false => Error::KeyUnavailable {
-                        ring: name.clone(),
-                        kid: old.kid.clone(),
-                    },
-                })?;
-            retired = Some(sealed_record(&*kek, &name, old_key, timeline).await?);
+    /// Revokes a key: it leaves the JWKS now and its material is destroyed.
+    /// Revoking the Active key first rotates immediately (in the same
+    /// write), so the ring always keeps a key that signs. Revoking a waiting
+    /// successor reopens the Active key's timeline; the scheduler plans a
+    /// new successor.
+    pub async fn revoke(&self, name: &str, kid: &str, reason: &str) -> Result<KeyInfo, Error> {
+        let name = RingName::parse(name, "key_ring")?;
+        let _writer = self.shared.writer.lock().await;
+        let kek = self.kek().ok_or(Error::Sealed)?;
+        let ring = self.current(&name)?;
+        let now = self.now();
+        let key = ring
+            .record
+            .keys
+            .iter()
+            .find(|k| k.kid.as_str() == kid)
+            .ok_or_else(|| Error::KidNotFound {
+                ring: name.clone(),
+                kid: kid.to_owned(),
+            })?;
+        if key.sealed.is_none() {
+            let state = if key.timeline.revoked_at.is_some() {
+                "revoked"
+            } else {
+                "removed"
+            };
+            return Err(Error::AlreadyGone {
+                ring: name,
+                kid: key.kid.clone(),
+                state,
+            });
         }
-        let update = RingUpdate {
+        let reason = Some(reason.to_owned()).filter(|r| !r.is_empty());
+        let mut revoked = key.timeline;
+        revoked.revoked_at = Some(now);
+        let mut changes = Vec::new();
+        let state = key.timeline.state_at(now);
+        let is_active = ring.active_at(now).is_some_and(|a| a.kid == key.kid);
+        if is_active {
+            let loaded = self.generate(ring.record.spec).await?;
+            let rotation_reason = format!("revocation of {}", key.kid);
+            changes = immediate_changes(&ring, loaded, now, Some(&rotation_reason));
+            // The immediate rotation retired this key; revoke on top of that.
+            changes.retain(|c| !matches!(c, Change::Retime { kid, .. } if kid == &key.kid));
+        } else if key.timeline.activate_at > now
+            && let Some(active) = ring.active_at(now)
+            && active.timeline.retire_at == Some(key.timeline.activate_at)
+        {
+            // A waiting successor: the Active key keeps signing, open-ended.
+            let mut reopened = active.timeline;
+            reopened.retire_at = None;
+            reopened.remove_at = None;
+            changes.push(Change::Retime {
+                kid: active.kid.clone(),
+                timeline: reopened,
+                reason: None,
+            });
+        }
+        changes.push(Change::Destroy {
+            kid: key.kid.clone(),
+            timeline: revoked,
+            reason: reason.clone(),
+        });
+        let kid = key.kid.clone();
+        let spec = ring.record.spec;
+        let next = self.commit(&ring, &*kek, changes, None).await?;
+        tracing::warn!(
+            ring = %name,
+            kid = %kid,
+            was = state.name(),
+            reason = reason.as_deref().unwrap_or(""),
+            "key revoked: removed from the JWKS and destroyed"
+        );
+        next.record
+            .keys
+            .iter()
+            .find(|k| k.kid == kid)
+            .map(|k| key_info(k, spec, now))
+            .ok_or(Error::ShuttingDown)
+    }
+
+    /// Validates and stores a ring's new policy. Existing timelines keep
+    /// their times; the next successor follows the new policy. Returns the
+    /// advice for the accepted policy.
+    pub async fn update_policy(&self, name: &str, policy: Policy) -> Result<Vec<Warning>, Error> {
+        let warnings = policy.validate()?;
+        let name = RingName::parse(name, "key_ring")?;
+        let _writer = self.shared.writer.lock().await;
+        let kek = self.kek().ok_or(Error::Sealed)?;
+        let ring = self.current(&name)?;
+        self.commit(&ring, &*kek, Vec::new(), Some(policy)).await?;
+        tracing::info!(ring = %name, ?policy, "policy updated");
+        for w in &warnings {
+            tracing::warn!(ring = %name, "policy advice: {w}");
+        }
+        Ok(warnings)
+    }
+
+    /// One scheduler pass over every ring at the service clock's now:
+    /// generates successors that are due and destroys the material of
+    /// removed keys. Never blocks signing (writes swap in a new snapshot).
+    pub async fn tick(&self) -> TickReport {
+        let mut report = TickReport::default();
+        let names: Vec<RingName> = self
+            .snapshot()
+            .rings()
+            .iter()
+            .map(|r| r.name().clone())
+            .collect();
+        for name in names {
+            if let Err(e) = self.tick_ring(&name, &mut report).await {
+                tracing::error!(ring = %name, error = %e, "scheduler failed on ring");
+                report.failed.push((name, e.to_string()));
+            }
+        }
+        report
+    }
+
+    async fn tick_ring(&self, name: &RingName, report: &mut TickReport) -> Result<(), Error> {
+        let _writer = self.shared.writer.lock().await;
+        let Some(kek) = self.kek() else {
+            return Ok(()); // sealed: nothing can be generated or re-sealed
+        };
+        let ring = self.current(name)?;
+        let now = self.now();
+        let policy = ring.record.policy;
+        let mut changes = Vec::new();
+        let mut generated = None;
+        match ring.active_at(now) {
+            Some(active) => {
+                let due = active
+                    .timeline
+                    .activate_at
+                    .saturating_add(policy.rotation_period)
+                    .saturating_sub(policy.publish_lead);
+                if active.timeline.retire_at.is_none() && now >= due {
+                    let loaded = self.generate(ring.record.spec).await?;
+                    generated = Some(loaded.key.kid());
+                    changes =
+                        scheduled_changes(&ring, loaded, now, Some("scheduled rotation".into()));
+                }
+            }
+            None => tracing::warn!(
+                ring = %name,
+                %now,
+                "no active key at this time (was the clock set back?); not rotating"
+            ),
+        }
+        for key in &ring.record.keys {
+            let state = key.timeline.state_at(now);
+            if key.sealed.is_some() && matches!(state, KeyState::Removed | KeyState::Revoked) {
+                changes.push(Change::Destroy {
+                    kid: key.kid.clone(),
+                    timeline: key.timeline,
+                    reason: None,
+                });
+                report.destroyed.push((name.clone(), key.kid.clone()));
+                tracing::info!(ring = %name, kid = %key.kid, "removed key destroyed (kid kept as a tombstone)");
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.commit(&ring, &*kek, changes, None).await?;
+        if let Some(kid) = generated {
+            tracing::info!(
+                ring = %name,
+                kid = %kid,
+                activates_in = %super::Short(policy.publish_lead),
+                "successor generated and published"
+            );
+            report.generated.push((name.clone(), kid));
+        }
+        Ok(())
+    }
+
+    /// The ring as of the current snapshot (writer lock held).
+    fn current(&self, name: &RingName) -> Result<Arc<Ring>, Error> {
+        self.shared
+            .snapshot
+            .load()
+            .ring(name)
+            .cloned()
+            .ok_or_else(|| Error::RingNotFound(name.to_string()))
+    }
+
+    /// Seals, writes in one CAS-guarded transaction, and installs `changes`
+    /// (and a new policy) for `ring`. Writer lock held.
+    pub(super) async fn commit(
+        &self,
+        ring: &Ring,
+        kek: &dyn Kek,
+        changes: Vec<Change>,
+        policy: Option<Policy>,
+    ) -> Result<Arc<Ring>, Error> {
+        let name = &ring.record.name;
+        let mut insert = Vec::new();
+        let mut update = Vec::new();
+        let mut new_loaded = Vec::new();
+        let mut destroyed = HashSet::new();
+        for change in changes {
+            match change {
+                Change::Insert {
+                    key,
+                    timeline,
+                    reason,
+                } => {
+                    insert.push(sealed_record(kek, name, &key, timeline, reason).await?);
+                    new_loaded.push(*key);
+                }
+                Change::Retime {
+                    kid,
+                    timeline,
+                    reason,
+                } => {
+                    let old = stored(ring, &kid)?;
+                    let key = ring.loaded(&kid).ok_or_else(|| unavailable(ring, &kid))?;
+                    let mut rec = sealed_record(kek, name, key, timeline, None).await?;
+                    rec.reason = reason.or_else(|| old.reason.clone());
+                    update.push(rec);
+                }
+                Change::Destroy {
+                    kid,
+                    timeline,
+                    reason,
+                } => {
+                    let old = stored(ring, &kid)?;
+                    update.push(KeyRecord {
+                        kid: kid.clone(),
+                        jwk: old.jwk.clone(),
+                        timeline,
+                        sealed: None,
+                        reason: reason.or_else(|| old.reason.clone()),
+                    });
+                    destroyed.insert(kid);
+                }
+            }
+        }
+        let write = RingUpdate {
             ring: name.clone(),
             expected_generation: ring.record.generation,
-            insert: vec![new.clone()],
-            update: retired.iter().cloned().collect(),
+            insert,
+            update,
+            policy,
         };
-        let generation = self.store().update_ring(&update).await?;
+        let generation = self.store().update_ring(&write).await?;
 
         let mut record = ring.record.clone();
         record.generation = generation;
-        let mut old_info = None;
-        if let Some(changed) = &retired
-            && let Some(k) = record.keys.iter_mut().find(|k| k.kid == changed.kid)
-        {
-            *k = changed.clone();
-            old_info = Some(key_info(k, spec, now));
+        if let Some(policy) = write.policy {
+            record.policy = policy;
         }
-        let new_info = key_info(&new, spec, now);
-        record.keys.push(new);
+        for changed in write.update {
+            if let Some(k) = record.keys.iter_mut().find(|k| k.kid == changed.kid) {
+                *k = changed;
+            }
+        }
+        record.keys.extend(write.insert);
         let mut next = Ring {
             record,
             loaded: ring.loaded.clone(),
             verified: ring.verified.clone(),
             broken: ring.broken.clone(),
         };
-        next.verified.insert(new_info.kid.clone());
-        next.loaded.insert(new_info.kid.clone(), Arc::new(loaded));
-        tracing::info!(
-            ring = %name,
-            new_kid = %new_info.kid,
-            old_kid = old_info.as_ref().map_or("-", |k| k.kid.as_str()),
-            "key ring rotated"
-        );
-        self.install(next);
-        Ok((new_info, old_info))
+        for kid in &destroyed {
+            // The last Arc (after any in-flight Sign) drops and wipes it.
+            next.loaded.remove(kid);
+        }
+        for key in new_loaded {
+            let kid = key.key.kid();
+            next.verified.insert(kid.clone());
+            next.loaded.insert(kid, Arc::new(key));
+        }
+        let next = Arc::new(next);
+        self.install_arc(next.clone());
+        Ok(next)
     }
+}
+
+fn stored<'a>(ring: &'a Ring, kid: &Kid) -> Result<&'a KeyRecord, Error> {
+    ring.record
+        .keys
+        .iter()
+        .find(|k| &k.kid == kid)
+        .ok_or_else(|| Error::KidNotFound {
+            ring: ring.record.name.clone(),
+            kid: kid.to_string(),
+        })
+}
+
+fn unavailable(ring: &Ring, kid: &Kid) -> Error {
+    if ring.is_broken(kid) {
+        Error::DataLoss {
+            ring: ring.record.name.clone(),
+            kid: kid.clone(),
+        }
+    } else {
+        Error::KeyUnavailable {
+            ring: ring.record.name.clone(),
+            kid: kid.clone(),
+        }
+    }
+}
+
+/// The key waiting to take over from `active`, if any.
+fn successor_of<'a>(ring: &'a Ring, active: &KeyRecord, now: UnixTime) -> Option<&'a KeyRecord> {
+    let at = active.timeline.retire_at?;
+    ring.record.keys.iter().find(|k| {
+        k.sealed.is_some()
+            && k.timeline.activate_at == at
+            && k.timeline.state_at(now) != KeyState::Revoked
+    })
+}
+
+/// A successor on the normal timeline: published now, signing
+/// `publish_lead` later, when the Active key retires (and stays published
+/// for `grace` after that).
+fn scheduled_changes(
+    ring: &Ring,
+    key: LoadedKey,
+    now: UnixTime,
+    reason: Option<String>,
+) -> Vec<Change> {
+    let policy = ring.record.policy;
+    let activate = now.saturating_add(policy.publish_lead);
+    let mut changes = vec![Change::Insert {
+        key: Box::new(key),
+        timeline: Timeline {
+            activate_at: activate,
+            ..Timeline::immediate(now)
+        },
+        reason,
+    }];
+    if let Some(active) = ring.active_at(now) {
+        let mut tl = active.timeline;
+        tl.retire_at = Some(activate);
+        tl.remove_at = Some(activate.saturating_add(policy.grace));
+        changes.push(Change::Retime {
+            kid: active.kid.clone(),
+            timeline: tl,
+            reason: None,
+        });
+    }
+    changes
+}
+
+/// An emergency successor: published and signing now. The Active key
+/// retires now and keeps its grace; waiting successors (which never signed)
+/// are withdrawn.
+fn immediate_changes(
+    ring: &Ring,
+    key: LoadedKey,
+    now: UnixTime,
+    reason: Option<&str>,
+) -> Vec<Change> {
+    let policy = ring.record.policy;
+    let mut changes = vec![Change::Insert {
+        key: Box::new(key),
+        timeline: Timeline::immediate(now),
+        reason: reason.map(str::to_owned),
+    }];
+    if let Some(active) = ring.active_at(now) {
+        let mut tl = active.timeline;
+        tl.retire_at = Some(now);
+        tl.remove_at = Some(now.saturating_add(policy.grace));
+        changes.push(Change::Retime {
+            kid: active.kid.clone(),
+            timeline: tl,
+            reason: None,
+        });
+    }
+    for waiting in ring.record.keys.iter().filter(|k| {
+        k.sealed.is_some() && k.timeline.activate_at > now && k.timeline.revoked_at.is_none()
+    }) {
+        let mut tl = waiting.timeline;
+        tl.revoked_at = Some(now);
+        changes.push(Change::Destroy {
+            kid: waiting.kid.clone(),
+            timeline: tl,
+            reason: Some(format!(
+                "withdrawn by an immediate rotation{}",
+                reason.map(|r| format!(": {r}")).unwrap_or_default()
+            )),
+        });
+    }
+    changes
 }
 
 /// A store record for `key` with `timeline`, its private key sealed for
@@ -137,6 +542,7 @@ pub(super) async fn sealed_record(
     ring: &RingName,
     key: &LoadedKey,
     timeline: Timeline,
+    reason: Option<String>,
 ) -> Result<KeyRecord, Error> {
     let kid = key.key.kid();
     let ctx = KeyContext {
@@ -153,5 +559,6 @@ pub(super) async fn sealed_record(
         kid,
         timeline,
         sealed: Some(sealed),
+        reason,
     })
 }

@@ -60,6 +60,8 @@ impl fmt::Debug for Ring {
 /// The public view of one key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyInfo {
+    /// Why the last admin action on the key was taken.
+    pub reason: Option<String>,
     /// The key id.
     pub kid: Kid,
     /// Its algorithm.
@@ -90,12 +92,13 @@ impl Ring {
 
     /// The key that signs at `now`, if any. By construction at most one key
     /// is Active at any instant (a successor activates exactly when its
-    /// predecessor retires).
+    /// predecessor retires). A key whose material was destroyed never signs,
+    /// even if a clock set back makes its timeline look Active again.
     pub fn active_at(&self, now: UnixTime) -> Option<&KeyRecord> {
         self.record
             .keys
             .iter()
-            .find(|k| k.timeline.state_at(now) == KeyState::Active)
+            .find(|k| k.sealed.is_some() && k.timeline.state_at(now) == KeyState::Active)
     }
 
     pub(crate) fn loaded(&self, kid: &Kid) -> Option<&Arc<LoadedKey>> {
@@ -109,6 +112,7 @@ impl Ring {
             .keys
             .iter()
             .map(|k| KeyInfo {
+                reason: k.reason.clone(),
                 kid: k.kid.clone(),
                 alg,
                 state: k.timeline.state_at(now),

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Policy;
 use crate::clock::UnixTime;
 
 /// When each lifecycle step of a key happens (or happened).
@@ -121,6 +122,37 @@ impl Timeline {
     }
 }
 
+/// The timelines the scheduler gives a ring under `policy`, starting from
+/// the open-ended key `first`, for every successor published up to `until`.
+///
+/// The same arithmetic as the scheduler, ticking exactly on time: a
+/// successor is published at `activate_at + rotation_period - publish_lead`
+/// and signs `publish_lead` later; its predecessor retires at that instant
+/// and leaves the JWKS `grace` after. The last timeline stays open-ended.
+pub fn project(first: Timeline, policy: &Policy, until: UnixTime) -> Vec<Timeline> {
+    let mut out = Vec::new();
+    let mut cur = first;
+    loop {
+        let publish = cur
+            .activate_at
+            .saturating_add(policy.rotation_period)
+            .saturating_sub(policy.publish_lead);
+        if publish > until || out.len() > 10_000 {
+            break;
+        }
+        let activate = publish.saturating_add(policy.publish_lead);
+        cur.retire_at = Some(activate);
+        cur.remove_at = Some(activate.saturating_add(policy.grace));
+        out.push(cur);
+        cur = Timeline {
+            activate_at: activate,
+            ..Timeline::immediate(publish)
+        };
+    }
+    out.push(cur);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +212,43 @@ mod tests {
         assert!(!tl.is_ordered(), "remove without retire");
         tl.retire_at = Some(t(10));
         assert!(!tl.is_ordered(), "remove before retire");
+    }
+}
+
+#[cfg(test)]
+mod project_tests {
+    use super::*;
+
+    /// The practice's example: generate and publish on day 0 (of the new
+    /// key's life), sign 6 days later, old key gone 7 days after that.
+    #[test]
+    fn defaults_follow_the_practice_example() {
+        let day = 86_400;
+        let p = Policy::default();
+        let first = Timeline::immediate(UnixTime::from_secs(0));
+        let tls = project(first, &p, UnixTime::from_secs(200 * day));
+        assert_eq!(
+            tls.len(),
+            3,
+            "key 1, and successors published on days 84 and 174"
+        );
+        let (k1, k2, k3) = (tls[0], tls[1], tls[2]);
+        assert_eq!(k2.publish_at.as_secs(), 84 * day);
+        assert_eq!(
+            k2.activate_at.as_secs(),
+            90 * day,
+            "signs 6 days after publication"
+        );
+        assert_eq!(k1.retire_at, Some(k2.activate_at));
+        assert_eq!(
+            k1.remove_at.map(UnixTime::as_secs),
+            Some(97 * day),
+            "removed 7 days later"
+        );
+        assert_eq!(k3.publish_at.as_secs(), 174 * day);
+        assert_eq!(k3.retire_at, None, "the last key is open-ended");
+        for w in tls.windows(2) {
+            assert!(w[0].is_ordered() && w[1].is_ordered());
+        }
     }
 }

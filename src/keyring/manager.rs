@@ -155,6 +155,11 @@ impl KeyManager {
         *self.shared.kek.lock().unwrap_or_else(|p| p.into_inner()) = kek;
     }
 
+    /// Closes the store; call once at shutdown, after serving stopped.
+    pub async fn close(&self) {
+        self.shared.store.close().await;
+    }
+
     /// The store behind this manager.
     pub(super) fn store(&self) -> &dyn KeyStore {
         &*self.shared.store
@@ -200,6 +205,15 @@ impl KeyManager {
         self.shared.snapshot.store(Arc::new(KeySet { rings }));
     }
 
+    /// Publishes a new snapshot with `ring` (already shared) replacing its
+    /// previous version. Writer lock held.
+    pub(super) fn install_arc(&self, ring: Arc<Ring>) {
+        let current = self.shared.snapshot.load();
+        let mut rings = current.rings.clone();
+        rings.insert(ring.record.name.clone(), ring);
+        self.shared.snapshot.store(Arc::new(KeySet { rings }));
+    }
+
     /// Replaces the whole snapshot. Writer lock held.
     pub(super) fn install_all(&self, set: KeySet) {
         self.shared.snapshot.store(Arc::new(set));
@@ -232,6 +246,7 @@ impl KeyManager {
 
 pub(super) fn key_info(k: &KeyRecord, spec: KeySpec, now: UnixTime) -> KeyInfo {
     KeyInfo {
+        reason: k.reason.clone(),
         kid: k.kid.clone(),
         alg: spec.alg(),
         state: k.timeline.state_at(now),

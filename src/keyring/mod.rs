@@ -12,15 +12,17 @@ mod lifecycle;
 mod manager;
 mod name;
 mod policy;
+pub mod scheduler;
 mod sign;
 #[cfg(test)]
 mod tests;
 mod unseal;
 
+pub use admin::TickReport;
 pub use keyset::{JwkSet, KeyInfo, KeySet, Ring};
-pub use lifecycle::{KeyState, Timeline};
+pub use lifecycle::{KeyState, Timeline, project};
 pub use manager::{KeyManager, RingInfo};
 pub use name::RingName;
-pub use policy::Policy;
+pub use policy::{Policy, PolicyError, Short, Warning, ttl_rule_of_thumb};
 pub use sign::{SignParams, Signed};
 pub use unseal::{Status, rekey};

@@ -6,7 +6,7 @@ use tonic::Status;
 
 use super::status::invalid;
 use crate::{
-    keyring::{KeyInfo, KeyState, RingInfo},
+    keyring::{KeyInfo, KeyState, Policy, RingInfo},
     pb,
 };
 
@@ -32,7 +32,46 @@ pub(crate) fn key_info(k: &KeyInfo) -> pb::KeyInfo {
         activate_at: Some(t.activate_at.to_proto()),
         retire_at: t.retire_at.map(|t| t.to_proto()),
         remove_at: t.remove_at.map(|t| t.to_proto()),
+        revoked_at: t.revoked_at.map(|t| t.to_proto()),
+        reason: k.reason.clone().unwrap_or_default(),
     }
+}
+
+pub(crate) fn policy(p: &Policy) -> pb::Policy {
+    pb::Policy {
+        rotation_period: Some(duration(p.rotation_period)),
+        publish_lead: Some(duration(p.publish_lead)),
+        grace: Some(duration(p.grace)),
+        max_token_ttl: Some(duration(p.max_token_ttl)),
+        default_token_ttl: Some(duration(p.default_token_ttl)),
+        jwks_max_age: Some(duration(p.jwks_max_age)),
+        clock_skew: Some(duration(p.clock_skew)),
+    }
+}
+
+/// A complete policy from its protobuf form; every field is required.
+pub fn policy_from(p: &pb::Policy) -> Result<Policy, Status> {
+    let field = |name: &str, d: &Option<prost_types::Duration>| -> Result<Duration, Status> {
+        let d = d
+            .as_ref()
+            .ok_or_else(|| invalid(&format!("policy.{name}"), "is required"))?;
+        if d.seconds < 0 || d.nanos != 0 {
+            return Err(invalid(
+                &format!("policy.{name}"),
+                "must be a non-negative whole number of seconds",
+            ));
+        }
+        Ok(Duration::from_secs(d.seconds.unsigned_abs()))
+    };
+    Ok(Policy {
+        rotation_period: field("rotation_period", &p.rotation_period)?,
+        publish_lead: field("publish_lead", &p.publish_lead)?,
+        grace: field("grace", &p.grace)?,
+        max_token_ttl: field("max_token_ttl", &p.max_token_ttl)?,
+        default_token_ttl: field("default_token_ttl", &p.default_token_ttl)?,
+        jwks_max_age: field("jwks_max_age", &p.jwks_max_age)?,
+        clock_skew: field("clock_skew", &p.clock_skew)?,
+    })
 }
 
 /// A std Duration as a protobuf one (whole seconds).
@@ -52,6 +91,7 @@ pub(crate) fn ring_info(r: &RingInfo) -> pb::KeyRingInfo {
         default_token_ttl: Some(duration(r.policy.default_token_ttl)),
         grace: Some(duration(r.policy.grace)),
         keys: r.keys.iter().map(key_info).collect(),
+        policy: Some(policy(&r.policy)),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert;
+use super::{convert, status::invalid};
 use crate::{
     Error,
     crypto::{Algorithm, KeySpec, claims::InputError},
@@ -45,10 +45,64 @@ impl KeyAdmin for KeyAdminService {
         request: Request<pb::RotateRequest>,
     ) -> Result<Response<pb::RotateResponse>, Status> {
         let r = request.into_inner();
-        let (new, old) = self.keys.rotate(&r.key_ring).await?;
+        if r.immediate && r.reason.trim().is_empty() {
+            return Err(invalid(
+                "reason",
+                "is required for an immediate (emergency) rotation",
+            ));
+        }
+        let (new, old) = self
+            .keys
+            .rotate(&r.key_ring, r.immediate, &r.reason)
+            .await?;
         Ok(Response::new(pb::RotateResponse {
             new_key: Some(convert::key_info(&new)),
             previous_key: old.as_ref().map(convert::key_info),
+        }))
+    }
+
+    async fn revoke_key(
+        &self,
+        request: Request<pb::RevokeKeyRequest>,
+    ) -> Result<Response<pb::RevokeKeyResponse>, Status> {
+        let r = request.into_inner();
+        if r.reason.trim().is_empty() {
+            return Err(invalid("reason", "is required for a revocation"));
+        }
+        if r.kid.is_empty() {
+            return Err(invalid("kid", "is required"));
+        }
+        let key = self.keys.revoke(&r.key_ring, &r.kid, &r.reason).await?;
+        Ok(Response::new(pb::RevokeKeyResponse {
+            key: Some(convert::key_info(&key)),
+        }))
+    }
+
+    async fn get_key_ring(
+        &self,
+        request: Request<pb::GetKeyRingRequest>,
+    ) -> Result<Response<pb::GetKeyRingResponse>, Status> {
+        let r = request.into_inner();
+        let ring = self.keys.ring_info(&r.key_ring, "key_ring")?;
+        Ok(Response::new(pb::GetKeyRingResponse {
+            ring: Some(convert::ring_info(&ring)),
+        }))
+    }
+
+    async fn update_policy(
+        &self,
+        request: Request<pb::UpdatePolicyRequest>,
+    ) -> Result<Response<pb::UpdatePolicyResponse>, Status> {
+        let r = request.into_inner();
+        let policy = r
+            .policy
+            .as_ref()
+            .ok_or_else(|| invalid("policy", "is required"))
+            .and_then(convert::policy_from)?;
+        let warnings = self.keys.update_policy(&r.key_ring, policy).await?;
+        Ok(Response::new(pb::UpdatePolicyResponse {
+            policy: Some(convert::policy(&policy)),
+            warnings: warnings.iter().map(ToString::to_string).collect(),
         }))
     }
 

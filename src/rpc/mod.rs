@@ -2,7 +2,7 @@
 //! errors become `tonic::Status`.
 
 mod convert;
-pub use convert::duration as duration_to_proto;
+pub use convert::{duration as duration_to_proto, policy_from as policy_from_proto};
 mod key_admin;
 mod operator;
 mod signer;

@@ -11,7 +11,8 @@ impl From<Error> for Status {
     fn from(e: Error) -> Status {
         let code = match &e {
             Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::RingNotFound(_) => Code::NotFound,
+            Error::RingNotFound(_) | Error::KidNotFound { .. } => Code::NotFound,
+            Error::AlreadyGone { .. } | Error::Policy(_) => Code::FailedPrecondition,
             Error::RingExists(_) => Code::AlreadyExists,
             Error::NoActiveKey(_) => Code::FailedPrecondition,
             Error::Conflict(_) => Code::Aborted,

@@ -21,6 +21,7 @@ pub async fn run_all(store: &dyn KeyStore) {
     failed_update_is_atomic(store).await;
     unknown_ring(store).await;
     destroyed_material_is_gone_and_kid_stays_reserved(store).await;
+    policy_and_reason_change_with_the_generation(store).await;
     kek_check_is_written_once(store).await;
     rekey_replaces_blobs_and_check_atomically(store).await;
 }
@@ -34,6 +35,7 @@ pub fn key_record(at: i64) -> KeyRecord {
         jwk: key.jwk().clone(),
         timeline: Timeline::immediate(UnixTime::from_secs(at)),
         sealed: Some(SealedBlob(format!("sealed-{at}").into_bytes())),
+        reason: Some(format!("created at {at}")),
     }
 }
 
@@ -92,6 +94,7 @@ async fn update_applies_and_bumps_generation(store: &dyn KeyStore) {
     retired.sealed = Some(SealedBlob(b"resealed".to_vec()));
     let g = store
         .update_ring(&RingUpdate {
+            policy: None,
             ring: RingName::parse("c-upd", "n").unwrap(),
             expected_generation: 1,
             insert: vec![second.clone()],
@@ -115,6 +118,7 @@ async fn stale_generation_conflicts_and_changes_nothing(store: &dyn KeyStore) {
     let before = get(store, "c-cas").await;
     let r = store
         .update_ring(&RingUpdate {
+            policy: None,
             ring: before.name.clone(),
             expected_generation: 7,
             insert: vec![key_record(2)],
@@ -137,6 +141,7 @@ async fn kid_never_reused(store: &dyn KeyStore) {
         .unwrap();
     let r = store
         .update_ring(&RingUpdate {
+            policy: None,
             ring: RingName::parse("c-kid", "n").unwrap(),
             expected_generation: 1,
             insert: vec![k],
@@ -157,6 +162,7 @@ async fn failed_update_is_atomic(store: &dyn KeyStore) {
     // exist: the whole update must fail and the insert must not land.
     let r = store
         .update_ring(&RingUpdate {
+            policy: None,
             ring: before.name.clone(),
             expected_generation: 1,
             insert: vec![key_record(2)],
@@ -177,6 +183,7 @@ async fn failed_update_is_atomic(store: &dyn KeyStore) {
 async fn unknown_ring(store: &dyn KeyStore) {
     let r = store
         .update_ring(&RingUpdate {
+            policy: None,
             ring: RingName::parse("c-none", "n").unwrap(),
             expected_generation: 1,
             insert: vec![],
@@ -198,6 +205,7 @@ async fn destroyed_material_is_gone_and_kid_stays_reserved(store: &dyn KeyStore)
     };
     store
         .update_ring(&RingUpdate {
+            policy: None,
             ring: RingName::parse("c-tomb", "n").unwrap(),
             expected_generation: 1,
             insert: vec![],
@@ -213,6 +221,7 @@ async fn destroyed_material_is_gone_and_kid_stays_reserved(store: &dyn KeyStore)
     );
     let r = store
         .update_ring(&RingUpdate {
+            policy: None,
             ring: got.name.clone(),
             expected_generation: 2,
             insert: vec![k],
@@ -306,4 +315,34 @@ async fn others(store: &dyn KeyStore) -> Vec<RingRecord> {
         .into_iter()
         .filter(|r| !r.name.as_str().starts_with("c-rekey"))
         .collect()
+}
+
+async fn policy_and_reason_change_with_the_generation(store: &dyn KeyStore) {
+    let k = key_record(1);
+    store
+        .create_ring(&ring("c-policy", vec![k.clone()]))
+        .await
+        .unwrap();
+    let policy = Policy {
+        rotation_period: std::time::Duration::from_secs(30 * 86_400),
+        ..Policy::default()
+    };
+    let revised = KeyRecord {
+        reason: Some("compromised laptop".into()),
+        ..k
+    };
+    store
+        .update_ring(&RingUpdate {
+            ring: RingName::parse("c-policy", "n").unwrap(),
+            expected_generation: 1,
+            insert: vec![],
+            update: vec![revised.clone()],
+            policy: Some(policy),
+        })
+        .await
+        .unwrap();
+    let got = get(store, "c-policy").await;
+    assert_eq!(got.policy, policy, "policy stored with the update");
+    assert_eq!(got.keys, vec![revised], "reason stored with the key");
+    assert_eq!(got.generation, 2);
 }

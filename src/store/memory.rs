@@ -89,6 +89,10 @@ impl KeyStore for MemoryStore {
                 })?;
             key.timeline = changed.timeline;
             key.sealed = changed.sealed.clone();
+            key.reason = changed.reason.clone();
+        }
+        if let Some(policy) = update.policy {
+            next.policy = policy;
         }
         next.generation += 1;
         let generation = next.generation;

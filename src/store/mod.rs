@@ -56,6 +56,10 @@ pub struct KeyRecord {
     /// The private key, sealed under the KEK (format in `seal`); `None`
     /// once the material is destroyed and only the kid's tombstone remains.
     pub sealed: Option<SealedBlob>,
+    /// Why the last admin action on this key (rotation, revocation) was
+    /// taken, as the operator gave it.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// An opaque sealed private key: only `seal` can open it, and only with the
@@ -95,9 +99,11 @@ pub struct RingUpdate {
     pub expected_generation: u64,
     /// Keys to add (each with a kid never seen in this ring).
     pub insert: Vec<KeyRecord>,
-    /// Existing keys with a new timeline and sealed blob (`None` destroys
-    /// the material). Matched by kid; the public key never changes.
+    /// Existing keys with a new timeline, sealed blob (`None` destroys the
+    /// material) and reason. Matched by kid; the public key never changes.
     pub update: Vec<KeyRecord>,
+    /// A new policy for the ring, if it changes.
+    pub policy: Option<Policy>,
 }
 
 /// Why a store operation failed.
@@ -155,6 +161,11 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Applies `update` atomically if the ring is still at its expected
     /// generation. Returns the new generation.
     async fn update_ring(&self, update: &RingUpdate) -> Result<u64, StoreError>;
+
+    /// Finishes work in flight and releases the store (for SQLite: closes
+    /// every connection, which checkpoints the WAL into the database file).
+    /// Called once at shutdown; nothing committed is lost without it.
+    async fn close(&self) {}
 
     /// The KEK check value, if the store has been initialised.
     async fn kek_check(&self) -> Result<Option<Vec<u8>>, StoreError>;

@@ -107,13 +107,6 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
-    /// Waits for operations in flight, then closes every connection. Later
-    /// calls fail with [`StoreError::Unavailable`]. Dropping the store
-    /// without closing it loses nothing that was committed.
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
-
     /// Copies the WAL into the database file and truncates it, so frames
     /// holding destroyed or replaced blobs leave the disk now.
     ///
@@ -166,7 +159,7 @@ impl KeyStore for SqliteStore {
         .await
         .map_err(db_error)?;
         let key_rows = sqlx::query(
-            "SELECT ring, kid, jwk_json, timeline_json, sealed FROM keys ORDER BY ring, seq",
+            "SELECT ring, kid, jwk_json, timeline_json, sealed, reason FROM keys ORDER BY ring, seq",
         )
         .fetch_all(&mut *tx)
         .await
@@ -236,11 +229,26 @@ impl KeyStore for SqliteStore {
         for key in &update.update {
             update_key(&mut tx, &update.ring, key).await?;
         }
+        if let Some(policy) = &update.policy {
+            sqlx::query("UPDATE rings SET policy_json = ? WHERE name = ?")
+                .bind(to_json(policy, &update.ring, None, "policy")?)
+                .bind(update.ring.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
         tx.commit().await.map_err(db_error)?;
         if update.update.iter().any(|k| k.sealed.is_none()) {
             self.scrub_wal().await;
         }
         Ok(generation)
+    }
+
+    /// Waits for operations in flight, then closes every connection. Later
+    /// calls fail with [`StoreError::Unavailable`]. Dropping the store
+    /// without closing it loses nothing that was committed.
+    async fn close(&self) {
+        self.pool.close().await;
     }
 
     async fn kek_check(&self) -> Result<Option<Vec<u8>>, StoreError> {
@@ -379,8 +387,8 @@ async fn insert_key(
     }
     let kid = Some(&key.kid);
     sqlx::query(
-        "INSERT INTO keys (ring, kid, seq, jwk_json, timeline_json, sealed) \
-         VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO keys (ring, kid, seq, jwk_json, timeline_json, sealed, reason) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(ring.as_str())
     .bind(key.kid.as_str())
@@ -388,6 +396,7 @@ async fn insert_key(
     .bind(to_json(&key.jwk, ring, kid, "jwk")?)
     .bind(to_json(&key.timeline, ring, kid, "timeline")?)
     .bind(key.sealed.as_ref().map(|b| b.0.as_slice()))
+    .bind(key.reason.as_deref())
     .execute(&mut *tx)
     .await
     .map_err(db_error)?;
@@ -401,16 +410,18 @@ async fn update_key(
     ring: &RingName,
     key: &KeyRecord,
 ) -> Result<(), StoreError> {
-    let changed =
-        sqlx::query("UPDATE keys SET timeline_json = ?, sealed = ? WHERE ring = ? AND kid = ?")
-            .bind(to_json(&key.timeline, ring, Some(&key.kid), "timeline")?)
-            .bind(key.sealed.as_ref().map(|b| b.0.as_slice()))
-            .bind(ring.as_str())
-            .bind(key.kid.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?
-            .rows_affected();
+    let changed = sqlx::query(
+        "UPDATE keys SET timeline_json = ?, sealed = ?, reason = ? WHERE ring = ? AND kid = ?",
+    )
+    .bind(to_json(&key.timeline, ring, Some(&key.kid), "timeline")?)
+    .bind(key.sealed.as_ref().map(|b| b.0.as_slice()))
+    .bind(key.reason.as_deref())
+    .bind(ring.as_str())
+    .bind(key.kid.as_str())
+    .execute(&mut *tx)
+    .await
+    .map_err(db_error)?
+    .rows_affected();
     if changed == 0 {
         return Err(StoreError::KidNotFound {
             ring: ring.clone(),
@@ -447,7 +458,9 @@ fn key_from_row(ring: &str, row: &SqliteRow) -> Result<KeyRecord, StoreError> {
     let jwk: String = row.try_get("jwk_json").map_err(db_error)?;
     let timeline: String = row.try_get("timeline_json").map_err(db_error)?;
     let sealed: Option<Vec<u8>> = row.try_get("sealed").map_err(db_error)?;
+    let reason: Option<String> = row.try_get("reason").map_err(db_error)?;
     Ok(KeyRecord {
+        reason,
         jwk: serde_json::from_str(&jwk).map_err(|_| bad("bad jwk"))?,
         timeline: serde_json::from_str(&timeline).map_err(|_| bad("bad timeline"))?,
         sealed: sealed.map(SealedBlob),
