@@ -266,3 +266,106 @@ fn bench_reports_grpc_and_raw_rates() {
     );
     assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{r}");
 }
+
+/// `signet timeline --simulate` is pinned by a snapshot: under the default
+/// policy (publish_lead 6d, grace 7d) it shows the practice's example, a key
+/// published six days before it signs and its predecessor removed seven
+/// days after that.
+#[test]
+fn timeline_simulate_snapshot() {
+    let out = Command::new(BIN)
+        .args([
+            "timeline",
+            "--simulate",
+            "--days",
+            "200",
+            "--start",
+            "2026-01-01",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = String::from_utf8(out.stdout).unwrap();
+    let want = include_str!("snapshots/timeline_simulate_200d.txt");
+    assert_eq!(
+        got, want,
+        "update tests/snapshots/timeline_simulate_200d.txt if the change is intended"
+    );
+    assert!(got.contains(
+        "key 2  published 2026-03-26  signs 2026-04-01 .. 2026-06-30  leaves the JWKS 2026-07-07"
+    ));
+    assert!(got.contains(
+        "key 1  published 2026-01-01  signs 2026-01-01 .. 2026-04-01  leaves the JWKS 2026-04-08"
+    ));
+}
+
+#[test]
+fn policy_revoke_and_keys_commands() {
+    let dev = Dev::start();
+    let shown = dev.ok(&["policy", "show"]);
+    assert!(shown.contains("rotation_period    90d"), "{shown}");
+    assert!(shown.contains("publish_lead       6d"), "{shown}");
+
+    let out = dev.run(&["policy", "check", "--grace", "1h"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("policy: grace (1h) must be >= max_token_ttl + jwks_max_age + clock_skew"),
+        "{err}"
+    );
+
+    let ok = dev.ok(&["policy", "check", "--publish-lead", "2h"]);
+    assert!(ok.contains("warning: publish_lead 2h is under 24h"), "{ok}");
+    assert!(
+        ok.contains("OK: the policy keeps every valid token verifiable"),
+        "{ok}"
+    );
+
+    let set = dev.ok(&["policy", "set", "--rotation-period", "120d"]);
+    assert!(set.contains("rotation_period    120d"), "{set}");
+    assert!(
+        dev.ok(&["policy", "show"])
+            .contains("rotation_period    120d")
+    );
+
+    let scheduled = dev.ok(&["rotate", "--reason", "planned"]);
+    assert!(
+        scheduled.contains("is published and signs from"),
+        "{scheduled}"
+    );
+    let keys: serde_json::Value = serde_json::from_str(&dev.ok(&["keys", "--json"])).unwrap();
+    let states: Vec<_> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["state"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(states, ["active", "published"]);
+    let waiting = keys[1]["kid"].as_str().unwrap().to_owned();
+    assert_eq!(keys[1]["reason"], "planned");
+
+    let out = dev.ok(&["revoke", &waiting, "--reason", "bad batch"]);
+    assert!(out.contains(&format!("key {waiting} revoked at")), "{out}");
+    let table = dev.ok(&["keys"]);
+    assert!(
+        table.contains("revoked") && table.contains("bad batch"),
+        "{table}"
+    );
+    assert!(!dev.ok(&["jwks"]).contains(&waiting));
+
+    let out = dev.run(&["revoke", &waiting, "--reason", "again"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("signet: FailedPrecondition: key"));
+
+    let chart = dev.ok(&["timeline", "--days", "400"]);
+    assert!(
+        chart.contains("ring default (RS256): rotation_period 120d"),
+        "{chart}"
+    );
+    assert!(chart.contains("^ today"), "{chart}");
+    assert!(chart.contains("next 1"), "projected successor: {chart}");
+}
