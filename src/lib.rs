@@ -15,6 +15,9 @@
 //! - [`store`]: the [`store::KeyStore`] contract and its implementations.
 //! - [`rpc`]: the gRPC services; the one place errors become `Status`.
 //! - [`http`]: the verifier-facing HTTP surface (JWKS, health).
+//! - [`seal`]: KEK providers (file, env, PKCS#11) and the sealed-key format.
+//! - [`config`], [`server`], [`hardening`]: running a server.
+//! - [`telemetry`]: logs and Prometheus metrics.
 //! - [`cli`]: the `signet` command: server, client subcommands, benchmark.
 //! - [`pb`]: generated protobuf code.
 
@@ -33,5 +36,6 @@ pub mod rpc;
 pub mod seal;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 
 pub use error::Error;

@@ -315,3 +315,38 @@ pub async fn rings(cmd: RingsCommand) -> anyhow::Result<()> {
         }
     }
 }
+
+/// Options of `signet verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The token (JWS compact serialization), or @FILE, or @- for stdin.
+    token: String,
+    #[command(flatten)]
+    ring: RingArgs,
+}
+
+pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    let token = String::from_utf8(read_claims(&args.token)?).context("the token is not UTF-8")?;
+    let mut client = SignerClient::new(connect(&args.ring.client.addr).await?);
+    let resp = client
+        .verify(pb::VerifyRequest {
+            key_ring: args.ring.ring,
+            token: token.trim().to_owned(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if resp.valid {
+        println!("valid: kid {} alg {}", resp.kid, resp.alg);
+        let claims: serde_json::Value = serde_json::from_slice(&resp.claims_json)?;
+        println!("{}", serde_json::to_string_pretty(&claims)?);
+        Ok(())
+    } else {
+        let reason = resp
+            .failure()
+            .as_str_name()
+            .trim_start_matches("VERIFY_FAILURE_")
+            .to_owned();
+        anyhow::bail!("invalid: {reason}: {}", resp.message)
+    }
+}

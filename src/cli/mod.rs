@@ -29,6 +29,9 @@ pub use bench::BenchArgs;
 #[derive(Debug, Parser)]
 #[command(name = "signet", version, verbatim_doc_comment)]
 pub struct Cli {
+    /// Log format of servers: text or json (one object per line).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: crate::telemetry::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,6 +48,8 @@ enum Command {
     Server(server::ServerArgs),
     /// Sign claims with a ring's active key; prints the token alone on stdout.
     Sign(client::SignArgs),
+    /// Verify a token against a ring's keys; exits non-zero if it fails.
+    Verify(client::VerifyArgs),
     /// Print a ring's JWKS (the public keys verifiers need) as JSON.
     Jwks(client::RingArgs),
     /// List a ring's keys with their states and dates.
@@ -137,6 +142,7 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    LOG_FORMAT.set(cli.log_format).ok();
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
         Command::Server(args) => server::run(args).await,
@@ -145,6 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unseal(args) => operator::unseal(args).await,
         Command::Operator(cmd) => operator::operator(cmd).await,
         Command::Sign(args) => client::sign(args).await,
+        Command::Verify(args) => client::verify(args).await,
         Command::Jwks(args) => client::jwks(args).await,
         Command::Keys(args) => client::keys(args).await,
         Command::Rotate(args) => client::rotate(args).await,
@@ -184,14 +191,10 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the default level `info`.
+static LOG_FORMAT: std::sync::OnceLock<crate::telemetry::LogFormat> = std::sync::OnceLock::new();
+
+/// Logs to stderr in the `--log-format` chosen; `RUST_LOG` overrides the
+/// default level `info`.
 pub(crate) fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // A second initialisation (tests) is harmless; keep the first.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    crate::telemetry::init_logging(LOG_FORMAT.get().copied().unwrap_or_default());
 }

@@ -1,20 +1,29 @@
-//! The verifier-facing HTTP surface: the JWKS of each ring, and liveness.
+//! The verifier-facing HTTP surface: each ring's JWKS with caching headers
+//! done right, health, readiness and metrics.
 //!
 //! Verifiers fetch keys here without credentials; nothing private is
-//! reachable from this router.
+//! reachable from this router. JWKS bodies are served from prepared bytes,
+//! rebuilt only when a ring's published key set changes.
 
-use std::future::Future;
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex},
+};
 
 use axum::{
     Router,
+    body::Bytes,
     extract::{Path, State},
-    http::{StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+use metrics::counter;
 use tokio::net::TcpListener;
 
-use crate::{Error, keyring::KeyManager};
+use crate::{Error, keyring::KeyManager, telemetry};
 
 /// The media type of a JWK Set (RFC 7517 section 8.5).
 pub const JWK_SET_CONTENT_TYPE: &str = "application/jwk-set+json";
@@ -22,13 +31,37 @@ pub const JWK_SET_CONTENT_TYPE: &str = "application/jwk-set+json";
 /// The ring served at `/.well-known/jwks.json`.
 pub const DEFAULT_RING: &str = "default";
 
+/// A ring's JWKS, ready to send.
+struct Prepared {
+    generation: u64,
+    kids: Vec<String>,
+    body: Bytes,
+    etag: HeaderValue,
+}
+
+#[derive(Clone)]
+struct AppState {
+    keys: KeyManager,
+    /// Prepared bodies per ring. A std mutex: held only to clone or replace
+    /// an entry, never across an await.
+    prepared: Arc<Mutex<HashMap<String, Arc<Prepared>>>>,
+}
+
 /// The HTTP routes.
 pub fn router(keys: KeyManager) -> Router {
+    // Installs the recorder on first use so /metrics always has data.
+    let _ = telemetry::metrics_handle();
+    let state = AppState {
+        keys,
+        prepared: Arc::new(Mutex::new(HashMap::new())),
+    };
     Router::new()
         .route("/.well-known/jwks.json", get(default_jwks))
         .route("/v1/rings/{ring}/jwks.json", get(ring_jwks))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(keys)
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
 }
 
 /// Serves [`router`] on `listener` until `shutdown` completes.
@@ -42,37 +75,127 @@ pub async fn serve(
         .await
 }
 
-async fn default_jwks(State(keys): State<KeyManager>) -> Response {
-    jwks(&keys, DEFAULT_RING)
+async fn default_jwks(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    jwks(&s, DEFAULT_RING, &headers)
 }
 
-async fn ring_jwks(State(keys): State<KeyManager>, Path(ring): Path<String>) -> Response {
-    jwks(&keys, &ring)
+async fn ring_jwks(
+    State(s): State<AppState>,
+    Path(ring): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    jwks(&s, &ring, &headers)
 }
 
-fn jwks(keys: &KeyManager, ring: &str) -> Response {
-    match keys.jwks(ring, "ring") {
-        Ok((set, _)) => match serde_json::to_vec(&set) {
-            Ok(body) => (
-                [
-                    (header::CONTENT_TYPE, JWK_SET_CONTENT_TYPE),
-                    // Rotation takes effect at once in this release, so a
-                    // cached set could lack the key that signs: revalidate.
-                    (header::CACHE_CONTROL, "no-cache"),
-                ],
-                body,
-            )
-                .into_response(),
-            Err(_) => error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "JWKS serialization failed",
-            ),
-        },
-        Err(e @ (Error::RingNotFound(_) | Error::InvalidArgument(_))) => {
-            error(StatusCode::NOT_FOUND, &e.to_string())
-        }
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+fn prepare(s: &AppState, ring_name: &str) -> Result<(Arc<Prepared>, u64), Error> {
+    let ring = s.keys.ring(ring_name, "ring")?;
+    let now = s.keys.now();
+    let kids: Vec<String> = ring
+        .record()
+        .keys
+        .iter()
+        .filter(|k| ring.is_published(k, now))
+        .map(|k| k.kid.to_string())
+        .collect();
+    let generation = ring.record().generation;
+    let policy = ring.record().policy;
+    // Never cache past the next lifecycle change, so no verifier holds a set
+    // that lacks a key about to sign; a little random jitter spreads a
+    // fleet's refreshes.
+    let until_change = ring.next_change(now).map_or(u64::MAX, |t| {
+        u64::try_from(t.as_secs() - now.as_secs()).unwrap_or(0)
+    });
+    let max_age = policy.jwks_max_age.as_secs().min(until_change);
+    let jitter_cap = (max_age / 10).min(30);
+    let jitter = if jitter_cap == 0 {
+        0
+    } else {
+        u64::from(
+            crate::crypto::random_bytes::<2>()
+                .map(u16::from_le_bytes)
+                .unwrap_or(0),
+        ) % (jitter_cap + 1)
+    };
+    let max_age = max_age - jitter;
+
+    let mut cache = s.prepared.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = cache.get(ring_name)
+        && p.generation == generation
+        && p.kids == kids
+    {
+        return Ok((p.clone(), max_age));
     }
+    let body = Bytes::from(serde_json::to_vec(&ring.jwks(now)).unwrap_or_default());
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body);
+    let etag = HeaderValue::from_str(&format!("\"{}\"", B64.encode(digest.as_ref())))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"\""));
+    let p = Arc::new(Prepared {
+        generation,
+        kids,
+        body,
+        etag,
+    });
+    cache.insert(ring_name.to_owned(), p.clone());
+    Ok((p, max_age))
+}
+
+fn jwks(s: &AppState, ring: &str, headers: &HeaderMap) -> Response {
+    let (p, max_age) = match prepare(s, ring) {
+        Ok(x) => x,
+        Err(e @ (Error::RingNotFound(_) | Error::InvalidArgument(_))) => {
+            counter!("signet_jwks_requests_total", "status" => "404").increment(1);
+            return error(StatusCode::NOT_FOUND, &e.to_string());
+        }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    let cache_control = HeaderValue::from_str(&format!("public, max-age={max_age}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("no-cache"));
+    let matches = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|tag| {
+            let tag = tag.trim();
+            tag == "*" || tag.as_bytes() == p.etag.as_bytes()
+        });
+    let mut out = HeaderMap::new();
+    out.insert(header::ETAG, p.etag.clone());
+    out.insert(header::CACHE_CONTROL, cache_control);
+    if matches {
+        counter!("signet_jwks_requests_total", "status" => "304").increment(1);
+        return (StatusCode::NOT_MODIFIED, out).into_response();
+    }
+    counter!("signet_jwks_requests_total", "status" => "200").increment(1);
+    out.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(JWK_SET_CONTENT_TYPE),
+    );
+    (StatusCode::OK, out, p.body.clone()).into_response()
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    if s.keys.is_sealed() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "sealed: run `signet unseal`",
+        );
+    }
+    match s.keys.store_ready().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("store unreachable: {e}"),
+        ),
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        telemetry::render(&s.keys),
+    )
+        .into_response()
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

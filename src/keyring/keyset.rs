@@ -142,6 +142,44 @@ impl Ring {
             && self.verified.contains(&key.kid)
     }
 
+    /// The next instant after `now` at which the ring's JWKS or signing key
+    /// changes on its own: a key's publication, activation, retirement,
+    /// removal or revocation, or the generation of a successor that is due
+    /// for the Active key. `None` if nothing is planned.
+    pub fn next_change(&self, now: UnixTime) -> Option<UnixTime> {
+        let mut next: Option<UnixTime> = None;
+        let mut consider = |t: Option<UnixTime>| {
+            if let Some(t) = t.filter(|t| *t > now) {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        for k in self.record.keys.iter().filter(|k| k.sealed.is_some()) {
+            let t = &k.timeline;
+            for at in [
+                Some(t.publish_at),
+                Some(t.activate_at),
+                t.retire_at,
+                t.remove_at,
+                t.revoked_at,
+            ] {
+                consider(at);
+            }
+        }
+        if let Some(active) = self.active_at(now)
+            && active.timeline.retire_at.is_none()
+        {
+            let p = &self.record.policy;
+            consider(Some(
+                active
+                    .timeline
+                    .activate_at
+                    .saturating_add(p.rotation_period)
+                    .saturating_sub(p.publish_lead),
+            ));
+        }
+        next
+    }
+
     /// Whether the key's sealed record failed its integrity check.
     pub fn is_broken(&self, kid: &Kid) -> bool {
         self.broken.contains(kid)

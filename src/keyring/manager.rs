@@ -47,6 +47,9 @@ pub(super) struct Shared {
     pub(super) writer: tokio::sync::Mutex<()>,
     /// Runs CPU-heavy signing (RSA) off the async reactor.
     pool: rayon::ThreadPool,
+    /// Bumped whenever a new snapshot is installed, so watchers (WatchJwks,
+    /// the HTTP JWKS cache) learn of writes at once.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// The public view of a ring.
@@ -98,6 +101,7 @@ impl KeyManager {
                 snapshot: ArcSwap::from_pointee(KeySet { rings }),
                 writer: tokio::sync::Mutex::new(()),
                 pool,
+                changes: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -155,6 +159,16 @@ impl KeyManager {
         *self.shared.kek.lock().unwrap_or_else(|p| p.into_inner()) = kek;
     }
 
+    /// Whether the store answers (a cheap read).
+    pub async fn store_ready(&self) -> Result<(), Error> {
+        self.shared
+            .store
+            .kek_check()
+            .await
+            .map(|_| ())
+            .map_err(Error::from)
+    }
+
     /// Closes the store; call once at shutdown, after serving stopped.
     pub async fn close(&self) {
         self.shared.store.close().await;
@@ -203,6 +217,16 @@ impl KeyManager {
         let mut rings = current.rings.clone();
         rings.insert(ring.record.name.clone(), Arc::new(ring));
         self.shared.snapshot.store(Arc::new(KeySet { rings }));
+        self.changed();
+    }
+
+    fn changed(&self) {
+        self.shared.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that is notified whenever the key set is written.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.changes.subscribe()
     }
 
     /// Publishes a new snapshot with `ring` (already shared) replacing its
@@ -212,11 +236,13 @@ impl KeyManager {
         let mut rings = current.rings.clone();
         rings.insert(ring.record.name.clone(), ring);
         self.shared.snapshot.store(Arc::new(KeySet { rings }));
+        self.changed();
     }
 
     /// Replaces the whole snapshot. Writer lock held.
     pub(super) fn install_all(&self, set: KeySet) {
         self.shared.snapshot.store(Arc::new(set));
+        self.changed();
     }
 
     /// Runs `f` on the signing pool and waits for its result.
@@ -231,6 +257,31 @@ impl KeyManager {
             let _ = tx.send(f());
         });
         rx.await.map_err(|_| Error::ShuttingDown)
+    }
+
+    /// Verifies `token` against the ring's keys at the service clock's now,
+    /// allowing the ring's clock skew. `Ok(Err(_))` is a token that failed,
+    /// with its reason; `Err(_)` is a bad request (unknown ring).
+    pub fn verify(
+        &self,
+        ring: &str,
+        token: &str,
+    ) -> Result<Result<crate::crypto::verify::Verified, crate::crypto::verify::Rejected>, Error>
+    {
+        use crate::crypto::verify::{self, Lookup};
+        let ring = self.ring(ring, "key_ring")?;
+        let now = self.now();
+        let leeway = i64::try_from(ring.record.policy.clock_skew.as_secs()).unwrap_or(0);
+        Ok(verify::verify(
+            token,
+            |kid| match ring.record.keys.iter().find(|k| k.kid.as_str() == kid) {
+                Some(k) if k.timeline.revoked_at.is_some() => Lookup::Revoked,
+                Some(k) if ring.is_published(k, now) => Lookup::Key(&k.jwk),
+                _ => Lookup::Unknown,
+            },
+            now.as_secs(),
+            leeway,
+        ))
     }
 
     /// Loads a fresh key of `spec` into a ring-to-be: generation off the

@@ -1,20 +1,83 @@
 //! The scheduler task: ticks the key manager at start and then at a fixed
 //! interval, until shutdown. It only writes timelines (successors, destroyed
-//! material); states follow from the clock.
+//! material); states follow from the clock. It also logs every state
+//! transition it observes and warns about overdue rotations.
 
-use std::{future::Future, time::Duration};
+use std::{collections::HashMap, future::Future, time::Duration};
 
-use super::KeyManager;
+use metrics::counter;
+
+use super::{KeyManager, KeyState, RingName};
+use crate::{clock::UnixTime, crypto::Kid};
 
 /// Default time between scheduler ticks.
 pub const DEFAULT_TICK: Duration = Duration::from_secs(30);
+
+/// How often an overdue-rotation warning repeats for one ring.
+const WARN_EVERY: i64 = 3600;
+
+/// Remembers the states it last saw, to log transitions.
+#[derive(Default)]
+pub struct Observer {
+    states: HashMap<(RingName, Kid), KeyState>,
+    warned: HashMap<RingName, UnixTime>,
+}
+
+impl Observer {
+    /// Logs each key whose state changed since the last call, and warns
+    /// about a ring whose Active key has signed longer than its rotation
+    /// period. Returns the transitions seen, as `(ring, kid, from, to)`.
+    pub fn observe(
+        &mut self,
+        keys: &KeyManager,
+    ) -> Vec<(RingName, Kid, Option<KeyState>, KeyState)> {
+        let now = keys.now();
+        let mut seen = Vec::new();
+        for ring in keys.snapshot().rings() {
+            let name = ring.name().clone();
+            for k in &ring.record().keys {
+                let state = k.timeline.state_at(now);
+                let before = self.states.insert((name.clone(), k.kid.clone()), state);
+                if before != Some(state) {
+                    if before.is_some() {
+                        tracing::info!(
+                            ring = %name,
+                            kid = %k.kid,
+                            from = before.map_or("-", KeyState::name),
+                            to = state.name(),
+                            reason = k.reason.as_deref().unwrap_or(""),
+                            "key state changed"
+                        );
+                    }
+                    seen.push((name.clone(), k.kid.clone(), before, state));
+                }
+            }
+            if let Some(active) = ring.active_at(now) {
+                let period = ring.record().policy.rotation_period;
+                let overdue = active.timeline.activate_at.saturating_add(period) < now;
+                let last = self.warned.get(&name).map_or(i64::MIN, |t| t.as_secs());
+                if overdue && now.as_secs().saturating_sub(last) >= WARN_EVERY {
+                    tracing::warn!(
+                        ring = %name,
+                        kid = %active.kid,
+                        active_since = %active.timeline.activate_at,
+                        "the active key is older than the ring's rotation period"
+                    );
+                    self.warned.insert(name, now);
+                }
+            }
+        }
+        seen
+    }
+}
 
 /// Runs [`KeyManager::tick`] now and every `every` until `shutdown`
 /// completes. Failures are logged (and retried next tick), never fatal.
 pub async fn run(keys: KeyManager, every: Duration, shutdown: impl Future<Output = ()>) {
     let mut interval = tokio::time::interval(every);
-    // After a stall (suspend, long GC in a VM), tick once, not in a burst.
+    // After a stall (suspend, a paused VM), tick once, not in a burst.
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut observer = Observer::default();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -22,14 +85,14 @@ pub async fn run(keys: KeyManager, every: Duration, shutdown: impl Future<Output
             _ = interval.tick() => {}
         }
         let report = keys.tick().await;
-        for (ring, kid) in &report.generated {
-            tracing::debug!(%ring, %kid, "scheduler generated a successor");
-        }
+        counter!("signet_scheduler_runs_total").increment(1);
         if !report.failed.is_empty() {
+            counter!("signet_scheduler_failures_total").increment(1);
             tracing::warn!(
                 failed = report.failed.len(),
                 "scheduler pass had failures; retrying next tick"
             );
         }
+        observer.observe(&keys);
     }
 }

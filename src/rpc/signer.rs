@@ -1,11 +1,18 @@
-//! `signet.v1.Signer`: Sign and GetJwks.
+//! `signet.v1.Signer`: Sign, GetJwks, Verify, WatchJwks and
+//! ReportVerificationFailures.
 
+use std::{pin::Pin, time::Duration};
+
+use metrics::{counter, histogram};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::convert;
+use super::{convert, status::invalid};
 use crate::{
+    crypto::verify::Failure,
     keyring::{KeyManager, SignParams},
     pb::{self, signer_server::Signer},
+    telemetry,
 };
 
 /// The Signer service over a [`KeyManager`].
@@ -18,7 +25,40 @@ impl SignerService {
     pub fn new(keys: KeyManager) -> Self {
         Self { keys }
     }
+
+    fn jwks_response(&self, ring: &str) -> Result<pb::GetJwksResponse, Status> {
+        let (set, infos) = self.keys.jwks(ring, "key_ring")?;
+        let jwks_json = serde_json::to_string(&set)
+            .map_err(|_| Status::internal("JWKS serialization failed"))?;
+        Ok(pb::GetJwksResponse {
+            jwks_json,
+            keys: infos.iter().map(convert::key_info).collect(),
+        })
+    }
 }
+
+fn failure_to_proto(f: Failure) -> pb::VerifyFailure {
+    match f {
+        Failure::Malformed => pb::VerifyFailure::Malformed,
+        Failure::MissingKid => pb::VerifyFailure::MissingKid,
+        Failure::UnknownKid => pb::VerifyFailure::UnknownKid,
+        Failure::AlgMismatch => pb::VerifyFailure::AlgMismatch,
+        Failure::BadSignature => pb::VerifyFailure::BadSignature,
+        Failure::Expired => pb::VerifyFailure::Expired,
+        Failure::NotYetValid => pb::VerifyFailure::NotYetValid,
+        Failure::RevokedKey => pb::VerifyFailure::RevokedKey,
+    }
+}
+
+fn failure_from_proto(f: pb::VerifyFailure) -> Option<Failure> {
+    Failure::ALL.into_iter().find(|x| failure_to_proto(*x) == f)
+}
+
+/// How often a JWKS watcher re-checks the set for changes that come from
+/// time alone (a publication or removal instant passing), besides writes.
+const WATCH_POLL: Duration = Duration::from_millis(500);
+
+type JwksStream = Pin<Box<dyn Stream<Item = Result<pb::GetJwksResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Signer for SignerService {
@@ -28,7 +68,8 @@ impl Signer for SignerService {
     ) -> Result<Response<pb::SignResponse>, Status> {
         let r = request.into_inner();
         let ttl = r.ttl.as_ref().map(convert::ttl).transpose()?;
-        let signed = self
+        let start = std::time::Instant::now();
+        let result = self
             .keys
             .sign(SignParams {
                 ring: &r.key_ring,
@@ -36,7 +77,17 @@ impl Signer for SignerService {
                 ttl,
                 header_json: &r.header_json,
             })
-            .await?;
+            .await;
+        let (alg, outcome) = match &result {
+            Ok(s) => (s.alg.name(), "ok"),
+            Err(crate::Error::InvalidArgument(_)) => ("-", "invalid"),
+            Err(_) => ("-", "error"),
+        };
+        counter!("signet_signs_total", "ring" => r.key_ring.clone(), "alg" => alg, "outcome" => outcome)
+            .increment(1);
+        let signed = result?;
+        histogram!("signet_sign_duration_seconds", "alg" => alg)
+            .record(start.elapsed().as_secs_f64());
         Ok(Response::new(pb::SignResponse {
             token: signed.token,
             kid: signed.kid.to_string(),
@@ -49,13 +100,94 @@ impl Signer for SignerService {
         &self,
         request: Request<pb::GetJwksRequest>,
     ) -> Result<Response<pb::GetJwksResponse>, Status> {
+        Ok(Response::new(
+            self.jwks_response(&request.into_inner().key_ring)?,
+        ))
+    }
+
+    async fn verify(
+        &self,
+        request: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
         let r = request.into_inner();
-        let (set, infos) = self.keys.jwks(&r.key_ring, "key_ring")?;
-        let jwks_json = serde_json::to_string(&set)
-            .map_err(|_| Status::internal("JWKS serialization failed"))?;
-        Ok(Response::new(pb::GetJwksResponse {
-            jwks_json,
-            keys: infos.iter().map(convert::key_info).collect(),
-        }))
+        let resp = match self.keys.verify(&r.key_ring, &r.token)? {
+            Ok(v) => pb::VerifyResponse {
+                valid: true,
+                claims_json: serde_json::to_vec(&v.claims).unwrap_or_default(),
+                kid: v.kid,
+                alg: v.alg,
+                failure: pb::VerifyFailure::Unspecified.into(),
+                message: String::new(),
+            },
+            Err(rej) => {
+                telemetry::verification_failure(&r.key_ring, rej.failure, "own", 1);
+                tracing::info!(ring = %r.key_ring, reason = %rej.failure, kid = rej.kid.as_deref().unwrap_or("-"), "token failed verification");
+                pb::VerifyResponse {
+                    valid: false,
+                    claims_json: Vec::new(),
+                    kid: rej.kid.unwrap_or_default(),
+                    alg: rej.alg.unwrap_or_default(),
+                    failure: failure_to_proto(rej.failure).into(),
+                    message: rej.message,
+                }
+            }
+        };
+        Ok(Response::new(resp))
+    }
+
+    type WatchJwksStream = JwksStream;
+
+    async fn watch_jwks(
+        &self,
+        request: Request<pb::WatchJwksRequest>,
+    ) -> Result<Response<Self::WatchJwksStream>, Status> {
+        let ring = request.into_inner().key_ring;
+        let first = self.jwks_response(&ring)?;
+        let keys = self.keys.clone();
+        let mut changes = keys.subscribe();
+        let stream = async_stream::try_stream! {
+            let mut last = first.jwks_json.clone();
+            yield first;
+            let mut poll = tokio::time::interval(WATCH_POLL);
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            break; // the server is shutting down
+                        }
+                    }
+                    _ = poll.tick() => {}
+                }
+                let service = SignerService { keys: keys.clone() };
+                let next = service.jwks_response(&ring)?;
+                if next.jwks_json != last {
+                    last = next.jwks_json.clone();
+                    yield next;
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn report_verification_failures(
+        &self,
+        request: Request<pb::ReportVerificationFailuresRequest>,
+    ) -> Result<Response<pb::ReportVerificationFailuresResponse>, Status> {
+        let r = request.into_inner();
+        // The ring must exist: metric labels stay bounded to real rings.
+        self.keys.ring(&r.key_ring, "key_ring")?;
+        for c in &r.counts {
+            let reason = pb::VerifyFailure::try_from(c.reason)
+                .ok()
+                .and_then(failure_from_proto)
+                .ok_or_else(|| {
+                    invalid("counts.reason", "must be one of the VerifyFailure reasons")
+                })?;
+            telemetry::verification_failure(&r.key_ring, reason, "reported", c.count);
+            if c.count > 0 {
+                tracing::info!(ring = %r.key_ring, verifier = %r.verifier, reason = %reason, count = c.count, "verifier reported failures");
+            }
+        }
+        Ok(Response::new(pb::ReportVerificationFailuresResponse {}))
     }
 }

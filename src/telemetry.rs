@@ -1,0 +1,157 @@
+//! Logs and metrics.
+//!
+//! Metric names start with `signet_` and are documented in the README.
+//! Label values are bounded: ring names (operator-created), algorithms,
+//! outcomes, reasons and states; never kids or callers.
+
+use std::sync::OnceLock;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::{
+    crypto::verify::Failure,
+    keyring::{KeyManager, KeyState},
+};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder once per process and returns its handle
+/// (`None` if another recorder was installed first).
+pub fn metrics_handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                ])
+                .ok()?
+                .install_recorder()
+                .ok()?;
+            describe();
+            Some(handle)
+        })
+        .as_ref()
+}
+
+fn describe() {
+    describe_counter!(
+        "signet_signs_total",
+        "Sign requests by ring, algorithm and outcome."
+    );
+    describe_histogram!(
+        "signet_sign_duration_seconds",
+        "Time to sign a token, by algorithm."
+    );
+    describe_counter!(
+        "signet_verification_failures_total",
+        "Token verification failures by ring, reason and source (own Verify, or reported by verifiers)."
+    );
+    describe_counter!(
+        "signet_jwks_requests_total",
+        "HTTP JWKS requests by status (200, 304, 404)."
+    );
+    describe_gauge!("signet_keys", "Keys per ring and state.");
+    describe_gauge!(
+        "signet_next_transition_seconds",
+        "Seconds until the ring's next lifecycle change."
+    );
+    describe_gauge!(
+        "signet_active_key_age_seconds",
+        "Seconds since the ring's Active key started signing."
+    );
+    describe_counter!("signet_scheduler_runs_total", "Scheduler passes.");
+    describe_counter!(
+        "signet_scheduler_failures_total",
+        "Scheduler passes that failed on a ring."
+    );
+    describe_gauge!(
+        "signet_sealed",
+        "1 while sealed (no key in memory), else 0."
+    );
+    describe_counter!(
+        "signet_audit_failures_total",
+        "Requests refused because no audit record could be written."
+    );
+    counter!("signet_scheduler_runs_total").absolute(0);
+    counter!("signet_scheduler_failures_total").absolute(0);
+    counter!("signet_audit_failures_total").absolute(0);
+}
+
+/// Counts a verification failure.
+pub fn verification_failure(ring: &str, reason: Failure, source: &'static str, n: u64) {
+    counter!(
+        "signet_verification_failures_total",
+        "ring" => ring.to_owned(),
+        "reason" => reason.name(),
+        "source" => source
+    )
+    .increment(n);
+}
+
+/// Renders every metric as Prometheus text, after refreshing the gauges
+/// that are derived from the key set and the clock.
+pub fn render(keys: &KeyManager) -> String {
+    let Some(handle) = metrics_handle() else {
+        return String::new();
+    };
+    let now = keys.now();
+    gauge!("signet_sealed").set(if keys.is_sealed() { 1.0 } else { 0.0 });
+    for ring in keys.snapshot().rings() {
+        let name = ring.name().to_string();
+        let mut counts = [0u32; 6];
+        for k in &ring.record().keys {
+            let state = k.timeline.state_at(now);
+            counts[state as usize] += 1;
+        }
+        for (i, state) in [
+            KeyState::Pending,
+            KeyState::Published,
+            KeyState::Active,
+            KeyState::Retiring,
+            KeyState::Removed,
+            KeyState::Revoked,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            gauge!("signet_keys", "ring" => name.clone(), "state" => state.name())
+                .set(f64::from(counts[i]));
+        }
+        if let Some(next) = ring.next_change(now) {
+            gauge!("signet_next_transition_seconds", "ring" => name.clone())
+                .set((next.as_secs() - now.as_secs()) as f64);
+        }
+        if let Some(active) = ring.active_at(now) {
+            gauge!("signet_active_key_age_seconds", "ring" => name.clone())
+                .set((now.as_secs() - active.timeline.activate_at.as_secs()) as f64);
+        }
+    }
+    handle.render()
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logs to stderr in `format`; `RUST_LOG` overrides the default level
+/// `info`. A second call keeps the first configuration.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
