@@ -37,5 +37,6 @@ pub mod seal;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod verifier;
 
 pub use error::Error;

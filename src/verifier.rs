@@ -1,0 +1,314 @@
+//! A verifier for Rust token consumers (resource servers, gateways).
+//!
+//! Given a JWKS URL it fetches and caches the key set, honouring
+//! `Cache-Control: max-age` and `ETag` (conditional refetch), refreshes at
+//! most once per cooldown (default 30 s) when a token names an unknown kid,
+//! keeps the last good set when a fetch fails, verifies with the algorithm
+//! pinned to the key (never taken from the token), classifies failures with
+//! the same reasons as `Signer.Verify`, and can report its failure counts
+//! back with `ReportVerificationFailures`.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! let verifier = signet::verifier::Verifier::new("http://127.0.0.1:8080/.well-known/jwks.json")?;
+//! match verifier.verify("eyJ...").await {
+//!     Ok(v) => println!("sub = {}", v.claims["sub"]),
+//!     Err(rejected) => println!("refused: {} ({})", rejected.failure, rejected.message),
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Plain `http://` URLs only in this release (put the JWKS behind a
+//! loopback or service-mesh hop for TLS).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use http_body_util::{BodyExt, Empty};
+use hyper::{Request, StatusCode, Uri, body::Bytes, header};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+
+use crate::{
+    clock::{Clock, SystemClock, UnixTime},
+    crypto::verify::{self, Failure, Lookup, Rejected, Verified},
+    keyring::JwkSet,
+    pb,
+};
+
+/// Why the key set could not be fetched.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("JWKS fetch from {url} failed: {reason}")]
+pub struct FetchError {
+    url: String,
+    reason: String,
+}
+
+struct Cached {
+    set: JwkSet,
+    etag: Option<String>,
+    fresh_until: UnixTime,
+}
+
+/// A caching JWKS verifier. Cheap to share behind an `Arc`.
+pub struct Verifier {
+    url: Uri,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    clock: Arc<dyn Clock>,
+    cooldown: Duration,
+    leeway: Duration,
+    /// The cache; an async mutex so one refresh runs at a time and others
+    /// wait for its result instead of fetching again.
+    cache: tokio::sync::Mutex<Option<Cached>>,
+    last_unknown_refresh: Mutex<Option<UnixTime>>,
+    counts: Mutex<HashMap<Failure, u64>>,
+    fetches: Mutex<u64>,
+}
+
+impl Verifier {
+    /// A verifier for the JWKS at `url` (`http://…`), with a 30 s
+    /// unknown-kid cooldown and 60 s leeway on `exp`/`nbf`.
+    pub fn new(url: &str) -> Result<Self, FetchError> {
+        let uri: Uri = url.parse().map_err(|e| FetchError {
+            url: url.to_owned(),
+            reason: format!("not a URL: {e}"),
+        })?;
+        if uri.scheme_str() != Some("http") {
+            return Err(FetchError {
+                url: url.to_owned(),
+                reason: "only http:// URLs are supported in this release".into(),
+            });
+        }
+        Ok(Self {
+            url: uri,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            clock: Arc::new(SystemClock),
+            cooldown: Duration::from_secs(30),
+            leeway: Duration::from_secs(60),
+            cache: tokio::sync::Mutex::new(None),
+            last_unknown_refresh: Mutex::new(None),
+            counts: Mutex::new(HashMap::new()),
+            fetches: Mutex::new(0),
+        })
+    }
+
+    /// Uses `clock` for cache expiry and token times (tests, simulations).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Sets the minimum time between unknown-kid refreshes.
+    pub fn with_cooldown(mut self, cooldown: Duration) -> Self {
+        self.cooldown = cooldown;
+        self
+    }
+
+    /// Sets the clock skew allowed on `exp` and `nbf`.
+    pub fn with_leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway;
+        self
+    }
+
+    /// How many fetches (including conditional ones) were made.
+    pub fn fetches(&self) -> u64 {
+        *self.fetches.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fetches the key set now (conditionally, with the ETag). On failure
+    /// the last good set stays in use.
+    pub async fn refresh(&self) -> Result<(), FetchError> {
+        let mut cache = self.cache.lock().await;
+        self.fetch_into(&mut cache).await
+    }
+
+    async fn fetch_into(&self, cache: &mut Option<Cached>) -> Result<(), FetchError> {
+        let fail = |reason: String| FetchError {
+            url: self.url.to_string(),
+            reason,
+        };
+        *self.fetches.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        let mut req = Request::get(self.url.clone());
+        if let Some(etag) = cache.as_ref().and_then(|c| c.etag.as_deref()) {
+            req = req.header(header::IF_NONE_MATCH, etag);
+        }
+        let req = req.body(Empty::new()).map_err(|e| fail(e.to_string()))?;
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+            .await
+            .map_err(|_| fail("timed out after 10s".into()))?
+            .map_err(|e| fail(e.to_string()))?;
+        let now = self.clock.now();
+        let max_age = resp
+            .headers()
+            .get(header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_max_age)
+            .unwrap_or(0);
+        let fresh_until = now.saturating_add(Duration::from_secs(max_age));
+        let etag = resp
+            .headers()
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        match resp.status() {
+            StatusCode::NOT_MODIFIED => {
+                if let Some(c) = cache.as_mut() {
+                    c.fresh_until = fresh_until;
+                }
+                Ok(())
+            }
+            StatusCode::OK => {
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| fail(e.to_string()))?
+                    .to_bytes();
+                let set: JwkSet = serde_json::from_slice(&body)
+                    .map_err(|e| fail(format!("not a JWK Set: {e}")))?;
+                *cache = Some(Cached {
+                    set,
+                    etag,
+                    fresh_until,
+                });
+                Ok(())
+            }
+            s => Err(fail(format!("HTTP {s}"))),
+        }
+    }
+
+    /// Verifies `token`. Failures are counted for [`Verifier::report`].
+    pub async fn verify(&self, token: &str) -> Result<Verified, Rejected> {
+        let result = self.verify_inner(token).await;
+        if let Err(r) = &result {
+            *self
+                .counts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(r.failure)
+                .or_default() += 1;
+        }
+        result
+    }
+
+    async fn verify_inner(&self, token: &str) -> Result<Verified, Rejected> {
+        let mut cache = self.cache.lock().await;
+        let now = self.clock.now();
+        if cache.as_ref().is_none_or(|c| now >= c.fresh_until)
+            && let Err(e) = self.fetch_into(&mut cache).await
+        {
+            tracing::warn!(error = %e, "JWKS refresh failed; keeping the last good key set");
+        }
+        let leeway = i64::try_from(self.leeway.as_secs()).unwrap_or(0);
+        let attempt = |cache: &Option<Cached>| {
+            let empty = JwkSet { keys: Vec::new() };
+            let set = cache.as_ref().map_or(&empty, |c| &c.set);
+            verify::verify(
+                token,
+                |kid| match set.keys.iter().find(|k| k.kid == kid) {
+                    Some(jwk) => Lookup::Key(jwk),
+                    None => Lookup::Unknown,
+                },
+                now.as_secs(),
+                leeway,
+            )
+        };
+        match attempt(&cache) {
+            Err(r) if r.failure == Failure::UnknownKid && self.may_refresh_for_unknown(now) => {
+                if let Err(e) = self.fetch_into(&mut cache).await {
+                    tracing::warn!(error = %e, "JWKS refresh for an unknown kid failed");
+                }
+                attempt(&cache)
+            }
+            other => other,
+        }
+    }
+
+    /// At most one unknown-kid refresh per cooldown.
+    fn may_refresh_for_unknown(&self, now: UnixTime) -> bool {
+        let mut last = self
+            .last_unknown_refresh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let allowed = last.is_none_or(|t| {
+            now.as_secs() - t.as_secs() >= i64::try_from(self.cooldown.as_secs()).unwrap_or(0)
+        });
+        if allowed {
+            *last = Some(now);
+        }
+        allowed
+    }
+
+    /// Failure counts since the last call, and resets them.
+    pub fn take_counts(&self) -> Vec<(Failure, u64)> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = counts.drain().collect();
+        out.sort_by_key(|(f, _)| f.name());
+        out
+    }
+
+    /// Sends the failure counts since the last report to Signet.
+    pub async fn report(
+        &self,
+        client: &mut pb::signer_client::SignerClient<tonic::transport::Channel>,
+        ring: &str,
+        verifier_name: &str,
+    ) -> Result<(), tonic::Status> {
+        let counts = self.take_counts();
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let to_proto = |f: Failure| match f {
+            Failure::Malformed => pb::VerifyFailure::Malformed,
+            Failure::MissingKid => pb::VerifyFailure::MissingKid,
+            Failure::UnknownKid => pb::VerifyFailure::UnknownKid,
+            Failure::AlgMismatch => pb::VerifyFailure::AlgMismatch,
+            Failure::BadSignature => pb::VerifyFailure::BadSignature,
+            Failure::Expired => pb::VerifyFailure::Expired,
+            Failure::NotYetValid => pb::VerifyFailure::NotYetValid,
+            Failure::RevokedKey => pb::VerifyFailure::RevokedKey,
+        };
+        client
+            .report_verification_failures(pb::ReportVerificationFailuresRequest {
+                key_ring: ring.to_owned(),
+                counts: counts
+                    .into_iter()
+                    .map(|(f, n)| pb::FailureCount {
+                        reason: to_proto(f).into(),
+                        count: n,
+                    })
+                    .collect(),
+                verifier: verifier_name.to_owned(),
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+/// `max-age=N` from a Cache-Control value; `no-cache`/`no-store` mean 0.
+fn parse_max_age(v: &str) -> Option<u64> {
+    let mut max_age = None;
+    for d in v.split(',').map(str::trim) {
+        if d.eq_ignore_ascii_case("no-cache") || d.eq_ignore_ascii_case("no-store") {
+            return Some(0);
+        }
+        if let Some(n) = d.strip_prefix("max-age=") {
+            max_age = n.trim_matches('"').parse().ok();
+        }
+    }
+    max_age
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_max_age;
+
+    #[test]
+    fn cache_control() {
+        assert_eq!(parse_max_age("public, max-age=3600"), Some(3600));
+        assert_eq!(parse_max_age("no-cache"), Some(0));
+        assert_eq!(parse_max_age("public"), None);
+    }
+}
