@@ -260,23 +260,13 @@ impl Verifier {
         if counts.is_empty() {
             return Ok(());
         }
-        let to_proto = |f: Failure| match f {
-            Failure::Malformed => pb::VerifyFailure::Malformed,
-            Failure::MissingKid => pb::VerifyFailure::MissingKid,
-            Failure::UnknownKid => pb::VerifyFailure::UnknownKid,
-            Failure::AlgMismatch => pb::VerifyFailure::AlgMismatch,
-            Failure::BadSignature => pb::VerifyFailure::BadSignature,
-            Failure::Expired => pb::VerifyFailure::Expired,
-            Failure::NotYetValid => pb::VerifyFailure::NotYetValid,
-            Failure::RevokedKey => pb::VerifyFailure::RevokedKey,
-        };
         client
             .report_verification_failures(pb::ReportVerificationFailuresRequest {
                 key_ring: ring.to_owned(),
                 counts: counts
                     .into_iter()
                     .map(|(f, n)| pb::FailureCount {
-                        reason: to_proto(f).into(),
+                        reason: pb::VerifyFailure::from(f).into(),
                         count: n,
                     })
                     .collect(),

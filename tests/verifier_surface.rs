@@ -14,8 +14,6 @@ use signet::{
     crypto::{Algorithm, KeySpec},
     keyring::{KeyManager, SignParams},
     pb::{self, signer_client::SignerClient},
-    seal::EphemeralKek,
-    store::MemoryStore,
     verifier::Verifier,
 };
 use tokio::net::TcpListener;
@@ -25,14 +23,7 @@ const DAY: i64 = 86_400;
 const T0: i64 = 1_767_225_600;
 
 async fn manager(clock: Arc<ManualClock>, alg: Algorithm) -> KeyManager {
-    let keys = KeyManager::open(
-        Arc::new(MemoryStore::new()),
-        clock,
-        Arc::new(EphemeralKek::new().unwrap()),
-    )
-    .await
-    .unwrap();
-    keys.unseal().await.unwrap();
+    let keys = KeyManager::ephemeral(clock).await.unwrap();
     keys.create_ring("default", KeySpec::new(alg, 0).unwrap())
         .await
         .unwrap();

@@ -11,21 +11,11 @@ use super::*;
 use crate::{
     clock::{ManualClock, UnixTime},
     crypto::{Algorithm, KeySpec},
-    seal::EphemeralKek,
-    store::MemoryStore,
 };
 
 /// An unsealed manager over a memory store and an ephemeral KEK.
 async fn manager(clock: Arc<ManualClock>) -> KeyManager {
-    let keys = KeyManager::open(
-        Arc::new(MemoryStore::new()),
-        clock,
-        Arc::new(EphemeralKek::new().unwrap()),
-    )
-    .await
-    .unwrap();
-    keys.unseal().await.unwrap();
-    keys
+    KeyManager::ephemeral(clock).await.unwrap()
 }
 
 fn hex(b: &[u8]) -> String {

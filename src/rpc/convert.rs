@@ -109,3 +109,19 @@ pub(crate) fn ttl(d: &prost_types::Duration) -> Result<Duration, Status> {
     // Non-negative, checked above.
     Ok(Duration::from_secs(d.seconds.unsigned_abs()))
 }
+
+impl From<crate::crypto::verify::Failure> for pb::VerifyFailure {
+    fn from(f: crate::crypto::verify::Failure) -> Self {
+        use crate::crypto::verify::Failure;
+        match f {
+            Failure::Malformed => pb::VerifyFailure::Malformed,
+            Failure::MissingKid => pb::VerifyFailure::MissingKid,
+            Failure::UnknownKid => pb::VerifyFailure::UnknownKid,
+            Failure::AlgMismatch => pb::VerifyFailure::AlgMismatch,
+            Failure::BadSignature => pb::VerifyFailure::BadSignature,
+            Failure::Expired => pb::VerifyFailure::Expired,
+            Failure::NotYetValid => pb::VerifyFailure::NotYetValid,
+            Failure::RevokedKey => pb::VerifyFailure::RevokedKey,
+        }
+    }
+}

@@ -37,21 +37,10 @@ impl SignerService {
     }
 }
 
-fn failure_to_proto(f: Failure) -> pb::VerifyFailure {
-    match f {
-        Failure::Malformed => pb::VerifyFailure::Malformed,
-        Failure::MissingKid => pb::VerifyFailure::MissingKid,
-        Failure::UnknownKid => pb::VerifyFailure::UnknownKid,
-        Failure::AlgMismatch => pb::VerifyFailure::AlgMismatch,
-        Failure::BadSignature => pb::VerifyFailure::BadSignature,
-        Failure::Expired => pb::VerifyFailure::Expired,
-        Failure::NotYetValid => pb::VerifyFailure::NotYetValid,
-        Failure::RevokedKey => pb::VerifyFailure::RevokedKey,
-    }
-}
-
 fn failure_from_proto(f: pb::VerifyFailure) -> Option<Failure> {
-    Failure::ALL.into_iter().find(|x| failure_to_proto(*x) == f)
+    Failure::ALL
+        .into_iter()
+        .find(|x| pb::VerifyFailure::from(*x) == f)
 }
 
 /// How often a JWKS watcher re-checks the set for changes that come from
@@ -127,7 +116,7 @@ impl Signer for SignerService {
                     claims_json: Vec::new(),
                     kid: rej.kid.unwrap_or_default(),
                     alg: rej.alg.unwrap_or_default(),
-                    failure: failure_to_proto(rej.failure).into(),
+                    failure: pb::VerifyFailure::from(rej.failure).into(),
                     message: rej.message,
                 }
             }
@@ -176,16 +165,24 @@ impl Signer for SignerService {
         let r = request.into_inner();
         // The ring must exist: metric labels stay bounded to real rings.
         self.keys.ring(&r.key_ring, "key_ring")?;
-        for c in &r.counts {
-            let reason = pb::VerifyFailure::try_from(c.reason)
-                .ok()
-                .and_then(failure_from_proto)
-                .ok_or_else(|| {
-                    invalid("counts.reason", "must be one of the VerifyFailure reasons")
-                })?;
-            telemetry::verification_failure(&r.key_ring, reason, "reported", c.count);
-            if c.count > 0 {
-                tracing::info!(ring = %r.key_ring, verifier = %r.verifier, reason = %reason, count = c.count, "verifier reported failures");
+        // Check every entry before counting any: a bad report counts nothing.
+        let counts = r
+            .counts
+            .iter()
+            .map(|c| {
+                pb::VerifyFailure::try_from(c.reason)
+                    .ok()
+                    .and_then(failure_from_proto)
+                    .map(|reason| (reason, c.count))
+                    .ok_or_else(|| {
+                        invalid("counts.reason", "must be one of the VerifyFailure reasons")
+                    })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        for (reason, count) in counts {
+            telemetry::verification_failure(&r.key_ring, reason, "reported", count);
+            if count > 0 {
+                tracing::info!(ring = %r.key_ring, verifier = %r.verifier, reason = %reason, count, "verifier reported failures");
             }
         }
         Ok(Response::new(pb::ReportVerificationFailuresResponse {}))
