@@ -18,11 +18,13 @@
 //! - [`seal`]: KEK providers (file, env, PKCS#11) and the sealed-key format.
 //! - [`config`], [`server`], [`hardening`]: running a server.
 //! - [`telemetry`]: logs and Prometheus metrics.
+//! - [`audit`]: the hash-chained, fail-closed audit log.
 //! - [`cli`]: the `signet` command: server, client subcommands, benchmark.
 //! - [`pb`]: generated protobuf code.
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;

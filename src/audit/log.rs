@@ -1,0 +1,220 @@
+//! [`AuditLog`]: the shared handle the RPC layer and the scheduler append to.
+
+use std::{
+    fmt,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    AuditError,
+    record::{AuditRecord, GENESIS_PREV},
+    sink::SinkConfig,
+    writer::{self, Msg},
+};
+
+/// How the audit log writes.
+#[derive(Clone, Debug)]
+pub struct AuditConfig {
+    /// Where lines go, in order. The first sink is the primary: its chain
+    /// head is what [`AuditLog::head`] reports, so list the file auditors
+    /// verify first.
+    pub sinks: Vec<SinkConfig>,
+    /// How long an append may take before it fails with
+    /// [`AuditError::Unavailable`] (default 2 s). Also bounds opening the
+    /// sinks in [`AuditLog::open`] and [`AuditLog::reopen`].
+    pub timeout: Duration,
+    /// How often a failed sink is retried (reopened) by appends (default
+    /// 1 s); [`AuditLog::reopen`] retries at once.
+    pub retry_interval: Duration,
+    /// The wall clock that stamps `time` (the host's time of writing, not
+    /// the service's lifecycle clock). Replaceable for tests.
+    pub wall_clock: fn() -> SystemTime,
+}
+
+impl AuditConfig {
+    /// The defaults with these sinks.
+    pub fn new(sinks: Vec<SinkConfig>) -> Self {
+        Self {
+            sinks,
+            timeout: Duration::from_secs(2),
+            retry_interval: Duration::from_secs(1),
+            wall_clock: SystemTime::now,
+        }
+    }
+}
+
+/// The state of one sink, for `Operator.Status` and logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SinkStatus {
+    /// The sink spec, e.g. `file:/var/log/signet/audit.log`.
+    pub name: String,
+    /// Whether appends need it.
+    pub required: bool,
+    /// Whether its last open or write succeeded in time.
+    pub healthy: bool,
+    /// The seq and hash of the last line it holds, if any.
+    pub head: Option<(u64, String)>,
+}
+
+/// A cheap-to-clone handle to the audit log.
+///
+/// Appends from any number of tasks are serialized by one sequencer thread,
+/// which assigns `seq`, `time` and (through each sink's thread) `prev`, so
+/// seqs are strictly increasing and each sink's chain is unbroken however
+/// many callers race.
+///
+/// # When an append succeeds
+///
+/// [`AuditLog::append`] returns `Ok(seq)` only after the line was written
+/// and flushed (and fsynced, per that sink's [`FsyncPolicy`](super::FsyncPolicy))
+/// to **at least one required sink**; if no sink is required, to at least
+/// one sink. Otherwise, or if that does not happen within the timeout, it
+/// returns [`AuditError::Unavailable`] and the caller must fail the RPC
+/// (UNAVAILABLE "audit unavailable") without returning its result.
+/// Non-required sinks are best effort. A failed append may still have
+/// reached some sink (a write that timed out can land later): a line in the
+/// log means the action was attempted; a successful RPC always has its line.
+///
+/// # Failing sinks
+///
+/// A sink whose write fails or times out stops receiving lines until it is
+/// reopened: by the next append after `retry_interval`, or by
+/// [`AuditLog::reopen`]. Reopening a file reads back its last complete line,
+/// so the sink's chain continues from what is really on disk, whatever the
+/// failed write left there. If the sink missed lines, the log first writes
+/// an [`RESYNC_RPC`](super::RESYNC_RPC) marker to every sink; its `reason`
+/// says which sink resumed after which seq, and it is the one line whose
+/// `seq` may jump. Seqs are never reused.
+#[derive(Clone)]
+pub struct AuditLog {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    tx: mpsc::Sender<Msg>,
+    timeout: Duration,
+    status: Arc<Mutex<Vec<SinkStatus>>>,
+}
+
+impl AuditLog {
+    /// Starts the writer threads and opens every sink (reading each file's
+    /// last line, so `seq` and the chain continue after a restart), waiting
+    /// at most the timeout. A sink that cannot be opened yet does not fail
+    /// this call: it is retried, and appends fail while the sink rule is
+    /// not met.
+    pub async fn open(config: AuditConfig) -> Result<Self, AuditError> {
+        if config.sinks.is_empty() {
+            return Err(AuditError::Config("no audit sink is configured".into()));
+        }
+        if config.timeout.is_zero() {
+            return Err(AuditError::Config(
+                "the audit timeout must not be zero".into(),
+            ));
+        }
+        let timeout = config.timeout;
+        let status = Arc::new(Mutex::new(
+            config
+                .sinks
+                .iter()
+                .map(|s| SinkStatus {
+                    name: s.spec.to_string(),
+                    required: s.required,
+                    healthy: false,
+                    head: None,
+                })
+                .collect(),
+        ));
+        let (tx, ready) = writer::start(config, status.clone())?;
+        // The sequencer answers once its first open round is over (bounded
+        // by the timeout); if it died, appends will say so.
+        let _ = ready.await;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                tx,
+                timeout,
+                status,
+            }),
+        })
+    }
+
+    /// Appends `rec` (its `time`, `seq` and `prev` are set here) and
+    /// returns its seq once the line is written as the sink rule requires
+    /// (see the type's docs); [`AuditError::Unavailable`] otherwise, within
+    /// the timeout.
+    pub async fn append(&self, rec: AuditRecord) -> Result<u64, AuditError> {
+        let deadline = Instant::now() + self.shared.timeout;
+        let (reply, answer) = oneshot::channel();
+        let msg = Msg::Append {
+            rec: Box::new(rec),
+            deadline,
+            reply,
+        };
+        self.call(deadline, msg, answer).await
+    }
+
+    /// Closes and reopens every sink: after an operator renamed the file
+    /// (log rotation, on SIGHUP), a new file is created and its first line
+    /// continues the chain of the old one (`prev` = the old file's last
+    /// hash). Also retries failed sinks at once. Fails if a sink could not
+    /// be reopened within the timeout (appends then follow the sink rule).
+    pub async fn reopen(&self) -> Result<(), AuditError> {
+        let deadline = Instant::now() + self.shared.timeout;
+        let (reply, answer) = oneshot::channel();
+        self.call(deadline, Msg::Reopen { deadline, reply }, answer)
+            .await
+    }
+
+    async fn call<T>(
+        &self,
+        deadline: Instant,
+        msg: Msg,
+        answer: oneshot::Receiver<Result<T, AuditError>>,
+    ) -> Result<T, AuditError> {
+        let work = async {
+            self.shared
+                .tx
+                .send(msg)
+                .await
+                .map_err(|_| AuditError::Unavailable)?;
+            answer.await.map_err(|_| AuditError::Unavailable)?
+        };
+        // The sequencer also stops waiting at the deadline; this bound holds
+        // even if it is stuck or gone.
+        tokio::time::timeout_at(deadline.into(), work)
+            .await
+            .unwrap_or(Err(AuditError::Unavailable))
+    }
+
+    /// The chain head of the primary (first) sink: the seq and hash of the
+    /// last line it holds, `(0, 64 zeros)` before its first line. For
+    /// `Operator.Status`, to compare with `signet audit verify --head`.
+    pub fn head(&self) -> (u64, String) {
+        self.sinks()
+            .into_iter()
+            .next()
+            .and_then(|s| s.head)
+            .unwrap_or_else(|| (0, GENESIS_PREV.to_owned()))
+    }
+
+    /// Every sink's state, in configuration order.
+    pub fn sinks(&self) -> Vec<SinkStatus> {
+        // A poisoned lock only means a panic while copying plain values.
+        self.shared
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("timeout", &self.shared.timeout)
+            .field("sinks", &self.sinks())
+            .finish()
+    }
+}
