@@ -498,3 +498,42 @@ async fn hmac_digests_are_keyed_and_no_secret_is_printed() {
         assert!(!text.contains(&format!("{:?}", &key_bytes[..8])), "{text}");
     }
 }
+
+/// `signet audit verify` on a clean log, a tampered one, and a wrong head.
+#[tokio::test]
+async fn audit_verify_command() {
+    use signet::audit::{AuditConfig, AuditLog, AuditRecord, Outcome, SinkConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let log = AuditLog::open(AuditConfig::new(vec![SinkConfig::file(path.clone())]))
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        log.append(AuditRecord::new("signet.v1.Signer/Sign", Outcome::Ok, "OK"))
+            .await
+            .unwrap();
+    }
+    let (_, head) = log.head();
+    drop(log);
+    let bin = env!("CARGO_BIN_EXE_signet");
+    let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
+    let p = path.to_str().unwrap();
+    let ok = run(&["audit", "verify", p, "--head", &head]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("OK: the chain holds"));
+
+    let wrong = run(&["audit", "verify", p, "--head", &"0".repeat(64)]);
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("the service reported head"));
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replacen("\"OK\"", "\"DENIED\"", 2)).unwrap();
+    let bad = run(&["audit", "verify", p]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.starts_with("signet: line 2:"), "{err}");
+}

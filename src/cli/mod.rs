@@ -1,6 +1,7 @@
 //! The `signet` command: `dev` runs a server; the other subcommands are
 //! clients of a running one (`--addr`, env `SIGNET_ADDR`).
 
+mod audit;
 mod bench;
 mod client;
 mod dev;
@@ -74,6 +75,9 @@ enum Command {
     Seal(operator::SealArgs),
     /// Re-open the KEK and the sealed keys after `signet seal`.
     Unseal(ClientArgs),
+    /// Check audit logs.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Offline maintenance of a stopped server's data directory.
     #[command(subcommand)]
     Operator(operator::OperatorCommand),
@@ -150,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Seal(args) => operator::seal(args).await,
         Command::Unseal(args) => operator::unseal(args).await,
         Command::Operator(cmd) => operator::operator(cmd).await,
+        Command::Audit(cmd) => audit::run(cmd),
         Command::Sign(args) => client::sign(args).await,
         Command::Verify(args) => client::verify(args).await,
         Command::Jwks(args) => client::jwks(args).await,
