@@ -39,6 +39,7 @@ pub mod seal;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod verifier;
 
 pub use error::Error;

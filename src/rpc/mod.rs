@@ -2,6 +2,7 @@
 //! errors become `tonic::Status`.
 
 mod convert;
+pub mod guard;
 pub use convert::{duration as duration_to_proto, policy_from as policy_from_proto};
 mod key_admin;
 mod operator;
@@ -11,7 +12,7 @@ mod status;
 use std::future::Future;
 
 use tokio::net::TcpListener;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::Server;
 
 pub use key_admin::KeyAdminService;
 pub use operator::OperatorService;
@@ -30,18 +31,31 @@ use crate::{
 /// more than any valid request needs.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
-/// Serves the gRPC API (with health and reflection) on `listener` until
-/// `shutdown` completes, then finishes in-flight requests and returns.
+/// Serves the gRPC API on `listener` in plaintext, every caller being the
+/// identity `local` with every grant and no audit log: for tests and
+/// in-process benchmarks. Servers use [`serve_with`].
 pub async fn serve(
     listener: TcpListener,
     keys: KeyManager,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    let guard = guard::Guard::new(std::sync::Arc::new(guard::AllowAll), None, None);
+    serve_with(crate::tls::plaintext_incoming(listener), keys, guard, shutdown).await
+}
+
+/// Serves the gRPC API (with health and reflection) on `incoming`
+/// connections, every RPC passing through `guard`, until `shutdown`
+/// completes; then finishes in-flight requests and returns.
+pub async fn serve_with(
+    incoming: impl tokio_stream::Stream<Item = std::io::Result<crate::tls::Conn>> + Send + 'static,
+    keys: KeyManager,
+    guard: guard::Guard,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SignerServer<SignerService>>().await;
-    health
-        .set_serving::<KeyAdminServer<KeyAdminService>>()
-        .await;
+    health.set_serving::<KeyAdminServer<KeyAdminService>>().await;
+    health.set_serving::<OperatorServer<OperatorService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1();
@@ -54,9 +68,8 @@ pub async fn serve(
             None
         }
     };
-    // Small unary RPCs: Nagle's algorithm would add up to 40 ms per call.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Server::builder()
+        .layer(guard)
         .add_service(health_service)
         .add_optional_service(reflection)
         .add_service(

@@ -1,0 +1,345 @@
+//! The one place every RPC passes through before its handler: the caller's
+//! identity is authorized for the RPC's action on its ring, and an audit
+//! record is written for every outcome (allowed, denied, invalid, failed)
+//! before any response leaves, fail-closed.
+//!
+//! The ring of a request is read from the protobuf message itself (field 1
+//! of every ring-scoped request), so the decision never depends on anything
+//! a handler does.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited, StreamBody};
+use hyper::body::Frame;
+use metrics::counter;
+use prost::Message;
+use tonic::{Status, body::Body};
+use tower::{Layer, Service};
+
+use crate::{
+    audit::{AuditKey, AuditLog, AuditRecord, Outcome, code_name},
+    pb,
+    tls::PeerInfo,
+};
+
+/// Decides whether an identity may perform an action on a ring.
+pub trait Authorizer: Send + Sync + 'static {
+    /// `Ok(())` to allow; `Err(explanation)` to deny.
+    fn authorize(&self, identity: &str, action: &str, ring: &str) -> Result<(), String>;
+}
+
+/// Allows everything: `signet dev`, where the only caller is local.
+pub struct AllowAll;
+
+impl Authorizer for AllowAll {
+    fn authorize(&self, _: &str, _: &str, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The action an RPC needs, and where its ring is.
+#[derive(Clone, Copy)]
+struct Route {
+    action: &'static str,
+    /// Whether field 1 of the request is the ring name; otherwise the
+    /// action is service-wide (ring `*`).
+    ring_field: bool,
+    streaming: bool,
+}
+
+fn route(path: &str) -> Option<Route> {
+    let r = |action, ring_field| Some(Route { action, ring_field, streaming: false });
+    match path {
+        "/signet.v1.Signer/Sign" => r("sign", true),
+        "/signet.v1.Signer/GetJwks" => r("read", true),
+        "/signet.v1.Signer/Verify" | "/signet.v1.Signer/ReportVerificationFailures" => r("verify", true),
+        "/signet.v1.Signer/WatchJwks" => Some(Route {
+            action: "read",
+            ring_field: true,
+            streaming: true,
+        }),
+        "/signet.v1.KeyAdmin/Rotate" => r("rotate", true),
+        "/signet.v1.KeyAdmin/RevokeKey" => r("revoke", true),
+        "/signet.v1.KeyAdmin/UpdatePolicy" => r("policy", true),
+        "/signet.v1.KeyAdmin/ListKeys" | "/signet.v1.KeyAdmin/GetKeyRing" => r("read", true),
+        "/signet.v1.KeyAdmin/CreateKeyRing" => r("admin", true),
+        "/signet.v1.Operator/Status" => r("read", false),
+        "/signet.v1.Operator/Seal" | "/signet.v1.Operator/Unseal" => r("seal", false),
+        "/signet.v1.Operator/AuditHash" => r("admin", false),
+        p if p.starts_with("/signet.") => r("admin", false),
+        // Health checks and reflection carry no secrets and name no ring.
+        _ => None,
+    }
+}
+
+/// Field 1 of a ring-scoped request.
+#[derive(Clone, PartialEq, Message)]
+struct RingField {
+    #[prost(string, tag = "1")]
+    ring: String,
+}
+
+/// The authorization and audit layer.
+#[derive(Clone)]
+pub struct Guard {
+    authz: Arc<dyn Authorizer>,
+    audit: Option<AuditLog>,
+    audit_key: Option<Arc<AuditKey>>,
+}
+
+impl Guard {
+    /// A guard deciding with `authz` and recording to `audit` (with claims
+    /// digested under `audit_key`). Without an audit log nothing is
+    /// recorded (tests of other layers only).
+    pub fn new(authz: Arc<dyn Authorizer>, audit: Option<AuditLog>, audit_key: Option<Arc<AuditKey>>) -> Self {
+        Self {
+            authz,
+            audit,
+            audit_key,
+        }
+    }
+}
+
+impl<S> Layer<S> for Guard {
+    type Service = GuardService<S>;
+
+    fn layer(&self, inner: S) -> GuardService<S> {
+        GuardService {
+            inner,
+            guard: self.clone(),
+        }
+    }
+}
+
+/// [`Guard`] around a service.
+#[derive(Clone)]
+pub struct GuardService<S> {
+    inner: S,
+    guard: Guard,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The gRPC message in a request body: skip the 5-byte frame header.
+fn message(frame: &[u8]) -> &[u8] {
+    frame.get(5..).unwrap_or_default()
+}
+
+fn status_response(status: Status, request_id: &str) -> http::Response<Body> {
+    let mut resp: http::Response<Body> = status.into_http();
+    if let Ok(v) = http::HeaderValue::from_str(request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+fn grpc_code(headers: &http::HeaderMap, trailers: Option<&http::HeaderMap>) -> i32 {
+    let from = |h: &http::HeaderMap| {
+        h.get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok())
+    };
+    from(headers).or_else(|| trailers.and_then(from)).unwrap_or(0)
+}
+
+impl<S> Service<http::Request<Body>> for GuardService<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<http::Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        // The ready service handles this call; a fresh clone takes its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let guard = self.guard.clone();
+        Box::pin(async move {
+            let path = req.uri().path().to_owned();
+            let Some(route) = route(&path) else {
+                return inner.call(req).await;
+            };
+            let request_id = B64.encode(crate::crypto::random_bytes::<12>().unwrap_or_default());
+            let peer = req.extensions().get::<PeerInfo>().cloned();
+            let (identity, peer_addr) = match &peer {
+                Some(p) => (p.identity.clone(), p.addr.map(|a| a.to_string()).unwrap_or_default()),
+                None => (String::new(), String::new()),
+            };
+            let (parts, body) = req.into_parts();
+            let limit = super::MAX_REQUEST_BYTES + 5;
+            let bytes = match Limited::new(body, limit).collect().await {
+                Ok(c) => c.to_bytes(),
+                Err(_) => {
+                    return Ok(status_response(
+                        Status::out_of_range(format!("request larger than {limit} bytes")),
+                        &request_id,
+                    ));
+                }
+            };
+            let msg = message(&bytes);
+            let ring = if route.ring_field {
+                RingField::decode(msg).map(|r| r.ring).unwrap_or_default()
+            } else {
+                "*".to_owned()
+            };
+            let mut rec = AuditRecord::new(path.trim_start_matches('/'), Outcome::Ok, "OK");
+            rec.request_id = request_id.clone();
+            rec.peer = identity.clone();
+            rec.peer_addr = peer_addr;
+            rec.ring = ring.clone();
+            detail_request(&path, msg, &mut rec, guard.audit_key.as_deref());
+
+            // Deny by default: a caller with no identity gets nothing.
+            let decision = if peer.is_none() {
+                Err("no authenticated identity".to_owned())
+            } else {
+                guard.authz.authorize(&identity, route.action, &ring)
+            };
+            if let Err(why) = decision {
+                let status = if peer.is_none() {
+                    Status::unauthenticated("no client certificate")
+                } else {
+                    Status::permission_denied(format!(
+                        "{identity:?} may not {} on ring {ring:?}",
+                        route.action
+                    ))
+                };
+                tracing::info!(identity = %identity, action = route.action, ring = %ring, why = %why, "denied");
+                rec.outcome = Outcome::Denied;
+                rec.code = code_name(status.code() as i32).to_owned();
+                rec.reason.get_or_insert(why);
+                if let Err(s) = record(&guard, rec).await {
+                    return Ok(status_response(s, &request_id));
+                }
+                return Ok(status_response(status, &request_id));
+            }
+
+            let req = http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes.clone())));
+            let resp = inner.call(req).await?;
+            if route.streaming {
+                // The stream's opening is recorded; its updates carry no
+                // decisions of their own.
+                if let Err(s) = record(&guard, rec).await {
+                    return Ok(status_response(s, &request_id));
+                }
+                let mut resp = resp;
+                if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+                    resp.headers_mut().insert("x-request-id", v);
+                }
+                return Ok(resp);
+            }
+            // Unary: hold the response until its record is written.
+            let (mut parts, body) = resp.into_parts();
+            let collected = match body.collect().await {
+                Ok(c) => c,
+                Err(_) => return Ok(status_response(Status::internal("response failed"), &request_id)),
+            };
+            let trailers = collected.trailers().cloned();
+            let data = collected.to_bytes();
+            let code = grpc_code(&parts.headers, trailers.as_ref());
+            rec.code = code_name(code).to_owned();
+            rec.outcome = Outcome::from_code(code);
+            if code == 0 {
+                detail_response(&path, message(&data), &mut rec, guard.audit_key.as_deref());
+            }
+            if let Err(s) = record(&guard, rec).await {
+                // Fail closed: the caller gets no token and no result.
+                return Ok(status_response(s, &request_id));
+            }
+            if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+                parts.headers.insert("x-request-id", v);
+            }
+            let mut frames: Vec<Result<Frame<Bytes>, Status>> = vec![Ok(Frame::data(data))];
+            if let Some(t) = trailers {
+                frames.push(Ok(Frame::trailers(t)));
+            }
+            let body = Body::new(StreamBody::new(tokio_stream::iter(frames)));
+            Ok(http::Response::from_parts(parts, body))
+        })
+    }
+}
+
+/// Writes `rec`; a failure becomes UNAVAILABLE "audit unavailable".
+async fn record(guard: &Guard, rec: AuditRecord) -> Result<(), Status> {
+    let Some(log) = &guard.audit else {
+        return Ok(());
+    };
+    match log.append(rec).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            counter!("signet_audit_failures_total").increment(1);
+            tracing::error!(error = %e, "audit record not written; refusing the request");
+            Err(Status::unavailable("audit unavailable"))
+        }
+    }
+}
+
+/// Request fields worth recording: digests of claims and `sub`, admin
+/// reasons, the kid acted on. Never raw claims.
+fn detail_request(path: &str, msg: &[u8], rec: &mut AuditRecord, key: Option<&AuditKey>) {
+    match path {
+        "/signet.v1.Signer/Sign" => {
+            if let (Ok(r), Some(key)) = (pb::SignRequest::decode(msg), key) {
+                rec.claims_hmac = Some(key.hmac_hex(&r.claims_json));
+                let sub = serde_json::from_slice::<serde_json::Value>(&r.claims_json)
+                    .ok()
+                    .and_then(|v| v.get("sub").and_then(|s| s.as_str()).map(str::to_owned));
+                rec.sub_hmac = sub.map(|s| key.hmac_hex(s.as_bytes()));
+            }
+        }
+        "/signet.v1.KeyAdmin/Rotate" => {
+            if let Ok(r) = pb::RotateRequest::decode(msg) {
+                rec.reason = Some(format!("{}{}", if r.immediate { "immediate: " } else { "" }, r.reason));
+            }
+        }
+        "/signet.v1.KeyAdmin/RevokeKey" => {
+            if let Ok(r) = pb::RevokeKeyRequest::decode(msg) {
+                rec.kid = r.kid;
+                rec.reason = Some(r.reason);
+            }
+        }
+        "/signet.v1.Operator/Seal" => {
+            if let Ok(r) = pb::SealRequest::decode(msg) {
+                rec.reason = Some(r.reason);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Response fields worth recording: the kid that signed, and the token's
+/// `exp` and `jti` (never the token or its signature).
+fn detail_response(path: &str, msg: &[u8], rec: &mut AuditRecord, _key: Option<&AuditKey>) {
+    match path {
+        "/signet.v1.Signer/Sign" => {
+            if let Ok(r) = pb::SignResponse::decode(msg) {
+                rec.kid = r.kid;
+                rec.exp = r.expires_at.map(|t| t.seconds);
+                let payload = r.token.split('.').nth(1).and_then(|p| B64.decode(p).ok());
+                rec.jti = payload
+                    .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+                    .and_then(|v| v.get("jti").and_then(|j| j.as_str()).map(str::to_owned));
+            }
+        }
+        "/signet.v1.KeyAdmin/Rotate" => {
+            if let Ok(r) = pb::RotateResponse::decode(msg) {
+                rec.kid = r.new_key.map(|k| k.kid).unwrap_or_default();
+            }
+        }
+        _ => {}
+    }
+}
