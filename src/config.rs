@@ -30,6 +30,106 @@ pub struct Config {
     /// Rings to create at start if they do not exist yet.
     #[serde(default)]
     pub rings: Vec<RingConfig>,
+    /// gRPC over TLS with client certificates. Required for a gRPC
+    /// listener on a non-loopback address.
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+    /// Who may do what (grants). Required with `[tls]`.
+    #[serde(default)]
+    pub authz: Option<AuthzSection>,
+    /// Where audit records go.
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+/// `[tls]`: PEM files, re-read on SIGHUP.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Server certificate chain.
+    pub cert: PathBuf,
+    /// Server private key.
+    pub key: PathBuf,
+    /// CA bundle client certificates must chain to.
+    pub client_ca: PathBuf,
+}
+
+/// `[authz]`
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthzSection {
+    /// The grants policy file (see signet.policy.example.toml), re-read on
+    /// SIGHUP; a file that fails validation keeps the old rules.
+    pub policy: PathBuf,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// Sinks: `file:PATH` or `stdout`, each optionally followed by
+    /// `,optional`. A request succeeds once at least one required sink
+    /// wrote its record. Default: `file:DATA_DIR/audit.log`, required.
+    #[serde(default)]
+    pub sinks: Vec<String>,
+    /// `always` (fsync every record before answering), `never`, or
+    /// `interval:1s`. Default `always`.
+    #[serde(default = "default_fsync")]
+    pub fsync: String,
+    /// How long a record may take to write before the request fails with
+    /// UNAVAILABLE, in seconds. Default 2.
+    #[serde(default = "default_audit_timeout")]
+    pub timeout_secs: u64,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            sinks: Vec::new(),
+            fsync: default_fsync(),
+            timeout_secs: default_audit_timeout(),
+        }
+    }
+}
+
+fn default_fsync() -> String {
+    "always".into()
+}
+
+fn default_audit_timeout() -> u64 {
+    2
+}
+
+impl AuditSection {
+    /// The audit configuration, with the default sink under `data_dir`.
+    pub fn audit_config(&self, data_dir: &Path) -> Result<crate::audit::AuditConfig, String> {
+        use crate::audit::{AuditConfig, FsyncPolicy, SinkConfig, SinkSpec};
+        let fsync: FsyncPolicy = self
+            .fsync
+            .parse()
+            .map_err(|e| format!("audit.fsync: {e}"))?;
+        let mut sinks = Vec::new();
+        let specs = if self.sinks.is_empty() {
+            vec![format!("file:{}", data_dir.join("audit.log").display())]
+        } else {
+            self.sinks.clone()
+        };
+        for (i, s) in specs.iter().enumerate() {
+            let (spec, optional) = match s.strip_suffix(",optional") {
+                Some(spec) => (spec, true),
+                None => (s.as_str(), false),
+            };
+            let spec: SinkSpec = spec.parse().map_err(|e| format!("audit.sinks[{i}]: {e}"))?;
+            sinks.push(SinkConfig {
+                spec,
+                required: !optional,
+                fsync,
+            });
+        }
+        let mut config = AuditConfig::new(sinks);
+        config.timeout = std::time::Duration::from_secs(self.timeout_secs.max(1));
+        Ok(config)
+    }
 }
 
 /// `[listen]`
@@ -163,6 +263,22 @@ impl Config {
                 return Err(format!("rings[{i}].name: {name} is configured twice"));
             }
             rings.push((name, spec));
+        }
+        self.audit
+            .audit_config(&self.store.data_dir)
+            .map_err(|e| e.to_string())?;
+        if !self.listen.grpc.ip().is_loopback() && self.tls.is_none() {
+            return Err(format!(
+                "listen.grpc {}: a non-loopback gRPC listener needs [tls] (client certificates); \
+                 plaintext is allowed on loopback only",
+                self.listen.grpc
+            ));
+        }
+        if self.tls.is_some() && self.authz.is_none() {
+            return Err(
+                "[tls] needs [authz] policy = FILE: callers are denied everything by default"
+                    .into(),
+            );
         }
         Ok(Checked {
             config: self,

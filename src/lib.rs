@@ -19,12 +19,15 @@
 //! - [`config`], [`server`], [`hardening`]: running a server.
 //! - [`telemetry`]: logs and Prometheus metrics.
 //! - [`audit`]: the hash-chained, fail-closed audit log.
+//! - [`authz`]: the access policy: which identity may do what on which ring.
+//! - [`tls`]: mTLS acceptor and peer identities.
 //! - [`cli`]: the `signet` command: server, client subcommands, benchmark.
 //! - [`pb`]: generated protobuf code.
 
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod authz;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -39,6 +39,13 @@ pub struct ServerOptions {
     /// Serve sealed (only Status and Unseal do anything) instead of
     /// unsealing at start.
     pub start_sealed: bool,
+    /// TLS with client certificates; `None` for plaintext on loopback.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// The grants policy file; `None` grants everything to the plaintext
+    /// loopback caller (`signet dev`, or a loopback-only server).
+    pub authz_policy: Option<PathBuf>,
+    /// The audit log.
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// A server ready to serve: store open, keys unsealed (unless asked not
@@ -141,7 +148,85 @@ pub async fn prepare(opts: &ServerOptions) -> anyhow::Result<Prepared> {
 
 impl Prepared {
     /// Serves gRPC and HTTP until `shutdown` completes, then drains both.
-    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn serve(
+        self,
+        opts: &ServerOptions,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        use crate::rpc::guard::{AllowAll, Authorizer, Guard};
+        let audit = crate::audit::AuditLog::open(opts.audit.clone())
+            .await
+            .context("cannot open the audit log; refusing to serve without one")?;
+        let audit_key = if self.keys.is_sealed() {
+            tracing::warn!("sealed at start: audit records carry no claim digests until restart");
+            None
+        } else {
+            Some(Arc::new(
+                self.keys
+                    .audit_key(&opts.data_dir.join("audit.key"))
+                    .await?,
+            ))
+        };
+        let authz = match &opts.authz_policy {
+            Some(path) => Some(crate::authz::SharedAuthz::new(
+                crate::authz::Authz::load(path)
+                    .with_context(|| format!("authz policy {}", path.display()))?,
+            )),
+            None => None,
+        };
+        let authorizer: Arc<dyn Authorizer> = match &authz {
+            Some(a) => Arc::new(a.clone()),
+            None => {
+                tracing::warn!(
+                    "no [authz] policy: the local caller has every grant (loopback plaintext only)"
+                );
+                Arc::new(AllowAll)
+            }
+        };
+        let acceptor = match &opts.tls {
+            Some(files) => Some(Arc::new(crate::tls::Acceptor::load(files.clone())?)),
+            None => None,
+        };
+        let guard = Guard::new(authorizer, Some(audit.clone()), audit_key);
+        // SIGHUP: reload TLS files and the policy, reopen audit files.
+        #[cfg(unix)]
+        {
+            let (acceptor, authz, audit, policy) = (
+                acceptor.clone(),
+                authz.clone(),
+                audit.clone(),
+                opts.authz_policy.clone(),
+            );
+            if let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        if let Some(a) = &acceptor {
+                            match a.reload() {
+                                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                                Err(e) => {
+                                    tracing::error!(error = %e, "TLS reload failed; keeping the old certificates")
+                                }
+                            }
+                        }
+                        if let (Some(a), Some(path)) = (&authz, &policy) {
+                            match a.reload(path) {
+                                Ok(()) => {
+                                    tracing::info!(policy = %path.display(), "authz policy reloaded")
+                                }
+                                Err(e) => {
+                                    tracing::error!(error = %e, "authz policy rejected; keeping the old rules")
+                                }
+                            }
+                        }
+                        if let Err(e) = audit.reopen().await {
+                            tracing::error!(error = %e, "audit log reopen failed");
+                        }
+                    }
+                });
+            }
+        }
         let (stop_tx, stop_rx) = watch::channel(());
         let stopped = move || {
             let mut rx = stop_rx.clone();
@@ -150,7 +235,37 @@ impl Prepared {
                 let _ = rx.changed().await;
             }
         };
-        let grpc_task = tokio::spawn(rpc::serve(self.grpc, self.keys.clone(), stopped()));
+        let grpc_task = match acceptor {
+            Some(acceptor) => {
+                let audit = audit.clone();
+                let incoming = acceptor.incoming(self.grpc, move |addr, why| {
+                    tracing::info!(peer = ?addr, %why, "TLS connection refused");
+                    let mut rec = crate::audit::AuditRecord::new(
+                        "tls.handshake",
+                        crate::audit::Outcome::Denied,
+                        "UNAUTHENTICATED",
+                    );
+                    rec.peer_addr = addr.map(|a| a.to_string()).unwrap_or_default();
+                    rec.reason = Some(why);
+                    let audit = audit.clone();
+                    tokio::spawn(async move {
+                        let _ = audit.append(rec).await;
+                    });
+                });
+                tokio::spawn(rpc::serve_with(
+                    incoming,
+                    self.keys.clone(),
+                    guard,
+                    stopped(),
+                ))
+            }
+            None => tokio::spawn(rpc::serve_with(
+                crate::tls::plaintext_incoming(self.grpc),
+                self.keys.clone(),
+                guard,
+                stopped(),
+            )),
+        };
         let scheduler = tokio::spawn(crate::keyring::scheduler::run(
             self.keys.clone(),
             crate::keyring::scheduler::DEFAULT_TICK,

@@ -62,7 +62,10 @@ fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, T
         .collect::<Result<_, _>>()
         .map_err(|e| TlsError(format!("{what} {}: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(TlsError(format!("{what} {}: no PEM certificate in it", path.display())));
+        return Err(TlsError(format!(
+            "{what} {}: no PEM certificate in it",
+            path.display()
+        )));
     }
     Ok(certs)
 }
@@ -76,9 +79,9 @@ impl TlsFiles {
             .map_err(|e| TlsError(format!("tls key {}: {e}", self.key.display())))?;
         let mut roots = RootCertStore::empty();
         for ca in read_certs(&self.client_ca, "tls client_ca")? {
-            roots
-                .add(ca)
-                .map_err(|e| TlsError(format!("tls client_ca {}: {e}", self.client_ca.display())))?;
+            roots.add(ca).map_err(|e| {
+                TlsError(format!("tls client_ca {}: {e}", self.client_ca.display()))
+            })?;
         }
         let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
             .build()
@@ -140,10 +143,13 @@ impl Acceptor {
                 let acceptor = tokio_rustls::TlsAcceptor::from(self.config.load_full());
                 let (conn_tx, rejected) = (tx.clone(), rejected.clone());
                 tokio::spawn(async move {
-                    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
                     let stream = match handshake {
                         Ok(Ok(s)) => s,
-                        Ok(Err(e)) => return rejected(Some(addr), format!("TLS handshake failed: {e}")),
+                        Ok(Err(e)) => {
+                            return rejected(Some(addr), format!("TLS handshake failed: {e}"));
+                        }
                         Err(_) => return rejected(Some(addr), "TLS handshake timed out".into()),
                     };
                     let identity = stream
@@ -153,7 +159,10 @@ impl Acceptor {
                         .and_then(|certs| certs.first())
                         .and_then(|c| identity_of(c.as_ref()));
                     let Some(identity) = identity else {
-                        return rejected(Some(addr), "client certificate names no identity (no SAN, no CN)".into());
+                        return rejected(
+                            Some(addr),
+                            "client certificate names no identity (no SAN, no CN)".into(),
+                        );
                     };
                     let conn = Conn {
                         stream: Stream::Tls(Box::new(stream)),
@@ -175,7 +184,9 @@ impl Acceptor {
 
 /// Plaintext connections from loopback (`signet dev` only), all with the
 /// identity `local`.
-pub fn plaintext_incoming(listener: TcpListener) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
+pub fn plaintext_incoming(
+    listener: TcpListener,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -253,7 +264,11 @@ impl Connected for Conn {
 }
 
 impl AsyncRead for Conn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match &mut self.get_mut().stream {
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
@@ -262,7 +277,11 @@ impl AsyncRead for Conn {
 }
 
 impl AsyncWrite for Conn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match &mut self.get_mut().stream {
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),

@@ -1,12 +1,25 @@
 //! The KeyStore contract suite, run against every store implementation.
 
-use std::sync::Arc;
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure should panic
+
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use signet::{
     crypto::{Algorithm, KeySpec},
     keyring::{Policy, RingName},
-    store::{KeyStore, RingRecord, RingUpdate, SealedBlob, SqliteStore, StoreError, contract},
+    store::{
+        KeyStore, PostgresStore, RingRecord, RingUpdate, SealedBlob, SqliteStore, StoreError,
+        contract,
+    },
 };
+use sqlx::Connection;
 
 /// A ring of two fresh keys. Outside a `#[test]`, so clippy's test allowance
 /// does not cover the unwraps of these constant, valid inputs.
@@ -187,4 +200,298 @@ async fn sqlite_corrupt_record_is_named() {
         }
         other => panic!("expected Unavailable, got {other:?}"),
     }
+}
+
+// PostgreSQL. The server comes from SIGNET_TEST_POSTGRES_URL (scripts/test
+// sets it through scripts/postgres-setup), else the usual local one. Each
+// test works in a schema of its own, so tests run in parallel, and drops it
+// at the end. An unreachable server fails the tests: they never skip.
+
+/// The server's URL, as `scripts/postgres-setup` finds or provides it.
+fn postgres_url() -> String {
+    std::env::var("SIGNET_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A schema name no other test (in this or another process) uses.
+fn fresh_schema() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "t_{}_{nanos}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Opens a store in `schema`, failing the test with advice if PostgreSQL is
+/// not there.
+async fn open_postgres(url: &str, schema: &str) -> PostgresStore {
+    PostgresStore::open_in_schema(url, schema)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "these tests need PostgreSQL and it is not usable: {e}\n\
+                 Run scripts/test (scripts/postgres-setup finds or starts a server), or set \
+                 SIGNET_TEST_POSTGRES_URL to a server where this user may create schemas."
+            )
+        })
+}
+
+/// Runs `test(url, schema)` with a fresh schema name, then drops the schema
+/// (best effort) whether the test passed or panicked.
+async fn in_fresh_schema<F, Fut>(test: F)
+where
+    F: FnOnce(String, String) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let url = postgres_url();
+    let schema = fresh_schema();
+    // A task, so that a panic is caught and the schema still dropped.
+    let outcome = tokio::spawn(test(url.clone(), schema.clone())).await;
+    drop_schema(&url, &schema).await;
+    if let Err(e) = outcome {
+        match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => panic!("test task failed: {e}"),
+        }
+    }
+}
+
+async fn drop_schema(url: &str, schema: &str) {
+    let Ok(mut conn) = sqlx::PgConnection::connect(url).await else {
+        return;
+    };
+    // `schema` comes from `fresh_schema`: a plain identifier.
+    let ddl = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+        .execute(&mut conn)
+        .await;
+    let _ = conn.close().await;
+}
+
+#[tokio::test]
+async fn postgres_store_keeps_the_contract() {
+    in_fresh_schema(|url, schema| async move {
+        let store = open_postgres(&url, &schema).await;
+        assert_eq!(store.kind(), "postgres");
+        contract::run_all(&store).await;
+        store.close().await;
+    })
+    .await;
+}
+
+/// Concurrent writers to one ring, through two stores on the same schema as
+/// two replicas would: exactly one update wins, every other one is told it
+/// lost the race (never a lock or serialization error).
+#[tokio::test]
+async fn postgres_concurrent_updates_have_one_winner() {
+    in_fresh_schema(|url, schema| async move {
+        let a = Arc::new(open_postgres(&url, &schema).await);
+        let b = Arc::new(open_postgres(&url, &schema).await);
+        a.create_ring(&ring("race")).await.unwrap();
+
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+                tokio::spawn(async move {
+                    store
+                        .update_ring(&RingUpdate {
+                            policy: None,
+                            ring: RingName::parse("race", "n").unwrap(),
+                            expected_generation: 1,
+                            insert: vec![contract::key_record(1000 + i)],
+                            update: vec![],
+                        })
+                        .await
+                })
+            })
+            .collect();
+        let mut won = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(generation) => {
+                    assert_eq!(generation, 2);
+                    won += 1;
+                }
+                Err(StoreError::Conflict(_)) => {}
+                Err(e) => panic!("a losing writer must see Conflict, got {e:?}"),
+            }
+        }
+        assert_eq!(won, 1, "exactly one writer wins");
+        let stored = b.load().await.unwrap();
+        assert_eq!(stored[0].generation, 2);
+        assert_eq!(stored[0].keys.len(), 3, "only the winner's key landed");
+    })
+    .await;
+}
+
+/// Replicas starting at the same moment on a new schema: every one opens,
+/// the schema is created and migrated once, and they share it.
+#[tokio::test]
+async fn postgres_replicas_migrate_once_when_starting_together() {
+    in_fresh_schema(|url, schema| async move {
+        let opening: Vec<_> = (0..4)
+            .map(|_| {
+                let (url, schema) = (url.clone(), schema.clone());
+                tokio::spawn(async move { PostgresStore::open_in_schema(&url, &schema).await })
+            })
+            .collect();
+        let mut stores = Vec::new();
+        for task in opening {
+            match task.await.unwrap() {
+                Ok(store) => stores.push(store),
+                Err(e) => panic!("a replica failed to open beside the others: {e}"),
+            }
+        }
+
+        let options = url
+            .parse::<sqlx::postgres::PgConnectOptions>()
+            .unwrap()
+            .options([("search_path", schema.as_str())]);
+        let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
+        let applied: Vec<(i64, bool)> =
+            sqlx::query_as("SELECT version, success FROM _sqlx_migrations ORDER BY version")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(applied, vec![(1, true)], "each migration applied once");
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables \
+             WHERE table_schema = $1 ORDER BY table_name",
+        )
+        .bind(&schema)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(tables, ["_sqlx_migrations", "keys", "meta", "rings"]);
+        conn.close().await.unwrap();
+
+        stores[0].create_ring(&ring("shared")).await.unwrap();
+        for store in &stores {
+            let rings = store.load().await.unwrap();
+            assert_eq!(rings.len(), 1, "every replica sees the same schema");
+            assert_eq!(rings[0].name.as_str(), "shared");
+        }
+    })
+    .await;
+}
+
+/// The schema-creation race made certain: another session has created the
+/// schema but not committed, so the store's `CREATE SCHEMA IF NOT EXISTS`
+/// waits and then fails with a unique violation once the other commits. The
+/// store must take that as "the schema exists" and carry on.
+#[tokio::test]
+async fn postgres_schema_created_by_another_session_meanwhile() {
+    in_fresh_schema(|url, schema| async move {
+        let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql("BEGIN").execute(&mut other).await.unwrap();
+        let ddl = format!("CREATE SCHEMA \"{schema}\"");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+            .execute(&mut other)
+            .await
+            .unwrap();
+
+        let opening = {
+            let (url, schema) = (url.clone(), schema.clone());
+            tokio::spawn(async move { PostgresStore::open_in_schema(&url, &schema).await })
+        };
+        // Commit only once the store is blocked behind the uncommitted schema.
+        let mut watch = sqlx::PgConnection::connect(&url).await.unwrap();
+        let blocked = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"%");
+        let mut waited = Duration::ZERO;
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE $1",
+            )
+            .bind(&blocked)
+            .fetch_one(&mut watch)
+            .await
+            .unwrap();
+            if waiting == 1 {
+                break;
+            }
+            assert!(
+                waited < Duration::from_secs(10),
+                "the store never waited on the schema"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            waited += Duration::from_millis(20);
+        }
+        sqlx::raw_sql("COMMIT").execute(&mut other).await.unwrap();
+
+        let store = opening.await.unwrap().unwrap_or_else(|e| {
+            panic!("a schema created concurrently must not fail the open: {e}")
+        });
+        store.create_ring(&ring("after-race")).await.unwrap();
+        assert_eq!(store.load().await.unwrap().len(), 1);
+    })
+    .await;
+}
+
+/// A replica listening for changes hears the ring named when another
+/// replica's write commits, and nothing for a write that lost its CAS.
+#[tokio::test]
+async fn postgres_committed_changes_are_announced() {
+    in_fresh_schema(|url, schema| async move {
+        let writer = open_postgres(&url, &schema).await;
+        let watcher = open_postgres(&url, &schema).await;
+        assert_eq!(watcher.channel(), format!("signet_changes_{schema}"));
+        let mut listener = watcher.subscribe().await.unwrap();
+        let mut next = async || {
+            let note = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+                .await
+                .expect("no notification within 10 s")
+                .unwrap();
+            assert_eq!(note.channel(), format!("signet_changes_{schema}"));
+            note.payload().to_owned()
+        };
+
+        writer.create_ring(&ring("watched")).await.unwrap();
+        assert_eq!(next().await, "watched", "create_ring announced");
+        let update = RingUpdate {
+            policy: None,
+            ring: RingName::parse("watched", "n").unwrap(),
+            expected_generation: 1,
+            insert: vec![contract::key_record(300)],
+            update: vec![],
+        };
+        writer.update_ring(&update).await.unwrap();
+        assert_eq!(next().await, "watched", "update_ring announced");
+
+        // The same update again: its generation is stale now.
+        let lost = writer.update_ring(&update).await;
+        assert!(matches!(lost, Err(StoreError::Conflict(_))), "{lost:?}");
+        // Notifications arrive in commit order, so if the lost write had
+        // announced anything it would come before this one.
+        writer.create_ring(&ring("marker")).await.unwrap();
+        assert_eq!(next().await, "marker", "a lost CAS announces nothing");
+    })
+    .await;
+}
+
+/// A connection failure names the server but never repeats the password.
+#[tokio::test]
+async fn postgres_errors_do_not_reveal_the_password() {
+    // Port 1 on loopback: nothing listens there, the connection is refused.
+    let url = "postgres://signet:pw-7f3a9c1e@127.0.0.1:1/signet";
+    match PostgresStore::open(url).await {
+        Err(StoreError::Unavailable(msg)) => {
+            assert!(!msg.contains("pw-7f3a9c1e"), "password leaked: {msg}");
+            assert!(msg.contains("127.0.0.1:1/signet"), "{msg}");
+        }
+        Err(e) => panic!("expected Unavailable, got {e:?}"),
+        Ok(_) => panic!("connected to port 1"),
+    }
+    let invalid = PostgresStore::open_in_schema(url, "x\"; DROP SCHEMA public; --").await;
+    assert!(
+        matches!(invalid, Err(StoreError::Unavailable(ref msg)) if msg.contains("invalid schema")),
+        "{invalid:?}"
+    );
 }

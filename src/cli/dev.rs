@@ -71,6 +71,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             KeySpec::new(Algorithm::Rs256, 0)?,
         )],
         start_sealed: false,
+        tls: None,
+        authz_policy: None,
+        audit: crate::audit::AuditConfig::new(vec![crate::audit::SinkConfig::file(
+            data_dir.join("audit.log"),
+        )]),
     };
     let prepared = server::prepare(&opts).await?;
     let (grpc_addr, http_addr) = (prepared.grpc_addr, prepared.http_addr);
@@ -85,7 +90,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "signet dev: development server (plaintext, no access control, loopback only)\n\
          \x20 gRPC  http://{grpc_addr}   (reflection on: grpcurl -plaintext {grpc_addr} list)\n\
          \x20 JWKS  http://{http_addr}/.well-known/jwks.json\n\
-         \x20 data  {data}  (keys sealed under KEK {kek})\n\
+         \x20 data  {data}  (keys sealed under KEK {kek}; audit log in it)\n\
          \x20 ring  default  {spec}  active kid {active}\n\
          try:\n\
          \x20 export SIGNET_ADDR=http://{grpc_addr}\n\
@@ -99,6 +104,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     out.write_all(banner.as_bytes())?;
     out.flush()?;
     drop(out);
-    tracing::warn!("development mode: plaintext gRPC, no access control");
-    prepared.serve(shutdown_signal()).await
+    tracing::warn!(
+        "development mode: plaintext gRPC on loopback; the local caller has every grant"
+    );
+    prepared.serve(&opts, shutdown_signal()).await
 }

@@ -2,6 +2,7 @@
 //! clients of a running one (`--addr`, env `SIGNET_ADDR`).
 
 mod audit;
+mod authz;
 mod bench;
 mod client;
 mod dev;
@@ -75,6 +76,9 @@ enum Command {
     Seal(operator::SealArgs),
     /// Re-open the KEK and the sealed keys after `signet seal`.
     Unseal(ClientArgs),
+    /// Check access-policy decisions offline.
+    #[command(subcommand)]
+    Authz(authz::AuthzCommand),
     /// Check audit logs.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -155,6 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unseal(args) => operator::unseal(args).await,
         Command::Operator(cmd) => operator::operator(cmd).await,
         Command::Audit(cmd) => audit::run(cmd),
+        Command::Authz(cmd) => authz::run(cmd),
         Command::Sign(args) => client::sign(args).await,
         Command::Verify(args) => client::verify(args).await,
         Command::Jwks(args) => client::jwks(args).await,

@@ -16,6 +16,7 @@ use crate::{
     pb::{self, operator_client::OperatorClient},
     seal::KekSpec,
     server,
+    store::KeyStore as _,
     store::SqliteStore,
 };
 
@@ -167,7 +168,14 @@ async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("current KEK {old}"))?;
     let new_kek = new.open().await.with_context(|| format!("new KEK {new}"))?;
+    let audit_key = data_dir.join("audit.key");
+    let had_audit_key = keyring::rekey_audit_key(&audit_key, &*old_kek, &*new_kek).await?;
     let n = keyring::rekey(&store, &*old_kek, &old.to_string(), &*new_kek).await?;
+    store.close().await;
+    if had_audit_key {
+        keyring::finish_audit_rekey(&audit_key)
+            .context("cannot move the re-wrapped audit key into place")?;
+    }
     println!("re-wrapped {n} key(s) under {new}; {old} no longer opens this store");
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 
 use super::{init_logging, shutdown_signal};
@@ -41,14 +41,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         None => checked.kek.clone(),
     };
     let c = &checked.config;
-    if !c.listen.grpc.ip().is_loopback() {
-        bail!(
-            "{}: listen.grpc {}: gRPC is plaintext until TLS is configured, so signet server \
-             listens on loopback only",
-            args.config.display(),
-            c.listen.grpc
-        );
-    }
     if args.check_config {
         println!(
             "{}: OK (gRPC {}, HTTP {}, data dir {}, KEK {kek}, {} ring(s))",
@@ -70,7 +62,20 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         kek,
         rings: checked.rings.clone(),
         start_sealed: args.start_sealed,
+        tls: c.tls.as_ref().map(|t| crate::tls::TlsFiles {
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+            client_ca: t.client_ca.clone(),
+        }),
+        authz_policy: c.authz.as_ref().map(|a| a.policy.clone()),
+        audit: c
+            .audit
+            .audit_config(&c.store.data_dir)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?,
     };
+    if opts.tls.is_none() {
+        tracing::warn!("no [tls]: gRPC is plaintext on loopback, and the local caller is trusted");
+    }
     let prepared = server::prepare(&opts).await?;
     tracing::info!(
         grpc = %prepared.grpc_addr,
@@ -79,7 +84,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         kek = %opts.kek,
         memory_locked = hardened.memory_locked,
         sealed = prepared.keys.is_sealed(),
+        tls = opts.tls.is_some(),
         "signet server listening"
     );
-    prepared.serve(shutdown_signal()).await
+    prepared.serve(&opts, shutdown_signal()).await
 }

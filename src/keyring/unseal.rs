@@ -197,6 +197,92 @@ impl KeyManager {
     }
 }
 
+impl KeyManager {
+    /// The audit HMAC key kept at `path`, wrapped by the KEK (created with
+    /// mode 0600 on first use). Needs the service unsealed.
+    pub async fn audit_key(&self, path: &std::path::Path) -> Result<crate::audit::AuditKey, Error> {
+        use crate::audit::AuditKey;
+        let kek = self.kek().ok_or(Error::Sealed)?;
+        let unavailable = |what: String| Error::Kek(crate::seal::KekError::Unavailable(what));
+        if let Ok(wrapped) = std::fs::read(path) {
+            let key = kek
+                .unwrap(&wrapped, AuditKey::WRAP_AAD)
+                .await
+                .map_err(|_| {
+                    unavailable(format!(
+                        "audit key {}: does not open under this KEK",
+                        path.display()
+                    ))
+                })?;
+            return Ok(AuditKey::from_bytes(key));
+        }
+        let key = zeroize::Zeroizing::new(
+            crate::crypto::random_bytes::<32>().map_err(|_| unavailable("no randomness".into()))?,
+        );
+        let wrapped = kek
+            .wrap(&key, AuditKey::WRAP_AAD)
+            .await
+            .map_err(Error::Kek)?;
+        write_private(path, &wrapped).map_err(|e| {
+            unavailable(format!(
+                "audit key {}: cannot write it: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(AuditKey::from_bytes(key))
+    }
+}
+
+/// Writes a new file readable by its owner only.
+pub(crate) fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Prepares the re-wrap of the audit key file at `path` (if any) from `old`
+/// to `new`: writes `path.rekey` and returns whether there was a key. Call
+/// [`finish_audit_rekey`] once the store is re-keyed; until then the old
+/// file stays valid, and a server that finds both opens whichever its KEK
+/// opens.
+pub async fn rekey_audit_key(
+    path: &std::path::Path,
+    old: &dyn Kek,
+    new: &dyn Kek,
+) -> Result<bool, Error> {
+    use crate::audit::AuditKey;
+    let Ok(wrapped) = std::fs::read(path) else {
+        return Ok(false);
+    };
+    let key = old
+        .unwrap(&wrapped, AuditKey::WRAP_AAD)
+        .await
+        .map_err(Error::Kek)?;
+    let rewrapped = new
+        .wrap(&key, AuditKey::WRAP_AAD)
+        .await
+        .map_err(Error::Kek)?;
+    let tmp = path.with_extension("rekey");
+    let _ = std::fs::remove_file(&tmp);
+    write_private(&tmp, &rewrapped).map_err(|e| {
+        Error::Kek(crate::seal::KekError::Unavailable(format!(
+            "audit key {}: {e}",
+            tmp.display()
+        )))
+    })?;
+    Ok(true)
+}
+
+/// Moves the re-wrapped audit key into place.
+pub fn finish_audit_rekey(path: &std::path::Path) -> std::io::Result<()> {
+    std::fs::rename(path.with_extension("rekey"), path)
+}
+
 /// Re-wraps every data key in `store` from `old` to `new` and replaces the
 /// KEK check value, in one store transaction. Afterwards only `new` opens
 /// the store. Refuses (changing nothing) if `old` is not the store's KEK or

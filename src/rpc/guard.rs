@@ -45,6 +45,20 @@ impl Authorizer for AllowAll {
     }
 }
 
+impl Authorizer for crate::authz::SharedAuthz {
+    fn authorize(&self, identity: &str, action: &str, ring: &str) -> Result<(), String> {
+        let action: crate::authz::Action = action
+            .parse()
+            .map_err(|_| format!("unknown action {action}"))?;
+        let decision = self.check(identity, action, ring);
+        if decision.allowed {
+            Ok(())
+        } else {
+            Err(decision.explanation)
+        }
+    }
+}
+
 /// The action an RPC needs, and where its ring is.
 #[derive(Clone, Copy)]
 struct Route {
@@ -56,11 +70,19 @@ struct Route {
 }
 
 fn route(path: &str) -> Option<Route> {
-    let r = |action, ring_field| Some(Route { action, ring_field, streaming: false });
+    let r = |action, ring_field| {
+        Some(Route {
+            action,
+            ring_field,
+            streaming: false,
+        })
+    };
     match path {
         "/signet.v1.Signer/Sign" => r("sign", true),
         "/signet.v1.Signer/GetJwks" => r("read", true),
-        "/signet.v1.Signer/Verify" | "/signet.v1.Signer/ReportVerificationFailures" => r("verify", true),
+        "/signet.v1.Signer/Verify" | "/signet.v1.Signer/ReportVerificationFailures" => {
+            r("verify", true)
+        }
         "/signet.v1.Signer/WatchJwks" => Some(Route {
             action: "read",
             ring_field: true,
@@ -99,7 +121,11 @@ impl Guard {
     /// A guard deciding with `authz` and recording to `audit` (with claims
     /// digested under `audit_key`). Without an audit log nothing is
     /// recorded (tests of other layers only).
-    pub fn new(authz: Arc<dyn Authorizer>, audit: Option<AuditLog>, audit_key: Option<Arc<AuditKey>>) -> Self {
+    pub fn new(
+        authz: Arc<dyn Authorizer>,
+        audit: Option<AuditLog>,
+        audit_key: Option<Arc<AuditKey>>,
+    ) -> Self {
         Self {
             authz,
             audit,
@@ -147,12 +173,17 @@ fn grpc_code(headers: &http::HeaderMap, trailers: Option<&http::HeaderMap>) -> i
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<i32>().ok())
     };
-    from(headers).or_else(|| trailers.and_then(from)).unwrap_or(0)
+    from(headers)
+        .or_else(|| trailers.and_then(from))
+        .unwrap_or(0)
 }
 
 impl<S> Service<http::Request<Body>> for GuardService<S>
 where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     type Response = http::Response<Body>;
@@ -176,7 +207,10 @@ where
             let request_id = B64.encode(crate::crypto::random_bytes::<12>().unwrap_or_default());
             let peer = req.extensions().get::<PeerInfo>().cloned();
             let (identity, peer_addr) = match &peer {
-                Some(p) => (p.identity.clone(), p.addr.map(|a| a.to_string()).unwrap_or_default()),
+                Some(p) => (
+                    p.identity.clone(),
+                    p.addr.map(|a| a.to_string()).unwrap_or_default(),
+                ),
                 None => (String::new(), String::new()),
             };
             let (parts, body) = req.into_parts();
@@ -228,7 +262,10 @@ where
                 return Ok(status_response(status, &request_id));
             }
 
-            let req = http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes.clone())));
+            let req = http::Request::from_parts(
+                parts,
+                Body::new(http_body_util::Full::new(bytes.clone())),
+            );
             let resp = inner.call(req).await?;
             if route.streaming {
                 // The stream's opening is recorded; its updates carry no
@@ -246,7 +283,12 @@ where
             let (mut parts, body) = resp.into_parts();
             let collected = match body.collect().await {
                 Ok(c) => c,
-                Err(_) => return Ok(status_response(Status::internal("response failed"), &request_id)),
+                Err(_) => {
+                    return Ok(status_response(
+                        Status::internal("response failed"),
+                        &request_id,
+                    ));
+                }
             };
             let trailers = collected.trailers().cloned();
             let data = collected.to_bytes();
@@ -303,7 +345,11 @@ fn detail_request(path: &str, msg: &[u8], rec: &mut AuditRecord, key: Option<&Au
         }
         "/signet.v1.KeyAdmin/Rotate" => {
             if let Ok(r) = pb::RotateRequest::decode(msg) {
-                rec.reason = Some(format!("{}{}", if r.immediate { "immediate: " } else { "" }, r.reason));
+                rec.reason = Some(format!(
+                    "{}{}",
+                    if r.immediate { "immediate: " } else { "" },
+                    r.reason
+                ));
             }
         }
         "/signet.v1.KeyAdmin/RevokeKey" => {

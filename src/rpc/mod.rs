@@ -40,7 +40,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let guard = guard::Guard::new(std::sync::Arc::new(guard::AllowAll), None, None);
-    serve_with(crate::tls::plaintext_incoming(listener), keys, guard, shutdown).await
+    serve_with(
+        crate::tls::plaintext_incoming(listener),
+        keys,
+        guard,
+        shutdown,
+    )
+    .await
 }
 
 /// Serves the gRPC API (with health and reflection) on `incoming`
@@ -54,8 +60,12 @@ pub async fn serve_with(
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SignerServer<SignerService>>().await;
-    health.set_serving::<KeyAdminServer<KeyAdminService>>().await;
-    health.set_serving::<OperatorServer<OperatorService>>().await;
+    health
+        .set_serving::<KeyAdminServer<KeyAdminService>>()
+        .await;
+    health
+        .set_serving::<OperatorServer<OperatorService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1();

@@ -39,9 +39,11 @@ use crate::{
 #[doc(hidden)]
 pub mod contract;
 mod memory;
+mod postgres;
 mod sqlite;
 
 pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// One key as stored: public key, timeline, never private material in clear.
@@ -148,7 +150,7 @@ pub enum StoreError {
 /// contract every implementation keeps.
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {
-    /// A short name for status output, e.g. `memory` or `sqlite`.
+    /// A short name for status output, e.g. `memory`, `sqlite` or `postgres`.
     fn kind(&self) -> &'static str;
 
     /// Every ring with all its keys.

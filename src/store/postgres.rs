@@ -1,0 +1,741 @@
+//! The shared durable store: PostgreSQL, written through `sqlx`, for several
+//! replicas at once.
+//!
+//! How the [contract](super) is kept:
+//!
+//! - **Atomic writes.** Every write method is one transaction; an error
+//!   anywhere drops it uncommitted, which rolls back everything it did.
+//!   PostgreSQL acknowledges a commit only once its WAL is flushed (with the
+//!   server's default `synchronous_commit = on`).
+//! - **Compare and swap.** The generation is bumped with
+//!   `UPDATE … WHERE name = $1 AND generation = $2` before anything else is
+//!   written; zero rows changed means another writer won. Plain READ
+//!   COMMITTED is enough: the UPDATE takes the ring's row lock, so a second
+//!   writer from the same generation waits for the first to finish, and
+//!   PostgreSQL then re-checks the WHERE clause against the row the first
+//!   one committed. The generation no longer matches, zero rows change, and
+//!   the loser answers [`StoreError::Conflict`] having written nothing. (If
+//!   the first writer rolls back instead, the second one's predicate still
+//!   holds and it wins.) Every later statement of the write runs while the
+//!   ring's row lock is held, so no other writer can touch the ring's keys.
+//! - **Kids are never reused.** Keys are never deleted: a destroyed key keeps
+//!   its row (a tombstone, `sealed` NULL) and the `(ring, kid)` primary key.
+//! - **Destroyed material is gone, logically.** Setting `sealed` to NULL
+//!   removes the blob from every later read. PostgreSQL's MVCC keeps the old
+//!   row version until VACUUM reclaims it, and the WAL (and any WAL archive
+//!   or base backup) keeps a copy for as long as it is retained; the blob is
+//!   sealed under the KEK, so what finally destroys such copies is a
+//!   [`rekey`](KeyStore::rekey) followed by destroying the old KEK.
+//! - **The reactor is not blocked.** `sqlx` speaks the PostgreSQL protocol
+//!   asynchronously; waits for a row lock are bounded by [`LOCK_TIMEOUT`].
+//!
+//! # Replicas
+//!
+//! Any number of processes may open the same database (and schema). The
+//! schema is migrated by whichever one gets there first: see
+//! [`PostgresStore::open`]. After every committed write the store sends a
+//! `NOTIFY` naming the changed ring, so replicas can refresh early
+//! ([`PostgresStore::subscribe`]).
+
+use std::{collections::HashMap, fmt, str::FromStr};
+
+use async_trait::async_trait;
+use serde::Serialize;
+use sqlx::{
+    AssertSqlSafe, Connection, Row,
+    migrate::Migrator,
+    postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow},
+};
+
+use super::{KeyRecord, KeyStore, RingRecord, RingUpdate, SealedBlob, StoreError};
+use crate::{
+    crypto::{Algorithm, KeySpec, Kid},
+    keyring::RingName,
+};
+
+/// The schema, embedded at compile time from `migrations/postgres/`.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How long a statement waits for a lock held by another transaction (a
+/// concurrent write to the same ring, a rekey) before the store answers
+/// [`StoreError::Unavailable`]; the PostgreSQL `lock_timeout` setting of
+/// every pooled connection. Writes hold their locks for milliseconds, so
+/// only a stuck transaction makes a writer wait this long.
+const LOCK_TIMEOUT: &str = "5s";
+
+/// Writes to one ring serialise on its row lock; a few connections let
+/// reads and writes to other rings proceed beside it.
+const MAX_CONNECTIONS: u32 = 4;
+
+/// The `meta` row holding the KEK check value.
+const KEK_CHECK: &str = "kek_check";
+
+/// The `NOTIFY` channel of a store in the default schema; a store in a named
+/// schema uses `signet_changes_<schema>`.
+const CHANNEL: &str = "signet_changes";
+
+/// The longest accepted schema name: PostgreSQL truncates identifiers to 63
+/// bytes, and the channel name `signet_changes_<schema>` must fit too.
+const MAX_SCHEMA_LEN: usize = 63 - CHANNEL.len() - 1;
+
+/// A [`KeyStore`] in a PostgreSQL database, shared by every replica that
+/// opens the same database and schema.
+///
+/// Cheap to share behind an `Arc`; all methods take `&self`. The generation
+/// check decides which of several concurrent writers wins, whichever
+/// process they run in.
+pub struct PostgresStore {
+    pool: PgPool,
+    /// What every connection is opened with, for [`Self::subscribe`]. Holds
+    /// the password: never printed, hence the hand-written `Debug`.
+    options: PgConnectOptions,
+    /// `host:port/database`, for messages; never the password.
+    target: String,
+    /// The schema the store lives in, if not the server's default.
+    schema: Option<SchemaName>,
+    /// Where committed writes are announced.
+    channel: String,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("target", &self.target)
+            .field("schema", &self.schema.as_ref().map(SchemaName::as_str))
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (a `postgres://` URL; add
+    /// `?sslmode=verify-full` for TLS with certificate checks) and brings its
+    /// schema up to date, in the connection's default schema (normally
+    /// `public`).
+    ///
+    /// Safe when several replicas start at the same moment: sqlx's
+    /// PostgreSQL migrator holds a session advisory lock
+    /// (`pg_advisory_lock`, keyed on the database name; see `lock` in
+    /// sqlx-postgres's `migrate.rs`) from before it creates its
+    /// `_sqlx_migrations` table until every migration is applied, and applies
+    /// each migration in one transaction with its bookkeeping row. So one
+    /// replica migrates, the others wait for it and then find nothing to do.
+    ///
+    /// Fails with [`StoreError::Unavailable`] if the URL is invalid, the
+    /// server cannot be reached or refuses the login, or the schema was
+    /// written by a newer Signet. The message names the host, port and
+    /// database, never the password.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::connect(url, None).await
+    }
+
+    /// Like [`Self::open`], but keeps every table in `schema`, which is
+    /// created if it does not exist (tolerating another process creating it
+    /// at the same moment). Each pooled connection gets `search_path` set to
+    /// the schema at login. Several stores in different schemas of one
+    /// database are fully independent, which is how tests run in parallel.
+    ///
+    /// `schema` must be 1 to 48 characters of `a-z`, `0-9` and `_`, not
+    /// starting with a digit or `pg_`; anything else is refused with
+    /// [`StoreError::Unavailable`] before the database is contacted.
+    pub async fn open_in_schema(url: &str, schema: &str) -> Result<Self, StoreError> {
+        let schema = SchemaName::parse(schema)?;
+        Self::connect(url, Some(schema)).await
+    }
+
+    /// The `NOTIFY` channel on which committed writes are announced:
+    /// `signet_changes`, or `signet_changes_<schema>` for a store opened with
+    /// [`Self::open_in_schema`].
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// Listens for committed changes, from any process using the same
+    /// database and schema. Each notification's payload is the name of a ring
+    /// that [`KeyStore::create_ring`], [`KeyStore::update_ring`] or
+    /// [`KeyStore::rekey`] changed; a write that fails (a lost CAS, say)
+    /// announces nothing, because PostgreSQL delivers a `NOTIFY` only when
+    /// its transaction commits.
+    ///
+    /// The listener has its own connection, outside the store's pool, and
+    /// reconnects if that connection drops; notifications sent while it was
+    /// down are lost (`try_recv` answers `Ok(None)` at the gap). A replica
+    /// must therefore still reload on a bounded interval and use this only
+    /// to refresh sooner.
+    pub async fn subscribe(&self) -> Result<PgListener, StoreError> {
+        // A private pool of one, as `PgListener::connect` builds from a URL,
+        // but from the options this store was opened with (TLS included).
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_with(self.options.clone())
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let mut listener = PgListener::connect_with(&pool).await.map_err(db_error)?;
+        listener.listen(&self.channel).await.map_err(db_error)?;
+        Ok(listener)
+    }
+
+    /// Creates the schema if asked to, migrates it, and opens the pool.
+    async fn connect(url: &str, schema: Option<SchemaName>) -> Result<Self, StoreError> {
+        // sqlx's URL errors describe the faulty part, never echo the URL.
+        let mut options = PgConnectOptions::from_str(url).map_err(|e| {
+            StoreError::Unavailable(format!("postgres: invalid URL: {}", describe(&e)))
+        })?;
+        let target = format!(
+            "{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or(options.get_username())
+        );
+        let channel = match &schema {
+            Some(schema) => {
+                // The name is checked to be a plain lower-case identifier,
+                // so it needs no quoting inside the `options` parameter.
+                options = options.options([("search_path", schema.as_str())]);
+                format!("{CHANNEL}_{}", schema.as_str())
+            }
+            None => CHANNEL.to_owned(),
+        };
+        let unreachable = |e: &sqlx::Error| {
+            StoreError::Unavailable(format!(
+                "postgres: cannot connect to {target}: {}",
+                describe(e)
+            ))
+        };
+
+        // One connection attempt first: a pool would retry a refused
+        // connection until its timeout and then report only that it timed
+        // out, where this reports at once why the server cannot be used.
+        // It also creates the schema, which the migrator expects to exist.
+        let mut first = PgConnection::connect_with(&options)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let created = match &schema {
+            Some(schema) => create_schema(&mut first, schema).await,
+            None => Ok(()),
+        };
+        close_quietly(first).await;
+        created?;
+
+        // The migration runs on a pool of one connection of its own (the
+        // migrator's future is `Send` only over a pool), closed afterwards
+        // whatever happened: if migrating fails halfway, sqlx returns without
+        // releasing its advisory lock, and a connection kept in the store's
+        // pool would go on holding it, blocking every other replica's
+        // migration; closing the connection ends the session and so releases
+        // the lock.
+        let setup = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let migrated = MIGRATOR.run(&setup).await;
+        setup.close().await;
+        migrated.map_err(|e| {
+            StoreError::Unavailable(format!(
+                "postgres: cannot migrate the schema in {target}: {e}"
+            ))
+        })?;
+
+        let options = options.options([("lock_timeout", LOCK_TIMEOUT)]);
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| unreachable(&e))?;
+        Ok(Self {
+            pool,
+            options,
+            target,
+            schema,
+            channel,
+        })
+    }
+
+    /// The server could not be reached (for a new connection).
+    fn unreachable(&self, e: &sqlx::Error) -> StoreError {
+        StoreError::Unavailable(format!(
+            "postgres: cannot connect to {}: {}",
+            self.target,
+            describe(e)
+        ))
+    }
+
+    /// Announces, on commit of `tx`, that `ring` changed.
+    async fn notify(&self, tx: &mut PgConnection, ring: &RingName) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(&self.channel)
+            .bind(ring.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl KeyStore for PostgresStore {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn load(&self) -> Result<Vec<RingRecord>, StoreError> {
+        // One REPEATABLE READ transaction, so rings and keys come from the
+        // same snapshot (under READ COMMITTED each statement gets its own,
+        // and a ring created between the two would show keys without it).
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .map_err(db_error)?;
+        // Byte order, as the other stores list rings, whatever the
+        // database's collation.
+        let ring_rows = sqlx::query(
+            "SELECT name, alg, rsa_bits, policy_json, generation FROM rings \
+             ORDER BY name COLLATE \"C\"",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let key_rows = sqlx::query(
+            "SELECT ring, kid, jwk_json, timeline_json, sealed, reason FROM keys \
+             ORDER BY ring, seq",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+
+        let mut rings = ring_rows
+            .iter()
+            .map(ring_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let index: HashMap<String, usize> = rings
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.name.as_str().to_owned(), i))
+            .collect();
+        for row in &key_rows {
+            let ring: String = row.try_get("ring").map_err(db_error)?;
+            let Some(&i) = index.get(&ring) else {
+                return Err(corrupt(&ring, None, "key of a ring that does not exist"));
+            };
+            rings[i].keys.push(key_from_row(&ring, row)?);
+        }
+        Ok(rings)
+    }
+
+    async fn create_ring(&self, ring: &RingRecord) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        // ON CONFLICT rather than a SELECT first: a concurrent creator of the
+        // same name makes this wait for its commit and then insert nothing,
+        // where a SELECT would see no row and the INSERT fail on the key.
+        let created = sqlx::query(
+            "INSERT INTO rings (name, alg, rsa_bits, policy_json, generation) \
+             VALUES ($1, $2, $3, $4, 1) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(ring.name.as_str())
+        .bind(ring.spec.alg().name())
+        .bind(i64::from(ring.spec.rsa_bits()))
+        .bind(to_json(&ring.policy, &ring.name, None, "policy")?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        if created == 0 {
+            return Err(StoreError::RingExists(ring.name.clone()));
+        }
+        for (seq, key) in (1..).zip(&ring.keys) {
+            insert_key(&mut tx, &ring.name, seq, key).await?;
+        }
+        self.notify(&mut tx, &ring.name).await?;
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn update_ring(&self, update: &RingUpdate) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let generation = bump_generation(&mut tx, &update.ring, update.expected_generation).await?;
+        let first_seq: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM keys WHERE ring = $1")
+                .bind(update.ring.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        // Inserts first, as in `MemoryStore`: an update may then change a key
+        // inserted by the same call.
+        for (seq, key) in (first_seq..).zip(&update.insert) {
+            insert_key(&mut tx, &update.ring, seq, key).await?;
+        }
+        for key in &update.update {
+            update_key(&mut tx, &update.ring, key).await?;
+        }
+        if let Some(policy) = &update.policy {
+            sqlx::query("UPDATE rings SET policy_json = $1 WHERE name = $2")
+                .bind(to_json(policy, &update.ring, None, "policy")?)
+                .bind(update.ring.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        self.notify(&mut tx, &update.ring).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(generation)
+    }
+
+    /// Waits for operations in flight, then closes every pooled connection.
+    /// Later calls fail with [`StoreError::Unavailable`]. Listeners from
+    /// [`PostgresStore::subscribe`] have their own connections and stay open
+    /// until dropped.
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn kek_check(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        sqlx::query_scalar("SELECT value FROM meta WHERE name = $1")
+            .bind(KEK_CHECK)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn init_kek_check(&self, check: &[u8]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        // A concurrent initialiser makes this wait for its commit, then
+        // insert nothing: exactly one of them wins.
+        let inserted = sqlx::query(
+            "INSERT INTO meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(KEK_CHECK)
+        .bind(check)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(StoreError::KekCheckExists);
+        }
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn rekey(&self, check: &[u8], rings: &[RingRecord]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        // SQLite's single write lock makes a rekey exclusive; here a table
+        // lock does. SHARE ROW EXCLUSIVE conflicts with every INSERT and
+        // UPDATE of `rings` (and with another rekey) but not with reads: no
+        // ring can be created or changed between the check below that every
+        // ring is listed and the commit, and two rekeys cannot deadlock on
+        // row locks taken in different orders.
+        sqlx::query("LOCK TABLE rings IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        for ring in rings {
+            bump_generation(&mut tx, &ring.name, ring.generation).await?;
+            for key in &ring.keys {
+                update_key(&mut tx, &ring.name, key).await?;
+            }
+        }
+        // Every ring must be listed, or blobs would stay under the old KEK.
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM rings ORDER BY name COLLATE \"C\"")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        if let Some(missing) = names
+            .iter()
+            .find(|n| !rings.iter().any(|r| r.name.as_str() == n.as_str()))
+        {
+            let name = RingName::parse(missing, "ring")
+                .map_err(|_| corrupt(missing, None, "invalid ring name"))?;
+            return Err(StoreError::Conflict(name));
+        }
+        sqlx::query(
+            "INSERT INTO meta (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(KEK_CHECK)
+        .bind(check)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        for ring in rings {
+            self.notify(&mut tx, &ring.name).await?;
+        }
+        tx.commit().await.map_err(db_error)
+    }
+}
+
+/// A schema name safe to put, double-quoted, into DDL: 1 to
+/// [`MAX_SCHEMA_LEN`] characters of `[a-z0-9_]`, starting with a letter or
+/// `_`, and not `pg_…` (reserved by PostgreSQL).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SchemaName(String);
+
+impl SchemaName {
+    fn parse(name: &str) -> Result<Self, StoreError> {
+        let mut chars = name.chars();
+        let plain = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !plain || name.len() > MAX_SCHEMA_LEN || name.starts_with("pg_") {
+            return Err(StoreError::Unavailable(format!(
+                "postgres: invalid schema name {name:?}: use 1 to {MAX_SCHEMA_LEN} of a-z, 0-9 \
+                 and _, starting with a letter or _, not pg_"
+            )));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Ends a connection whose work is done. A failure to say goodbye changes
+/// nothing: the connection is dropped and the server ends the session anyway.
+async fn close_quietly(conn: PgConnection) {
+    if let Err(e) = conn.close().await {
+        tracing::debug!(error = %describe(&e), "postgres: closing a setup connection");
+    }
+}
+
+/// Creates `schema` unless it exists.
+///
+/// `IF NOT EXISTS` is not race-free: two sessions that both find the schema
+/// missing both insert it into the catalog, and the later one fails with
+/// `unique_violation` (or `duplicate_schema`) once the first commits. Either
+/// way the schema now exists, which is all this asks.
+async fn create_schema(setup: &mut PgConnection, schema: &SchemaName) -> Result<(), StoreError> {
+    // DDL takes no bind parameters; the name is a checked identifier.
+    let ddl = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", schema.as_str());
+    match sqlx::raw_sql(AssertSqlSafe(ddl)).execute(&mut *setup).await {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("23505" | "42P06")) => {
+            Ok(())
+        }
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "postgres: cannot create schema {}: {}",
+            schema.as_str(),
+            describe(&e)
+        ))),
+    }
+}
+
+/// Moves `ring` from `expected` to the next generation, or explains why not.
+/// Runs first in a write, so a lost race writes nothing; on success the
+/// transaction holds the ring's row lock until it ends.
+async fn bump_generation(
+    tx: &mut PgConnection,
+    ring: &RingName,
+    expected: u64,
+) -> Result<u64, StoreError> {
+    // A generation beyond i64 was never stored, so it cannot match.
+    if let Ok(stored) = i64::try_from(expected) {
+        let bumped = sqlx::query(
+            "UPDATE rings SET generation = generation + 1 WHERE name = $1 AND generation = $2",
+        )
+        .bind(ring.as_str())
+        .bind(stored)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        if bumped == 1 {
+            return Ok(expected + 1);
+        }
+    }
+    let exists = sqlx::query("SELECT 1 FROM rings WHERE name = $1")
+        .bind(ring.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    Err(match exists {
+        Some(_) => StoreError::Conflict(ring.clone()),
+        None => StoreError::RingNotFound(ring.clone()),
+    })
+}
+
+/// Inserts `key` at position `seq`, refusing a kid the ring has or had.
+async fn insert_key(
+    tx: &mut PgConnection,
+    ring: &RingName,
+    seq: i64,
+    key: &KeyRecord,
+) -> Result<(), StoreError> {
+    let kid = Some(&key.kid);
+    // Tombstones keep their rows, so the primary key also finds destroyed
+    // keys. Only a kid conflict is absorbed; a clash on `seq` is an error.
+    let inserted = sqlx::query(
+        "INSERT INTO keys (ring, kid, seq, jwk_json, timeline_json, sealed, reason) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (ring, kid) DO NOTHING",
+    )
+    .bind(ring.as_str())
+    .bind(key.kid.as_str())
+    .bind(seq)
+    .bind(to_json(&key.jwk, ring, kid, "jwk")?)
+    .bind(to_json(&key.timeline, ring, kid, "timeline")?)
+    .bind(key.sealed.as_ref().map(|b| b.0.as_slice()))
+    .bind(key.reason.as_deref())
+    .execute(&mut *tx)
+    .await
+    .map_err(db_error)?
+    .rows_affected();
+    if inserted == 0 {
+        return Err(StoreError::KidReused {
+            ring: ring.clone(),
+            kid: key.kid.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Replaces the timeline, sealed blob and reason of an existing key; `None`
+/// deletes the blob and leaves the tombstone.
+async fn update_key(
+    tx: &mut PgConnection,
+    ring: &RingName,
+    key: &KeyRecord,
+) -> Result<(), StoreError> {
+    let changed = sqlx::query(
+        "UPDATE keys SET timeline_json = $1, sealed = $2, reason = $3 \
+         WHERE ring = $4 AND kid = $5",
+    )
+    .bind(to_json(&key.timeline, ring, Some(&key.kid), "timeline")?)
+    .bind(key.sealed.as_ref().map(|b| b.0.as_slice()))
+    .bind(key.reason.as_deref())
+    .bind(ring.as_str())
+    .bind(key.kid.as_str())
+    .execute(&mut *tx)
+    .await
+    .map_err(db_error)?
+    .rows_affected();
+    if changed == 0 {
+        return Err(StoreError::KidNotFound {
+            ring: ring.clone(),
+            kid: key.kid.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Rebuilds a ring (without its keys) from a `rings` row.
+fn ring_from_row(row: &PgRow) -> Result<RingRecord, StoreError> {
+    let name: String = row.try_get("name").map_err(db_error)?;
+    let bad = |what: &str| corrupt(&name, None, what);
+    let alg: String = row.try_get("alg").map_err(db_error)?;
+    let rsa_bits: i64 = row.try_get("rsa_bits").map_err(db_error)?;
+    let policy: String = row.try_get("policy_json").map_err(db_error)?;
+    let generation: i64 = row.try_get("generation").map_err(db_error)?;
+
+    let alg = Algorithm::from_str(&alg).map_err(|_| bad("unknown algorithm"))?;
+    let rsa_bits = u32::try_from(rsa_bits).map_err(|_| bad("bad RSA key size"))?;
+    Ok(RingRecord {
+        name: RingName::parse(&name, "name").map_err(|_| bad("invalid ring name"))?,
+        spec: KeySpec::new(alg, rsa_bits).map_err(|_| bad("invalid key spec"))?,
+        policy: serde_json::from_str(&policy).map_err(|_| bad("bad policy"))?,
+        generation: u64::try_from(generation).map_err(|_| bad("negative generation"))?,
+        keys: Vec::new(),
+    })
+}
+
+/// Rebuilds a key from a `keys` row of `ring`.
+fn key_from_row(ring: &str, row: &PgRow) -> Result<KeyRecord, StoreError> {
+    let kid = Kid::new(row.try_get::<String, _>("kid").map_err(db_error)?);
+    let bad = |what: &str| corrupt(ring, Some(&kid), what);
+    let jwk: String = row.try_get("jwk_json").map_err(db_error)?;
+    let timeline: String = row.try_get("timeline_json").map_err(db_error)?;
+    let sealed: Option<Vec<u8>> = row.try_get("sealed").map_err(db_error)?;
+    let reason: Option<String> = row.try_get("reason").map_err(db_error)?;
+    Ok(KeyRecord {
+        reason,
+        jwk: serde_json::from_str(&jwk).map_err(|_| bad("bad jwk"))?,
+        timeline: serde_json::from_str(&timeline).map_err(|_| bad("bad timeline"))?,
+        sealed: sealed.map(SealedBlob),
+        kid,
+    })
+}
+
+/// Encodes a column value. Plain data structs always serialise; the error
+/// path exists only so that a future field type cannot panic here.
+fn to_json<T: Serialize>(
+    value: &T,
+    ring: &RingName,
+    kid: Option<&Kid>,
+    what: &str,
+) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|_| match kid {
+        Some(kid) => StoreError::Unavailable(format!(
+            "postgres: cannot encode the {what} of key {kid} in ring {ring}"
+        )),
+        None => {
+            StoreError::Unavailable(format!("postgres: cannot encode the {what} of ring {ring}"))
+        }
+    })
+}
+
+/// A stored row that does not decode: named so an operator can find it.
+fn corrupt(ring: &str, kid: Option<&Kid>, what: &str) -> StoreError {
+    match kid {
+        Some(kid) => StoreError::Unavailable(format!(
+            "postgres: corrupt record: ring {ring:?}, key {:?}: {what}",
+            kid.as_str()
+        )),
+        None => StoreError::Unavailable(format!("postgres: corrupt record: ring {ring:?}: {what}")),
+    }
+}
+
+/// Any `sqlx` failure: the store is unusable for this call.
+fn db_error(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(format!("postgres: {}", describe(&e)))
+}
+
+/// The server's own message and SQLSTATE (e.g. "canceling statement due to
+/// lock timeout (SQLSTATE 55P03)") without sqlx's prefix; never the SQL
+/// text, bound values, the server's DETAIL (which can quote key values) or
+/// the connection URL.
+fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} (SQLSTATE {code})", db.message()),
+            None => db.message().to_owned(),
+        },
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server opens its store inside a spawned task, so the futures must
+    /// be `Send` (the migrator's is not when run over a bare connection).
+    #[test]
+    fn opening_can_be_spawned() {
+        fn is_send<T: Send>(_: &T) {}
+        is_send(&PostgresStore::open(""));
+        is_send(&PostgresStore::open_in_schema("", ""));
+    }
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        for good in ["signet", "_x", "t_123_456_7", &"a".repeat(MAX_SCHEMA_LEN)] {
+            assert!(SchemaName::parse(good).is_ok(), "{good:?} refused");
+        }
+        for bad in [
+            "",
+            "1abc",
+            "Signet",
+            "a-b",
+            "a\"b",
+            "a; DROP SCHEMA public",
+            "pg_catalog",
+            "é",
+            &"a".repeat(MAX_SCHEMA_LEN + 1),
+        ] {
+            assert!(SchemaName::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
