@@ -153,7 +153,7 @@ impl Prepared {
         opts: &ServerOptions,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        use crate::rpc::guard::{AllowAll, Authorizer, Guard};
+        use crate::rpc::guard::{AllowAll, Authorizer};
         let audit = crate::audit::AuditLog::open(opts.audit.clone())
             .await
             .context("cannot open the audit log; refusing to serve without one")?;
@@ -187,7 +187,10 @@ impl Prepared {
             Some(files) => Some(Arc::new(crate::tls::Acceptor::load(files.clone())?)),
             None => None,
         };
-        let guard = Guard::new(authorizer, Some(audit.clone()), audit_key);
+        let parts = crate::rpc::AuditParts {
+            log: audit.clone(),
+            key: audit_key,
+        };
         // SIGHUP: reload TLS files and the policy, reopen audit files.
         #[cfg(unix)]
         {
@@ -255,20 +258,23 @@ impl Prepared {
                 tokio::spawn(rpc::serve_with(
                     incoming,
                     self.keys.clone(),
-                    guard,
+                    authorizer,
+                    Some(parts),
                     stopped(),
                 ))
             }
             None => tokio::spawn(rpc::serve_with(
                 crate::tls::plaintext_incoming(self.grpc),
                 self.keys.clone(),
-                guard,
+                authorizer,
+                Some(parts),
                 stopped(),
             )),
         };
         let scheduler = tokio::spawn(crate::keyring::scheduler::run(
             self.keys.clone(),
             crate::keyring::scheduler::DEFAULT_TICK,
+            Some(audit.clone()),
             stopped(),
         ));
         let http_task = tokio::spawn(http::serve(self.http, self.keys.clone(), stopped()));

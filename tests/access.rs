@@ -17,7 +17,6 @@ use signet::{
         self, key_admin_client::KeyAdminClient, operator_client::OperatorClient,
         signer_client::SignerClient,
     },
-    rpc::guard::Guard,
     tls::{Acceptor, TlsFiles},
 };
 use tokio::net::TcpListener;
@@ -105,7 +104,10 @@ async fn start(audit_file: Option<&Path>) -> Fixture {
     let audit = AuditLog::open(config).await.unwrap();
     let authz = SharedAuthz::new(Authz::from_toml(POLICY).unwrap());
     let key = Arc::new(keys.audit_key(&dir.path().join("audit.key")).await.unwrap());
-    let guard = Guard::new(Arc::new(authz), Some(audit), Some(key));
+    let parts = signet::rpc::AuditParts {
+        log: audit,
+        key: Some(key),
+    };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let acceptor = Arc::new(Acceptor::load(files).unwrap());
@@ -113,7 +115,8 @@ async fn start(audit_file: Option<&Path>) -> Fixture {
     tokio::spawn(signet::rpc::serve_with(
         incoming,
         keys,
-        guard,
+        Arc::new(authz),
+        Some(parts),
         std::future::pending(),
     ));
     Fixture {
@@ -275,6 +278,31 @@ async fn permission_matrix_over_mtls_and_every_call_audited() {
         }
     }
 
+    // An admin can compute the digest auditors search for; others cannot.
+    let team = leaf(&f.ca, "security-team", vec![]);
+    let mut op = OperatorClient::new(channel(&f, Some(team), &f.ca.pem).await.unwrap());
+    let hmac = op
+        .audit_hash(pb::AuditHashRequest {
+            value: "canary-subject-7731".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hmac;
+    let status = op.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    expected += 2;
+    let gateway = leaf(
+        &f.ca,
+        "gw",
+        vec![SanType::DnsName("gateway.internal".try_into().unwrap())],
+    );
+    let denied = OperatorClient::new(channel(&f, Some(gateway), &f.ca.pem).await.unwrap())
+        .audit_hash(pb::AuditHashRequest { value: "x".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    expected += 1;
+
     // No client certificate, or one from another CA: the handshake fails.
     assert!(
         SignerClient::new(channel(&f, None, &f.ca.pem).await.unwrap())
@@ -301,7 +329,21 @@ async fn permission_matrix_over_mtls_and_every_call_audited() {
         .collect();
     assert_eq!(lines.len(), expected, "one record per RPC");
     let denied = lines.iter().filter(|l| l["outcome"] == "denied").count();
-    assert_eq!(denied, 8);
+    assert_eq!(denied, 9);
+    assert!(
+        lines.iter().any(|l| l["sub_hmac"] == hmac.as_str()),
+        "audit hash finds the subject's records"
+    );
+    // The head Status reported was the log's head at that moment.
+    let at_status = lines
+        .iter()
+        .position(|l| l["seq"] == status.audit_head_seq)
+        .unwrap();
+    assert_eq!(
+        lines[at_status + 1]["prev"],
+        status.audit_head_hash.as_str(),
+        "Status reports the hash the chain continues from"
+    );
     assert!(
         lines
             .iter()

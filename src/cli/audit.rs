@@ -15,6 +15,19 @@ pub enum AuditCommand {
     /// inserted or reordered line, and whether the file ends at a head you
     /// anchored elsewhere.
     Verify(VerifyArgs),
+    /// Print the HMAC of a value under the service's audit key, as audit
+    /// records carry it, to search the log for one subject (grant: admin).
+    Hash(HashArgs),
+}
+
+/// Options of `signet audit hash`.
+#[derive(Debug, Args)]
+pub struct HashArgs {
+    /// The value, e.g. a subject.
+    #[arg(long)]
+    value: String,
+    #[command(flatten)]
+    client: super::ClientArgs,
 }
 
 /// Options of `signet audit verify`.
@@ -28,8 +41,22 @@ pub struct VerifyArgs {
     head: Option<String>,
 }
 
-pub fn run(cmd: AuditCommand) -> anyhow::Result<()> {
-    let AuditCommand::Verify(args) = cmd;
+pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
+    let args = match cmd {
+        AuditCommand::Verify(args) => args,
+        AuditCommand::Hash(args) => {
+            let mut op = crate::pb::operator_client::OperatorClient::new(
+                super::client::connect(&args.client.addr).await?,
+            );
+            let resp = op
+                .audit_hash(crate::pb::AuditHashRequest { value: args.value })
+                .await
+                .map_err(super::client::status_error)?
+                .into_inner();
+            println!("{}", resp.hmac);
+            return Ok(());
+        }
+    };
     let report = audit::verify_file(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     println!(

@@ -9,15 +9,35 @@ use tonic::transport::{Channel, Endpoint};
 use super::{ClientArgs, parse_duration};
 use crate::pb::{self, key_admin_client::KeyAdminClient, signer_client::SignerClient};
 
-/// Connects to `addr` (`http://HOST:PORT` or `HOST:PORT`).
+/// Connects to `addr` (`http://HOST:PORT`, `HOST:PORT`, or
+/// `https://HOST:PORT` for a server with `[tls]`: the client certificate,
+/// its key and the CA that signed the server's certificate come from
+/// `SIGNET_TLS_CERT`, `SIGNET_TLS_KEY` and `SIGNET_TLS_CA`, PEM file paths).
 pub async fn connect(addr: &str) -> anyhow::Result<Channel> {
     let uri = if addr.contains("://") {
         addr.to_owned()
     } else {
         format!("http://{addr}")
     };
-    Endpoint::from_shared(uri.clone())
-        .with_context(|| format!("--addr {addr:?} is not a valid address"))?
+    let mut endpoint = Endpoint::from_shared(uri.clone())
+        .with_context(|| format!("--addr {addr:?} is not a valid address"))?;
+    if uri.starts_with("https://") {
+        let read = |var: &str| -> anyhow::Result<String> {
+            let path = std::env::var(var)
+                .with_context(|| format!("{uri} uses TLS: set {var} to a PEM file"))?;
+            std::fs::read_to_string(&path).with_context(|| format!("{var}={path}: cannot read it"))
+        };
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(
+                "SIGNET_TLS_CA",
+            )?))
+            .identity(tonic::transport::Identity::from_pem(
+                read("SIGNET_TLS_CERT")?,
+                read("SIGNET_TLS_KEY")?,
+            ));
+        endpoint = endpoint.tls_config(tls).context("TLS configuration")?;
+    }
+    endpoint
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .connect()

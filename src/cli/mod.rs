@@ -93,7 +93,9 @@ enum Command {
 /// Where a client subcommand finds the server.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// Address of the Signet gRPC endpoint (http://HOST:PORT or HOST:PORT).
+    /// Address of the Signet gRPC endpoint (http://HOST:PORT or HOST:PORT;
+    /// https://HOST:PORT for mTLS, with SIGNET_TLS_CA, SIGNET_TLS_CERT and
+    /// SIGNET_TLS_KEY naming PEM files).
     #[arg(
         long,
         env = "SIGNET_ADDR",
@@ -158,7 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Seal(args) => operator::seal(args).await,
         Command::Unseal(args) => operator::unseal(args).await,
         Command::Operator(cmd) => operator::operator(cmd).await,
-        Command::Audit(cmd) => audit::run(cmd),
+        Command::Audit(cmd) => audit::run(cmd).await,
         Command::Authz(cmd) => authz::run(cmd),
         Command::Sign(args) => client::sign(args).await,
         Command::Verify(args) => client::verify(args).await,

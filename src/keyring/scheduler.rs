@@ -73,7 +73,12 @@ impl Observer {
 
 /// Runs [`KeyManager::tick`] now and every `every` until `shutdown`
 /// completes. Failures are logged (and retried next tick), never fatal.
-pub async fn run(keys: KeyManager, every: Duration, shutdown: impl Future<Output = ()>) {
+pub async fn run(
+    keys: KeyManager,
+    every: Duration,
+    audit: Option<crate::audit::AuditLog>,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut interval = tokio::time::interval(every);
     // After a stall (suspend, a paused VM), tick once, not in a burst.
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -86,6 +91,9 @@ pub async fn run(keys: KeyManager, every: Duration, shutdown: impl Future<Output
         }
         let report = keys.tick().await;
         counter!("signet_scheduler_runs_total").increment(1);
+        if let Some(log) = &audit {
+            record(log, &report).await;
+        }
         if !report.failed.is_empty() {
             counter!("signet_scheduler_failures_total").increment(1);
             tracing::warn!(
@@ -94,5 +102,34 @@ pub async fn run(keys: KeyManager, every: Duration, shutdown: impl Future<Output
             );
         }
         observer.observe(&keys);
+    }
+}
+
+/// One audit record per scheduler action (successor generated, material
+/// destroyed, ring failed).
+async fn record(log: &crate::audit::AuditLog, report: &super::TickReport) {
+    use crate::audit::{AuditRecord, Outcome};
+    let mut records = Vec::new();
+    for (ring, kid) in &report.generated {
+        let mut r = AuditRecord::new("scheduler/generate", Outcome::Ok, "OK");
+        (r.ring, r.kid) = (ring.to_string(), kid.to_string());
+        records.push(r);
+    }
+    for (ring, kid) in &report.destroyed {
+        let mut r = AuditRecord::new("scheduler/destroy", Outcome::Ok, "OK");
+        (r.ring, r.kid) = (ring.to_string(), kid.to_string());
+        records.push(r);
+    }
+    for (ring, why) in &report.failed {
+        let mut r = AuditRecord::new("scheduler/tick", Outcome::Error, "UNAVAILABLE");
+        r.ring = ring.to_string();
+        r.reason = Some(why.clone());
+        records.push(r);
+    }
+    for r in records {
+        if let Err(e) = log.append(r).await {
+            counter!("signet_audit_failures_total").increment(1);
+            tracing::error!(error = %e, "scheduler action not audited");
+        }
     }
 }

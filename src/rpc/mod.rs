@@ -31,6 +31,15 @@ use crate::{
 /// more than any valid request needs.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
+/// The audit log and the key its digests use.
+#[derive(Clone)]
+pub struct AuditParts {
+    /// The log every RPC is recorded in.
+    pub log: crate::audit::AuditLog,
+    /// The HMAC key for claims and subjects; `None` while it is unknown.
+    pub key: Option<std::sync::Arc<crate::audit::AuditKey>>,
+}
+
 /// Serves the gRPC API on `listener` in plaintext, every caller being the
 /// identity `local` with every grant and no audit log: for tests and
 /// in-process benchmarks. Servers use [`serve_with`].
@@ -39,25 +48,32 @@ pub async fn serve(
     keys: KeyManager,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let guard = guard::Guard::new(std::sync::Arc::new(guard::AllowAll), None, None);
     serve_with(
         crate::tls::plaintext_incoming(listener),
         keys,
-        guard,
+        std::sync::Arc::new(guard::AllowAll),
+        None,
         shutdown,
     )
     .await
 }
 
 /// Serves the gRPC API (with health and reflection) on `incoming`
-/// connections, every RPC passing through `guard`, until `shutdown`
-/// completes; then finishes in-flight requests and returns.
+/// connections, every RPC authorized by `authz` and recorded in `audit`
+/// before its result leaves, until `shutdown` completes; then finishes
+/// in-flight requests and returns.
 pub async fn serve_with(
     incoming: impl tokio_stream::Stream<Item = std::io::Result<crate::tls::Conn>> + Send + 'static,
     keys: KeyManager,
-    guard: guard::Guard,
+    authz: std::sync::Arc<dyn guard::Authorizer>,
+    audit: Option<AuditParts>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    let guard = guard::Guard::new(
+        authz,
+        audit.as_ref().map(|a| a.log.clone()),
+        audit.as_ref().and_then(|a| a.key.clone()),
+    );
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SignerServer<SignerService>>().await;
     health
@@ -91,7 +107,7 @@ pub async fn serve_with(
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .add_service(
-            OperatorServer::new(OperatorService::new(keys))
+            OperatorServer::new(OperatorService::new(keys, audit))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .serve_with_incoming_shutdown(incoming, shutdown)

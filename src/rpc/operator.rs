@@ -10,12 +10,23 @@ use crate::{
 /// The Operator service over a [`KeyManager`].
 pub struct OperatorService {
     keys: KeyManager,
+    audit: Option<super::AuditParts>,
 }
 
 impl OperatorService {
-    /// Serves `keys`.
-    pub fn new(keys: KeyManager) -> Self {
-        Self { keys }
+    /// Serves `keys`, reporting on `audit`.
+    pub fn new(keys: KeyManager, audit: Option<super::AuditParts>) -> Self {
+        Self { keys, audit }
+    }
+
+    fn status(&self, s: &keyring::Status) -> pb::StatusResponse {
+        let mut out = status(s);
+        if let Some(a) = &self.audit {
+            let (seq, hash) = a.log.head();
+            out.audit_head_seq = seq;
+            out.audit_head_hash = hash;
+        }
+        out
     }
 }
 
@@ -30,6 +41,8 @@ fn status(s: &keyring::Status) -> pb::StatusResponse {
         keys: n(s.keys),
         loaded_keys: n(s.loaded_keys),
         broken_keys: n(s.broken_keys),
+        audit_head_seq: 0,
+        audit_head_hash: String::new(),
     }
 }
 
@@ -39,7 +52,7 @@ impl Operator for OperatorService {
         &self,
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        Ok(Response::new(status(&self.keys.status())))
+        Ok(Response::new(self.status(&self.keys.status())))
     }
 
     async fn seal(
@@ -50,7 +63,7 @@ impl Operator for OperatorService {
         tracing::warn!(reason = %reason, "seal requested");
         let s = self.keys.seal().await;
         Ok(Response::new(pb::SealResponse {
-            status: Some(status(&s)),
+            status: Some(self.status(&s)),
         }))
     }
 
@@ -60,7 +73,25 @@ impl Operator for OperatorService {
     ) -> Result<Response<pb::UnsealResponse>, Status> {
         let s = self.keys.unseal().await?;
         Ok(Response::new(pb::UnsealResponse {
-            status: Some(status(&s)),
+            status: Some(self.status(&s)),
+        }))
+    }
+
+    async fn audit_hash(
+        &self,
+        request: Request<pb::AuditHashRequest>,
+    ) -> Result<Response<pb::AuditHashResponse>, Status> {
+        let key = self
+            .audit
+            .as_ref()
+            .and_then(|a| a.key.as_ref())
+            .ok_or_else(|| {
+                Status::unavailable(
+                    "no audit key: the service started sealed or without an audit log",
+                )
+            })?;
+        Ok(Response::new(pb::AuditHashResponse {
+            hmac: key.hmac_hex(request.into_inner().value.as_bytes()),
         }))
     }
 }
