@@ -330,6 +330,16 @@ mod tests {
                 "rings[0].name: ",
             ),
             ("", "missing field `seal`"),
+            (
+                "[listen]\ngrpc = \"0.0.0.0:50051\"\n[seal]\nkek = \"env:K\"",
+                "listen.grpc 0.0.0.0:50051: a non-loopback gRPC listener needs [tls]",
+            ),
+            (
+                "[seal]\nkek = \"env:K\"\n[tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"",
+                "[tls] needs [authz] policy = FILE",
+            ),
+            ("[seal]\nkek = \"env:K\"\n[audit]\nfsync = \"sometimes\"", "audit.fsync: "),
+            ("[seal]\nkek = \"env:K\"\n[audit]\nsinks = [\"syslog\"]", "audit.sinks[0]: "),
         ];
         for (text, want) in cases {
             let e = check(text).err().unwrap_or_default();
