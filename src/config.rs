@@ -142,6 +142,10 @@ pub struct Listen {
     /// HTTP address (JWKS for verifiers, health). Default `127.0.0.1:8080`.
     #[serde(default = "default_http")]
     pub http: SocketAddr,
+    /// A separate address for `/metrics` (then not served on `http`), so
+    /// the public JWKS listener does not expose them. Default: on `http`.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for Listen {
@@ -149,6 +153,7 @@ impl Default for Listen {
         Self {
             grpc: default_grpc(),
             http: default_http(),
+            metrics: None,
         }
     }
 }
@@ -338,8 +343,14 @@ mod tests {
                 "[seal]\nkek = \"env:K\"\n[tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"",
                 "[tls] needs [authz] policy = FILE",
             ),
-            ("[seal]\nkek = \"env:K\"\n[audit]\nfsync = \"sometimes\"", "audit.fsync: "),
-            ("[seal]\nkek = \"env:K\"\n[audit]\nsinks = [\"syslog\"]", "audit.sinks[0]: "),
+            (
+                "[seal]\nkek = \"env:K\"\n[audit]\nfsync = \"sometimes\"",
+                "audit.fsync: ",
+            ),
+            (
+                "[seal]\nkek = \"env:K\"\n[audit]\nsinks = [\"syslog\"]",
+                "audit.sinks[0]: ",
+            ),
         ];
         for (text, want) in cases {
             let e = check(text).err().unwrap_or_default();

@@ -30,6 +30,8 @@ pub struct ServerOptions {
     pub grpc_listen: SocketAddr,
     /// HTTP listen address.
     pub http_listen: SocketAddr,
+    /// Separate `/metrics` listen address, if any.
+    pub metrics_listen: Option<SocketAddr>,
     /// Data directory (SQLite store and lock file).
     pub data_dir: PathBuf,
     /// KEK provider.
@@ -57,10 +59,40 @@ pub struct Prepared {
     pub grpc_addr: SocketAddr,
     /// Bound HTTP address.
     pub http_addr: SocketAddr,
+    /// Bound metrics address, if separate.
+    pub metrics_addr: Option<SocketAddr>,
     grpc: TcpListener,
     http: TcpListener,
+    metrics: Option<TcpListener>,
     /// Held for the life of the server: one process per data directory.
     _lock: File,
+}
+
+/// A handshake-rejection callback for [`crate::tls::Acceptor::incoming`]
+/// that logs and audits each refused connection (no or untrusted client
+/// certificate).
+pub fn audit_rejected(
+    audit: crate::audit::AuditLog,
+) -> impl Fn(Option<SocketAddr>, String) + Send + Sync + 'static {
+    move |addr, why| {
+        tracing::info!(peer = ?addr, %why, "TLS connection refused");
+        let mut rec = crate::audit::AuditRecord::new(
+            "tls.handshake",
+            crate::audit::Outcome::Denied,
+            "UNAUTHENTICATED",
+        );
+        rec.peer_addr = addr.map(|a| a.to_string()).unwrap_or_default();
+        rec.reason = Some(why);
+        rec.request_id = {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(crate::crypto::random_bytes::<12>().unwrap_or_default())
+        };
+        let audit = audit.clone();
+        tokio::spawn(async move {
+            let _ = audit.append(rec).await;
+        });
+    }
 }
 
 /// The SQLite file inside a data directory.
@@ -136,7 +168,17 @@ pub async fn prepare(opts: &ServerOptions) -> anyhow::Result<Prepared> {
     let http = TcpListener::bind(opts.http_listen)
         .await
         .with_context(|| format!("--http-listen {}: cannot listen", opts.http_listen))?;
+    let metrics = match opts.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listen.metrics {addr}: cannot listen"))?,
+        ),
+        None => None,
+    };
     Ok(Prepared {
+        metrics_addr: metrics.as_ref().and_then(|l| l.local_addr().ok()),
+        metrics,
         keys,
         grpc_addr: grpc.local_addr()?,
         http_addr: http.local_addr()?,
@@ -240,21 +282,7 @@ impl Prepared {
         };
         let grpc_task = match acceptor {
             Some(acceptor) => {
-                let audit = audit.clone();
-                let incoming = acceptor.incoming(self.grpc, move |addr, why| {
-                    tracing::info!(peer = ?addr, %why, "TLS connection refused");
-                    let mut rec = crate::audit::AuditRecord::new(
-                        "tls.handshake",
-                        crate::audit::Outcome::Denied,
-                        "UNAUTHENTICATED",
-                    );
-                    rec.peer_addr = addr.map(|a| a.to_string()).unwrap_or_default();
-                    rec.reason = Some(why);
-                    let audit = audit.clone();
-                    tokio::spawn(async move {
-                        let _ = audit.append(rec).await;
-                    });
-                });
+                let incoming = acceptor.incoming(self.grpc, audit_rejected(audit.clone()));
                 tokio::spawn(rpc::serve_with(
                     incoming,
                     self.keys.clone(),
@@ -277,12 +305,26 @@ impl Prepared {
             Some(audit.clone()),
             stopped(),
         ));
-        let http_task = tokio::spawn(http::serve(self.http, self.keys.clone(), stopped()));
+        let http_task = tokio::spawn(http::serve_router(
+            self.http,
+            http::router_with(self.keys.clone(), self.metrics.is_none()),
+            stopped(),
+        ));
+        let metrics_task = self.metrics.map(|listener| {
+            tokio::spawn(http::serve_router(
+                listener,
+                http::metrics_router(self.keys.clone()),
+                stopped(),
+            ))
+        });
         shutdown.await;
         tracing::info!("shutting down");
         drop(stop_tx);
         grpc_task.await?.context("gRPC server failed")?;
         http_task.await?.context("HTTP server failed")?;
+        if let Some(t) = metrics_task {
+            t.await?.context("metrics server failed")?;
+        }
         scheduler.await?;
         self.keys.close().await;
         tracing::info!("stopped");

@@ -102,6 +102,7 @@ async fn start(audit_file: Option<&Path>) -> Fixture {
     let mut config = AuditConfig::new(vec![SinkConfig::file(audit_path.clone())]);
     config.timeout = Duration::from_millis(500);
     let audit = AuditLog::open(config).await.unwrap();
+    let on_reject = signet::server::audit_rejected(audit.clone());
     let authz = SharedAuthz::new(Authz::from_toml(POLICY).unwrap());
     let key = Arc::new(keys.audit_key(&dir.path().join("audit.key")).await.unwrap());
     let parts = signet::rpc::AuditParts {
@@ -111,7 +112,7 @@ async fn start(audit_file: Option<&Path>) -> Fixture {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let acceptor = Arc::new(Acceptor::load(files).unwrap());
-    let incoming = acceptor.incoming(listener, |_, _| {});
+    let incoming = acceptor.incoming(listener, on_reject);
     tokio::spawn(signet::rpc::serve_with(
         incoming,
         keys,
@@ -320,6 +321,7 @@ async fn permission_matrix_over_mtls_and_every_call_audited() {
         Err(_) => Err(tonic::Status::unavailable("handshake")),
     };
     assert!(r.is_err(), "an untrusted certificate is refused");
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Every call is in the audit log, with identity, outcome and code.
     let log = std::fs::read_to_string(&f.audit_path).unwrap();
@@ -327,8 +329,16 @@ async fn permission_matrix_over_mtls_and_every_call_audited() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), expected, "one record per RPC");
-    let denied = lines.iter().filter(|l| l["outcome"] == "denied").count();
+    let handshakes = lines.iter().filter(|l| l["rpc"] == "tls.handshake").count();
+    assert!(
+        handshakes >= 2,
+        "refused handshakes are audited: {handshakes}"
+    );
+    assert_eq!(lines.len() - handshakes, expected, "one record per RPC");
+    let denied = lines
+        .iter()
+        .filter(|l| l["outcome"] == "denied" && l["rpc"] != "tls.handshake")
+        .count();
     assert_eq!(denied, 9);
     assert!(
         lines.iter().any(|l| l["sub_hmac"] == hmac.as_str()),

@@ -508,3 +508,41 @@ fn server_process_is_hardened() {
     let logs = server.stderr.lock().unwrap().clone();
     assert!(logs.contains("memory_locked="), "{logs}");
 }
+
+/// `listen.metrics` moves /metrics off the public JWKS listener.
+#[tokio::test]
+async fn metrics_on_their_own_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let kek = kek_file(&dir.path().join("kek"));
+    let config = write_config(
+        dir.path(),
+        &dir.path().join("data"),
+        &kek,
+        &[("m", "EdDSA")],
+    );
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "http = \"127.0.0.1:0\"",
+        "http = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"",
+    );
+    std::fs::write(&config, text).unwrap();
+    let server = Proc::spawn(&["server", "--config", config.to_str().unwrap()], &[]).unwrap();
+    let logs = server.stderr.lock().unwrap().clone();
+    let metrics: std::net::SocketAddr = logs
+        .split("metrics=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let http: std::net::SocketAddr = server.http.trim_start_matches("http://").parse().unwrap();
+    let (status, _, _) = common::http_get(http, "/metrics").await;
+    assert_eq!(status, 404, "not on the public listener");
+    let (status, _, body) = common::http_get(metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("signet_sealed"));
+    let (status, _, _) = common::http_get(http, "/.well-known/jwks.json").await;
+    assert_eq!(
+        status, 404,
+        "no default ring here, but the JWKS route answers"
+    );
+}

@@ -64,6 +64,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let opts = ServerOptions {
         grpc_listen,
         http_listen,
+        metrics_listen: None,
         data_dir: data_dir.clone(),
         kek: kek.clone(),
         rings: vec![(

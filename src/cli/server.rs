@@ -58,6 +58,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let opts = ServerOptions {
         grpc_listen: c.listen.grpc,
         http_listen: c.listen.http,
+        metrics_listen: c.listen.metrics,
         data_dir: c.store.data_dir.clone(),
         kek,
         rings: checked.rings.clone(),
@@ -80,6 +81,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     tracing::info!(
         grpc = %prepared.grpc_addr,
         http = %prepared.http_addr,
+        metrics = %prepared.metrics_addr.map_or("on http".to_owned(), |a| a.to_string()),
         data_dir = %opts.data_dir.display(),
         kek = %opts.kek,
         memory_locked = hardened.memory_locked,

@@ -47,21 +47,42 @@ struct AppState {
     prepared: Arc<Mutex<HashMap<String, Arc<Prepared>>>>,
 }
 
-/// The HTTP routes.
+/// The HTTP routes, `/metrics` included.
 pub fn router(keys: KeyManager) -> Router {
-    // Installs the recorder on first use so /metrics always has data.
+    router_with(keys, true)
+}
+
+/// Only `/metrics`, for a listener of its own (`listen.metrics`).
+pub fn metrics_router(keys: KeyManager) -> Router {
     let _ = telemetry::metrics_handle();
     let state = AppState {
         keys,
         prepared: Arc::new(Mutex::new(HashMap::new())),
     };
     Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// The verifier routes, with `/metrics` only if `with_metrics`.
+pub fn router_with(keys: KeyManager, with_metrics: bool) -> Router {
+    // Installs the recorder on first use so /metrics always has data.
+    let _ = telemetry::metrics_handle();
+    let state = AppState {
+        keys,
+        prepared: Arc::new(Mutex::new(HashMap::new())),
+    };
+    let router = Router::new()
         .route("/.well-known/jwks.json", get(default_jwks))
         .route("/v1/rings/{ring}/jwks.json", get(ring_jwks))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(state)
+        .route("/readyz", get(readyz));
+    let router = if with_metrics {
+        router.route("/metrics", get(metrics))
+    } else {
+        router
+    };
+    router.with_state(state)
 }
 
 /// Serves [`router`] on `listener` until `shutdown` completes.
@@ -70,7 +91,16 @@ pub async fn serve(
     keys: KeyManager,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(keys))
+    serve_router(listener, router(keys), shutdown).await
+}
+
+/// Serves `router` on `listener` until `shutdown` completes.
+pub async fn serve_router(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
 }
