@@ -34,6 +34,12 @@ use crate::{
 pub trait Authorizer: Send + Sync + 'static {
     /// `Ok(())` to allow; `Err(explanation)` to deny.
     fn authorize(&self, identity: &str, action: &str, ring: &str) -> Result<(), String>;
+
+    /// Whether every identified caller may do everything; with no audit
+    /// log either, the guard then has nothing to decide or record.
+    fn allows_everything(&self) -> bool {
+        false
+    }
 }
 
 /// Allows everything: `signet dev`, where the only caller is local.
@@ -42,6 +48,10 @@ pub struct AllowAll;
 impl Authorizer for AllowAll {
     fn authorize(&self, _: &str, _: &str, _: &str) -> Result<(), String> {
         Ok(())
+    }
+
+    fn allows_everything(&self) -> bool {
+        true
     }
 }
 
@@ -204,6 +214,14 @@ where
             let Some(route) = route(&path) else {
                 return inner.call(req).await;
             };
+            // Nothing to decide and nothing to record (tests, the in-process
+            // benchmark): only insist on an identified connection.
+            if guard.audit.is_none()
+                && guard.authz.allows_everything()
+                && req.extensions().get::<PeerInfo>().is_some()
+            {
+                return inner.call(req).await;
+            }
             let request_id = B64.encode(crate::crypto::random_bytes::<12>().unwrap_or_default());
             let peer = req.extensions().get::<PeerInfo>().cloned();
             let (identity, peer_addr) = match &peer {
