@@ -433,3 +433,81 @@ async fn ten_thousand_concurrent_signs_verify() {
     assert_eq!(report.lines, 10_000);
     assert_eq!(report.head_seq, 10_000);
 }
+
+/// SIGHUP's TLS reload: the acceptor serves new certificates on the next
+/// handshake without a restart; a broken file keeps the old ones.
+#[tokio::test]
+async fn tls_certificates_reload_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old_ca, new_ca) = (ca("old CA"), ca("new CA"));
+    let files = TlsFiles {
+        cert: dir.path().join("server.pem"),
+        key: dir.path().join("server.key"),
+        client_ca: dir.path().join("ca.pem"),
+    };
+    let install = |ca: &Ca| {
+        let (cert, key) = leaf(
+            ca,
+            "signet",
+            vec![SanType::DnsName("localhost".try_into().unwrap())],
+        );
+        std::fs::write(&files.cert, cert).unwrap();
+        std::fs::write(&files.key, key).unwrap();
+        std::fs::write(&files.client_ca, &ca.pem).unwrap();
+    };
+    install(&old_ca);
+    let keys = KeyManager::ephemeral(Arc::new(SystemClock)).await.unwrap();
+    let acceptor = Arc::new(Acceptor::load(files.clone()).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = acceptor.clone().incoming(listener, |_, _| {});
+    tokio::spawn(signet::rpc::serve_with(
+        incoming,
+        keys,
+        Arc::new(signet::rpc::guard::AllowAll),
+        None,
+        std::future::pending(),
+    ));
+    let f = Fixture {
+        addr,
+        ca: old_ca,
+        audit_path: dir.path().join("unused"),
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    let status = |ch: Channel| async move {
+        OperatorClient::new(ch)
+            .status(pb::StatusRequest {})
+            .await
+            .map(|_| ())
+    };
+    let old_client = leaf(&f.ca, "ops", vec![]);
+    status(
+        channel(&f, Some(old_client.clone()), &f.ca.pem)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+
+    install(&new_ca);
+    acceptor.reload().unwrap();
+    let new_client = leaf(&new_ca, "ops", vec![]);
+    status(channel(&f, Some(new_client), &new_ca.pem).await.unwrap())
+        .await
+        .unwrap();
+    let old = match channel(&f, Some(old_client), &f.ca.pem).await {
+        Ok(ch) => status(ch).await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(
+        !old,
+        "after reload the old CA's certificates no longer pass"
+    );
+
+    std::fs::write(&files.cert, "not a certificate").unwrap();
+    assert!(acceptor.reload().is_err(), "a broken file is refused");
+    let again = leaf(&new_ca, "ops", vec![]);
+    status(channel(&f, Some(again), &new_ca.pem).await.unwrap())
+        .await
+        .unwrap();
+}
