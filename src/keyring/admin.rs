@@ -257,9 +257,20 @@ impl KeyManager {
             .map(|r| r.name().clone())
             .collect();
         for name in names {
-            if let Err(e) = self.tick_ring(&name, &mut report).await {
-                tracing::error!(ring = %name, error = %e, "scheduler failed on ring");
-                report.failed.push((name, e.to_string()));
+            match self.tick_ring(&name, &mut report).await {
+                Ok(()) => {}
+                // Another replica's scheduler wrote first: nothing to do but
+                // take in its change.
+                Err(Error::Conflict(_)) => {
+                    tracing::info!(ring = %name, "another replica updated the ring first; refreshing");
+                    if let Err(e) = self.refresh().await {
+                        tracing::warn!(error = %e, "refresh after a lost compare-and-swap failed");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(ring = %name, error = %e, "scheduler failed on ring");
+                    report.failed.push((name, e.to_string()));
+                }
             }
         }
         report

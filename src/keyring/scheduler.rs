@@ -89,6 +89,11 @@ pub async fn run(
             () = &mut shutdown => return,
             _ = interval.tick() => {}
         }
+        // Take in what other replicas wrote, so this tick plans from the
+        // store's state (a lost CAS last time is resolved here).
+        if let Err(e) = keys.refresh().await {
+            tracing::warn!(error = %e, "could not refresh from the store");
+        }
         let report = keys.tick().await;
         counter!("signet_scheduler_runs_total").increment(1);
         if let Some(log) = &audit {

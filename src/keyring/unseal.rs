@@ -35,6 +35,66 @@ pub struct Status {
     pub broken_keys: usize,
 }
 
+/// Builds a ring from its stored record, opening every sealed key under
+/// `kek`. Keys whose record is unchanged from `previous` are reused, not
+/// opened again. A record that fails its integrity check is marked broken
+/// (never loaded or published); a KEK failure aborts.
+pub(super) async fn open_ring(
+    kek: &dyn Kek,
+    record: crate::store::RingRecord,
+    previous: Option<&Ring>,
+) -> Result<Ring, Error> {
+    let mut ring = Ring {
+        record,
+        loaded: HashMap::new(),
+        verified: HashSet::new(),
+        broken: HashSet::new(),
+    };
+    for key in &ring.record.keys {
+        let Some(blob) = &key.sealed else {
+            continue; // destroyed: a tombstone
+        };
+        if let Some(prev) = previous
+            && let Some(old) = prev.record.keys.iter().find(|k| k.kid == key.kid)
+            && old.sealed.as_ref() == Some(blob)
+            && old.timeline == key.timeline
+        {
+            if let Some(loaded) = prev.loaded.get(&key.kid) {
+                ring.loaded.insert(key.kid.clone(), loaded.clone());
+                ring.verified.insert(key.kid.clone());
+                continue;
+            }
+            if prev.broken.contains(&key.kid) {
+                ring.broken.insert(key.kid.clone());
+                continue;
+            }
+        }
+        let ctx = KeyContext {
+            ring: &ring.record.name,
+            kid: &key.kid,
+            alg: ring.record.spec.alg(),
+            timeline: &key.timeline,
+        };
+        match envelope::open(kek, ctx, blob).await {
+            Ok(opened) if opened.jwk() == &key.jwk => {
+                ring.verified.insert(key.kid.clone());
+                ring.loaded
+                    .insert(key.kid.clone(), Arc::new(LoadedKey::new(opened)));
+            }
+            Ok(_) | Err(SealError::Integrity) => {
+                tracing::error!(
+                    ring = %ring.record.name,
+                    kid = %key.kid,
+                    "sealed record failed its integrity check; the key is not loaded or published"
+                );
+                ring.broken.insert(key.kid.clone());
+            }
+            Err(SealError::Kek(e)) => return Err(Error::Kek(e)),
+        }
+    }
+    Ok(ring)
+}
+
 /// Maps a sealing failure for one key to the service error.
 pub(super) fn seal_error(e: SealError, ring: &RingName, kid: &Kid) -> Error {
     match e {
@@ -104,39 +164,7 @@ impl KeyManager {
 
         let mut rings = HashMap::new();
         for record in self.store().load().await? {
-            let mut ring = Ring {
-                record,
-                loaded: HashMap::new(),
-                verified: HashSet::new(),
-                broken: HashSet::new(),
-            };
-            for key in &ring.record.keys {
-                let Some(blob) = &key.sealed else {
-                    continue; // destroyed: a tombstone
-                };
-                let ctx = KeyContext {
-                    ring: &ring.record.name,
-                    kid: &key.kid,
-                    alg: ring.record.spec.alg(),
-                    timeline: &key.timeline,
-                };
-                match envelope::open(&*kek, ctx, blob).await {
-                    Ok(opened) if opened.jwk() == &key.jwk => {
-                        ring.verified.insert(key.kid.clone());
-                        ring.loaded
-                            .insert(key.kid.clone(), Arc::new(LoadedKey::new(opened)));
-                    }
-                    Ok(_) | Err(SealError::Integrity) => {
-                        tracing::error!(
-                            ring = %ring.record.name,
-                            kid = %key.kid,
-                            "sealed record failed its integrity check; the key is not loaded or published"
-                        );
-                        ring.broken.insert(key.kid.clone());
-                    }
-                    Err(SealError::Kek(e)) => return Err(Error::Kek(e)),
-                }
-            }
+            let ring = open_ring(&*kek, record, None).await?;
             rings.insert(ring.record.name.clone(), Arc::new(ring));
         }
         self.install_all(KeySet { rings });
@@ -281,6 +309,36 @@ pub async fn rekey_audit_key(
 /// Moves the re-wrapped audit key into place.
 pub fn finish_audit_rekey(path: &std::path::Path) -> std::io::Result<()> {
     std::fs::rename(path.with_extension("rekey"), path)
+}
+
+impl KeyManager {
+    /// Re-reads the store and takes in whatever other writers (replicas
+    /// sharing the store) changed: new keys, new timelines, destroyed
+    /// material, new rings. Unchanged rings and keys are kept as they are.
+    /// Returns how many rings changed. Does nothing while sealed.
+    pub async fn refresh(&self) -> Result<usize, Error> {
+        let _writer = self.shared.writer.lock().await;
+        let Some(kek) = self.kek() else {
+            return Ok(0);
+        };
+        let current = self.snapshot();
+        let mut rings = current.rings.clone();
+        let mut changed = 0;
+        for record in self.store().load().await? {
+            let prev = current.ring(&record.name);
+            if prev.is_some_and(|p| p.record.generation == record.generation) {
+                continue;
+            }
+            let ring = open_ring(&*kek, record, prev.map(|p| &**p)).await?;
+            tracing::info!(ring = %ring.record.name, generation = ring.record.generation, "ring refreshed from the store");
+            rings.insert(ring.record.name.clone(), Arc::new(ring));
+            changed += 1;
+        }
+        if changed > 0 {
+            self.install_all(KeySet { rings });
+        }
+        Ok(changed)
+    }
 }
 
 /// Re-wraps every data key in `store` from `old` to `new` and replaces the

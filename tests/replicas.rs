@@ -1,0 +1,180 @@
+//! Several key managers ("replicas") sharing one PostgreSQL store: any
+//! replica signs, every replica converges on the same key set, and the
+//! generation compare-and-swap lets exactly one replica write each change.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure should panic
+
+use std::{sync::Arc, time::Duration};
+
+use signet::{
+    clock::{ManualClock, UnixTime},
+    crypto::{Algorithm, KeySpec},
+    keyring::{KeyManager, SignParams},
+    seal::{EphemeralKek, KekProvider},
+    store::{KeyStore, PostgresStore},
+};
+
+const T0: i64 = 1_767_225_600;
+const DAY: i64 = 86_400;
+
+fn url() -> String {
+    std::env::var("SIGNET_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+async fn replicas(n: usize) -> (Vec<KeyManager>, Arc<ManualClock>, String) {
+    let schema = format!(
+        "t_replicas_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            % 1_000_000_000
+    );
+    let clock = Arc::new(ManualClock::new(UnixTime::from_secs(T0)));
+    let kek: Arc<dyn KekProvider> = Arc::new(EphemeralKek::new().unwrap());
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let store: Arc<dyn KeyStore> = Arc::new(
+            PostgresStore::open_in_schema(&url(), &schema)
+                .await
+                .unwrap_or_else(|e| panic!("PostgreSQL needed (SIGNET_TEST_POSTGRES_URL): {e}")),
+        );
+        let keys = KeyManager::open(store, clock.clone(), kek.clone())
+            .await
+            .unwrap();
+        keys.unseal().await.unwrap();
+        out.push(keys);
+    }
+    (out, clock, schema)
+}
+
+async fn drop_schema(schema: &str) {
+    use sqlx::Connection;
+    if let Ok(mut c) = sqlx::PgConnection::connect(&url()).await {
+        // The schema name is ours (t_replicas_<pid>_<n>), never input.
+        let ddl = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+            .execute(&mut c)
+            .await;
+    }
+}
+
+fn kids(keys: &KeyManager) -> Vec<String> {
+    keys.jwks("r", "r")
+        .unwrap()
+        .0
+        .keys
+        .into_iter()
+        .map(|k| k.kid)
+        .collect()
+}
+
+async fn sign(keys: &KeyManager) -> String {
+    keys.sign(SignParams {
+        ring: "r",
+        claims_json: b"{}",
+        ttl: None,
+        header_json: b"",
+    })
+    .await
+    .unwrap()
+    .kid
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_key_set_and_exactly_one_writes_each_change() {
+    let (r, clock, schema) = replicas(3).await;
+    r[0].create_ring("r", KeySpec::new(Algorithm::EdDsa, 0).unwrap())
+        .await
+        .unwrap();
+    for k in &r[1..] {
+        assert_eq!(k.refresh().await.unwrap(), 1);
+    }
+    let first = kids(&r[0]);
+    for k in &r {
+        assert_eq!(kids(k), first, "every replica serves the same JWKS");
+        assert_eq!(
+            sign(k).await,
+            first[0],
+            "any replica signs with the shared key"
+        );
+    }
+
+    // The scheduler runs on every replica at the same moment: exactly one
+    // generates the successor; the others lose the CAS and converge.
+    clock.set(UnixTime::from_secs(T0 + 84 * DAY));
+    let reports = futures::future::join_all(r.iter().map(|k| k.tick())).await;
+    let generated: usize = reports.iter().map(|rep| rep.generated.len()).sum();
+    assert_eq!(generated, 1, "exactly one successor: {reports:?}");
+    assert!(
+        reports.iter().all(|rep| rep.failed.is_empty()),
+        "losing the CAS is not a failure: {reports:?}"
+    );
+    for k in &r {
+        k.refresh().await.unwrap();
+        assert_eq!(kids(k).len(), 2);
+        assert_eq!(kids(k), kids(&r[0]));
+    }
+
+    // 20 concurrent scheduled Rotate calls over the replicas: no new key
+    // (a successor is already waiting), and nothing is written twice.
+    let results =
+        futures::future::join_all((0..20).map(|i| r[i % 3].rotate("r", false, "race"))).await;
+    let waiting: Vec<_> = results
+        .iter()
+        .filter_map(|x| x.as_ref().ok())
+        .map(|(k, _)| k.kid.clone())
+        .collect();
+    assert!(
+        waiting.windows(2).all(|w| w[0] == w[1]),
+        "everyone got the same successor"
+    );
+    for k in &r {
+        k.refresh().await.unwrap();
+        assert_eq!(k.ring_info("r", "r").unwrap().keys.len(), 2, "no extra key");
+    }
+
+    // Emergency rotations racing on three replicas: exactly one new key per
+    // winner; the losers are told to retry (ABORTED).
+    let results = futures::future::join_all(r.iter().map(|k| k.rotate("r", true, "race"))).await;
+    let won = results.iter().filter(|x| x.is_ok()).count();
+    for e in results.iter().filter_map(|x| x.as_ref().err()) {
+        assert_eq!(
+            tonic::Status::from(clone_err(e)).code(),
+            tonic::Code::Aborted,
+            "{e}"
+        );
+    }
+    for k in &r {
+        k.refresh().await.unwrap();
+    }
+    assert_eq!(r[0].ring_info("r", "r").unwrap().keys.len(), 2 + won);
+
+    // A revocation on one replica reaches the others at their next refresh
+    // (at most refresh_interval; at once on NOTIFY).
+    let active = sign(&r[0]).await;
+    r[1].revoke("r", &active, "test").await.unwrap();
+    for k in [&r[0], &r[2]] {
+        k.refresh().await.unwrap();
+        assert!(
+            !kids(k).contains(&active),
+            "revoked key gone from every JWKS"
+        );
+        assert_ne!(sign(k).await, active, "and no replica signs with it");
+    }
+    clock.advance(Duration::from_secs(1));
+    drop(r);
+    drop_schema(&schema).await;
+}
+
+fn clone_err(e: &signet::Error) -> signet::Error {
+    match e {
+        signet::Error::Conflict(r) => signet::Error::Conflict(r.clone()),
+        other => panic!("unexpected error {other}"),
+    }
+}
