@@ -170,18 +170,37 @@ fn default_http() -> SocketAddr {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Store {
-    /// Data directory: holds the embedded SQLite store (`signet.db`).
-    /// Default `/var/lib/signet`.
+    /// Data directory: the embedded SQLite store (`signet.db`) unless `url`
+    /// is set, and always the lock file, audit log and audit key of this
+    /// process. Default `/var/lib/signet`.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// A PostgreSQL URL (`postgres://user@host/db?sslmode=verify-full`) to
+    /// share keys between replicas instead of the embedded store.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// PostgreSQL schema for Signet's tables (default: the URL's default).
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// How often a replica re-reads the shared store even without a change
+    /// notification, in seconds. Default 5.
+    #[serde(default = "default_refresh")]
+    pub refresh_interval_secs: u64,
 }
 
 impl Default for Store {
     fn default() -> Self {
         Self {
             data_dir: default_data_dir(),
+            url: None,
+            schema: None,
+            refresh_interval_secs: default_refresh(),
         }
     }
+}
+
+fn default_refresh() -> u64 {
+    5
 }
 
 fn default_data_dir() -> PathBuf {
@@ -278,6 +297,14 @@ impl Config {
                  plaintext is allowed on loopback only",
                 self.listen.grpc
             ));
+        }
+        if let Some(url) = &self.store.url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err("store.url: must be a postgres:// URL".into());
+        }
+        if self.store.refresh_interval_secs == 0 || self.store.refresh_interval_secs > 300 {
+            return Err("store.refresh_interval_secs: must be between 1 and 300".into());
         }
         if self.tls.is_some() && self.authz.is_none() {
             return Err(

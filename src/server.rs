@@ -20,7 +20,7 @@ use crate::{
     keyring::{KeyManager, RingName},
     rpc,
     seal::KekSpec,
-    store::{KeyStore, SqliteStore},
+    store::{KeyStore, PostgresStore, SqliteStore},
 };
 
 /// What a server needs to start.
@@ -32,8 +32,12 @@ pub struct ServerOptions {
     pub http_listen: SocketAddr,
     /// Separate `/metrics` listen address, if any.
     pub metrics_listen: Option<SocketAddr>,
-    /// Data directory (SQLite store and lock file).
+    /// Data directory (SQLite store unless `store_url`, lock file, audit).
     pub data_dir: PathBuf,
+    /// A shared PostgreSQL store instead of SQLite, with an optional schema.
+    pub store_url: Option<(String, Option<String>)>,
+    /// How often to re-read a shared store without a notification.
+    pub refresh_interval: std::time::Duration,
     /// KEK provider.
     pub kek: KekSpec,
     /// Rings to create when missing.
@@ -64,6 +68,9 @@ pub struct Prepared {
     grpc: TcpListener,
     http: TcpListener,
     metrics: Option<TcpListener>,
+    /// The shared store, when replicas share one: its change notifications
+    /// trigger refreshes.
+    shared: Option<Arc<PostgresStore>>,
     /// Held for the life of the server: one process per data directory.
     _lock: File,
 }
@@ -128,16 +135,30 @@ pub fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<File> {
 /// changed and the error says which provider failed and why.
 pub async fn prepare(opts: &ServerOptions) -> anyhow::Result<Prepared> {
     let lock = lock_data_dir(&opts.data_dir)?;
-    let store: Arc<dyn KeyStore> = Arc::new(
-        SqliteStore::open(&store_path(&opts.data_dir))
-            .await
-            .with_context(|| {
-                format!(
-                    "data dir {}: cannot open the store",
-                    opts.data_dir.display()
-                )
-            })?,
-    );
+    let (store, shared): (Arc<dyn KeyStore>, Option<Arc<PostgresStore>>) = match &opts.store_url {
+        Some((url, schema)) => {
+            let pg = match schema {
+                Some(schema) => PostgresStore::open_in_schema(url, schema).await,
+                None => PostgresStore::open(url).await,
+            }
+            .context("store.url: cannot open the PostgreSQL store")?;
+            let pg = Arc::new(pg);
+            (pg.clone(), Some(pg))
+        }
+        None => (
+            Arc::new(
+                SqliteStore::open(&store_path(&opts.data_dir))
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "data dir {}: cannot open the store",
+                            opts.data_dir.display()
+                        )
+                    })?,
+            ),
+            None,
+        ),
+    };
     let keys = KeyManager::open(store, Arc::new(SystemClock), Arc::new(opts.kek.clone())).await?;
     if opts.start_sealed {
         tracing::warn!("starting sealed: Sign is refused until `signet unseal`");
@@ -156,9 +177,14 @@ pub async fn prepare(opts: &ServerOptions) -> anyhow::Result<Prepared> {
                     "ring exists with another algorithm; keeping the stored one"
                 ),
                 Some(_) => {}
-                None => {
-                    keys.create_ring(name.as_str(), *spec).await?;
-                }
+                None => match keys.create_ring(name.as_str(), *spec).await {
+                    Ok(_) => {}
+                    // Another replica created it first: take theirs.
+                    Err(crate::Error::RingExists(_)) => {
+                        keys.refresh().await?;
+                    }
+                    Err(e) => return Err(e.into()),
+                },
             }
         }
     }
@@ -177,6 +203,7 @@ pub async fn prepare(opts: &ServerOptions) -> anyhow::Result<Prepared> {
         None => None,
     };
     Ok(Prepared {
+        shared,
         metrics_addr: metrics.as_ref().and_then(|l| l.local_addr().ok()),
         metrics,
         keys,
@@ -299,6 +326,14 @@ impl Prepared {
                 stopped(),
             )),
         };
+        if let Some(pg) = self.shared.clone() {
+            tokio::spawn(refresh_loop(
+                self.keys.clone(),
+                pg,
+                opts.refresh_interval,
+                stopped(),
+            ));
+        }
         let scheduler = tokio::spawn(crate::keyring::scheduler::run(
             self.keys.clone(),
             crate::keyring::scheduler::DEFAULT_TICK,
@@ -329,5 +364,45 @@ impl Prepared {
         self.keys.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Keeps a replica's snapshot in step with the shared store: at once on a
+/// change notification (LISTEN/NOTIFY), and every `every` regardless, in
+/// case a notification was lost or the listener is reconnecting.
+async fn refresh_loop(
+    keys: KeyManager,
+    store: Arc<PostgresStore>,
+    every: std::time::Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut listener = None;
+    loop {
+        if listener.is_none() {
+            listener = match store.subscribe().await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for store changes; polling only");
+                    None
+                }
+            };
+        }
+        let notified = async {
+            match listener.as_mut() {
+                Some(l) => l.recv().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = &mut shutdown => return,
+            ok = notified => if !ok {
+                listener = None; // reconnect on the next pass
+            },
+            () = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = keys.refresh().await {
+            tracing::warn!(error = %e, "refresh from the shared store failed; serving the keys held");
+        }
     }
 }

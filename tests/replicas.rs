@@ -178,3 +178,88 @@ fn clone_err(e: &signet::Error) -> signet::Error {
         other => panic!("unexpected error {other}"),
     }
 }
+
+#[path = "common/process.rs"]
+#[allow(dead_code)]
+mod process;
+
+/// Three `signet server` processes on one PostgreSQL schema: a token from
+/// any replica verifies against any replica's JWKS, and a revocation made
+/// on one leaves every replica's JWKS within the refresh bound.
+#[test]
+fn three_server_processes_share_keys_and_revocations() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = format!("t_procs_{}", std::process::id());
+    let kek = process::kek_file(&dir.path().join("kek"));
+    let mut servers = Vec::new();
+    for i in 0..3 {
+        let sub = dir.path().join(format!("r{i}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        let config = process::write_config(&sub, &sub.join("data"), &kek, &[("r", "ES256")]);
+        let text = std::fs::read_to_string(&config).unwrap().replace(
+            "[store]\n",
+            &format!(
+                "[store]\nurl = {:?}\nschema = {schema:?}\nrefresh_interval_secs = 1\n",
+                url()
+            ),
+        );
+        std::fs::write(&config, text).unwrap();
+        servers.push(
+            process::Proc::spawn(&["server", "--config", config.to_str().unwrap()], &[]).unwrap(),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let jwks: Vec<String> = servers
+        .iter()
+        .map(|s| s.ok(&["jwks", "--ring", "r"]))
+        .collect();
+    for s in &servers {
+        let token = s.ok(&["sign", "--ring", "r", "--claims", "{}"]);
+        for j in &jwks {
+            let set: serde_json::Value = serde_json::from_str(j).unwrap();
+            let kid = token.trim().split('.').next().map(|h| {
+                use base64::Engine;
+                let h = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(h)
+                    .unwrap();
+                serde_json::from_slice::<serde_json::Value>(&h).unwrap()["kid"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            });
+            assert!(
+                set["keys"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|k| k["kid"].as_str() == kid.as_deref())
+            );
+        }
+    }
+    // Emergency rotation then revocation of the old key, both on replica 0.
+    let keys: serde_json::Value =
+        serde_json::from_str(&servers[0].ok(&["keys", "--ring", "r", "--json"])).unwrap();
+    let old = keys[0]["kid"].as_str().unwrap().to_owned();
+    servers[0].ok(&["revoke", &old, "--ring", "r", "--reason", "test"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    for s in &servers[1..] {
+        loop {
+            if !s.ok(&["jwks", "--ring", "r"]).contains(&old) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "revocation not seen within the refresh bound"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let token = s.ok(&["sign", "--ring", "r", "--claims", "{}"]);
+        assert!(!token.is_empty());
+    }
+    drop(servers);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(drop_schema(&schema));
+}

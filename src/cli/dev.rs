@@ -66,6 +66,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         http_listen,
         metrics_listen: None,
         data_dir: data_dir.clone(),
+        store_url: None,
+        refresh_interval: std::time::Duration::from_secs(5),
         kek: kek.clone(),
         rings: vec![(
             RingName::parse("default", "ring")?,

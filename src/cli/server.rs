@@ -60,6 +60,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         http_listen: c.listen.http,
         metrics_listen: c.listen.metrics,
         data_dir: c.store.data_dir.clone(),
+        store_url: c.store.url.clone().map(|u| (u, c.store.schema.clone())),
+        refresh_interval: std::time::Duration::from_secs(c.store.refresh_interval_secs),
         kek,
         rings: checked.rings.clone(),
         start_sealed: args.start_sealed,
