@@ -137,11 +137,28 @@ pub async fn prepare(opts: &ServerOptions) -> anyhow::Result<Prepared> {
     let lock = lock_data_dir(&opts.data_dir)?;
     let (store, shared): (Arc<dyn KeyStore>, Option<Arc<PostgresStore>>) = match &opts.store_url {
         Some((url, schema)) => {
-            let pg = match schema {
-                Some(schema) => PostgresStore::open_in_schema(url, schema).await,
-                None => PostgresStore::open(url).await,
-            }
-            .context("store.url: cannot open the PostgreSQL store")?;
+            // A replica that starts while the database is down waits for it,
+            // saying why, rather than exiting.
+            let mut attempt = 0u32;
+            let pg = loop {
+                let opened = match schema {
+                    Some(schema) => PostgresStore::open_in_schema(url, schema).await,
+                    None => PostgresStore::open(url).await,
+                };
+                match opened {
+                    Ok(pg) => break pg,
+                    Err(e) if attempt < 150 => {
+                        attempt += 1;
+                        tracing::warn!(error = %e, attempt, "waiting for the PostgreSQL store (retrying every 2s)");
+                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    }
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e).context(
+                            "store.url: the PostgreSQL store stayed unreachable for 5 minutes",
+                        ));
+                    }
+                }
+            };
             let pg = Arc::new(pg);
             (pg.clone(), Some(pg))
         }
@@ -160,6 +177,18 @@ pub async fn prepare(opts: &ServerOptions) -> anyhow::Result<Prepared> {
         ),
     };
     let keys = KeyManager::open(store, Arc::new(SystemClock), Arc::new(opts.kek.clone())).await?;
+    if shared.is_some() {
+        let min = opts.refresh_interval * 10;
+        keys.set_min_publish_lead(min);
+        for ring in keys.snapshot().rings() {
+            if ring.record().policy.publish_lead < min {
+                tracing::warn!(
+                    ring = %ring.name(),
+                    "publish_lead is under 10 x refresh_interval: a replica could sign with a key another has not published yet; raise it with `signet policy set`"
+                );
+            }
+        }
+    }
     if opts.start_sealed {
         tracing::warn!("starting sealed: Sign is refused until `signet unseal`");
     } else {

@@ -263,3 +263,31 @@ fn three_server_processes_share_keys_and_revocations() {
         .unwrap();
     rt.block_on(drop_schema(&schema));
 }
+
+/// With replicas, publish_lead must stay well above the refresh interval.
+#[tokio::test]
+async fn publish_lead_must_exceed_the_replica_refresh_bound() {
+    let keys = KeyManager::ephemeral(Arc::new(ManualClock::new(UnixTime::from_secs(T0))))
+        .await
+        .unwrap();
+    keys.create_ring("r", KeySpec::new(Algorithm::EdDsa, 0).unwrap())
+        .await
+        .unwrap();
+    keys.set_min_publish_lead(Duration::from_secs(2 * 86_400));
+    let policy = signet::keyring::Policy {
+        publish_lead: Duration::from_secs(86_400),
+        ..Default::default()
+    };
+    let err = keys.update_policy("r", policy).await.unwrap_err();
+    let status = tonic::Status::from(err);
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        status.message().starts_with(
+            "policy: publish_lead (1d) must be >= 2d (10 x the replicas' refresh interval)"
+        ),
+        "{}",
+        status.message()
+    );
+    keys.set_min_publish_lead(Duration::from_secs(50));
+    keys.update_policy("r", policy).await.unwrap();
+}

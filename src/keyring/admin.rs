@@ -233,6 +233,16 @@ impl KeyManager {
     /// advice for the accepted policy.
     pub async fn update_policy(&self, name: &str, policy: Policy) -> Result<Vec<Warning>, Error> {
         let warnings = policy.validate()?;
+        let min = self.min_publish_lead();
+        if policy.publish_lead < min {
+            return Err(super::PolicyError(format!(
+                "publish_lead ({}) must be >= {} (10 x the replicas' refresh interval), so every \
+                 replica publishes a key long before any replica signs with it",
+                super::Short(policy.publish_lead),
+                super::Short(min)
+            ))
+            .into());
+        }
         let name = RingName::parse(name, "key_ring")?;
         let _writer = self.shared.writer.lock().await;
         let kek = self.kek().ok_or(Error::Sealed)?;

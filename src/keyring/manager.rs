@@ -47,6 +47,10 @@ pub(super) struct Shared {
     pub(super) writer: tokio::sync::Mutex<()>,
     /// Runs CPU-heavy signing (RSA) off the async reactor.
     pool: rayon::ThreadPool,
+    /// Smallest publish_lead a policy may have, in seconds: replicas must
+    /// all publish a key long before any signs with it (set from the
+    /// refresh interval; 0 for a single process).
+    min_publish_lead: std::sync::atomic::AtomicU64,
     /// Bumped whenever a new snapshot is installed, so watchers (WatchJwks,
     /// the HTTP JWKS cache) learn of writes at once.
     changes: tokio::sync::watch::Sender<u64>,
@@ -101,6 +105,7 @@ impl KeyManager {
                 snapshot: ArcSwap::from_pointee(KeySet { rings }),
                 writer: tokio::sync::Mutex::new(()),
                 pool,
+                min_publish_lead: std::sync::atomic::AtomicU64::new(0),
                 changes: tokio::sync::watch::Sender::new(0),
             }),
         })
@@ -118,6 +123,23 @@ impl KeyManager {
         .await?;
         keys.unseal().await?;
         Ok(keys)
+    }
+
+    /// Requires every policy's `publish_lead` to be at least `lead` (set to
+    /// a multiple of the replicas' refresh interval).
+    pub fn set_min_publish_lead(&self, lead: std::time::Duration) {
+        self.shared
+            .min_publish_lead
+            .store(lead.as_secs(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The smallest publish_lead a policy may have.
+    pub fn min_publish_lead(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.shared
+                .min_publish_lead
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// The current snapshot of every ring.
