@@ -36,6 +36,7 @@ use crate::{
     keyring::{Policy, RingName, Timeline},
 };
 
+mod columns;
 #[doc(hidden)]
 pub mod contract;
 mod memory;

@@ -26,7 +26,7 @@
 //! of failing halfway through with `SQLITE_BUSY`. Readers are never blocked
 //! (WAL mode) and see a consistent snapshot.
 
-use std::{collections::HashMap, path::Path, str::FromStr, time::Duration};
+use std::{collections::HashMap, path::Path, time::Duration};
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -39,11 +39,11 @@ use sqlx::{
     },
 };
 
-use super::{KeyRecord, KeyStore, RingRecord, RingUpdate, SealedBlob, StoreError};
-use crate::{
-    crypto::{Algorithm, KeySpec, Kid},
-    keyring::RingName,
+use super::{
+    KeyRecord, KeyStore, RingRecord, RingUpdate, StoreError,
+    columns::{self, KeyColumns, RingColumns},
 };
+use crate::{crypto::Kid, keyring::RingName};
 
 /// The schema, embedded at compile time from `migrations/sqlite/`.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -178,7 +178,12 @@ impl KeyStore for SqliteStore {
         for row in &key_rows {
             let ring: String = row.try_get("ring").map_err(db_error)?;
             let Some(&i) = index.get(&ring) else {
-                return Err(corrupt(&ring, None, "key of a ring that does not exist"));
+                return Err(columns::corrupt(
+                    DB,
+                    &ring,
+                    None,
+                    "key of a ring that does not exist",
+                ));
             };
             rings[i].keys.push(key_from_row(&ring, row)?);
         }
@@ -433,67 +438,40 @@ async fn update_key(
 
 /// Rebuilds a ring (without its keys) from a `rings` row.
 fn ring_from_row(row: &SqliteRow) -> Result<RingRecord, StoreError> {
-    let name: String = row.try_get("name").map_err(db_error)?;
-    let bad = |what: &str| corrupt(&name, None, what);
-    let alg: String = row.try_get("alg").map_err(db_error)?;
-    let rsa_bits: i64 = row.try_get("rsa_bits").map_err(db_error)?;
-    let policy: String = row.try_get("policy_json").map_err(db_error)?;
-    let generation: i64 = row.try_get("generation").map_err(db_error)?;
-
-    let alg = Algorithm::from_str(&alg).map_err(|_| bad("unknown algorithm"))?;
-    let rsa_bits = u32::try_from(rsa_bits).map_err(|_| bad("bad RSA key size"))?;
-    Ok(RingRecord {
-        name: RingName::parse(&name, "name").map_err(|_| bad("invalid ring name"))?,
-        spec: KeySpec::new(alg, rsa_bits).map_err(|_| bad("invalid key spec"))?,
-        policy: serde_json::from_str(&policy).map_err(|_| bad("bad policy"))?,
-        generation: u64::try_from(generation).map_err(|_| bad("negative generation"))?,
-        keys: Vec::new(),
-    })
+    let cols = RingColumns {
+        name: row.try_get("name").map_err(db_error)?,
+        alg: row.try_get("alg").map_err(db_error)?,
+        rsa_bits: row.try_get("rsa_bits").map_err(db_error)?,
+        policy_json: row.try_get("policy_json").map_err(db_error)?,
+        generation: row.try_get("generation").map_err(db_error)?,
+    };
+    columns::ring_record(DB, cols)
 }
 
 /// Rebuilds a key from a `keys` row of `ring`.
 fn key_from_row(ring: &str, row: &SqliteRow) -> Result<KeyRecord, StoreError> {
-    let kid = Kid::new(row.try_get::<String, _>("kid").map_err(db_error)?);
-    let bad = |what: &str| corrupt(ring, Some(&kid), what);
-    let jwk: String = row.try_get("jwk_json").map_err(db_error)?;
-    let timeline: String = row.try_get("timeline_json").map_err(db_error)?;
-    let sealed: Option<Vec<u8>> = row.try_get("sealed").map_err(db_error)?;
-    let reason: Option<String> = row.try_get("reason").map_err(db_error)?;
-    Ok(KeyRecord {
-        reason,
-        jwk: serde_json::from_str(&jwk).map_err(|_| bad("bad jwk"))?,
-        timeline: serde_json::from_str(&timeline).map_err(|_| bad("bad timeline"))?,
-        sealed: sealed.map(SealedBlob),
-        kid,
-    })
+    let cols = KeyColumns {
+        kid: row.try_get("kid").map_err(db_error)?,
+        jwk_json: row.try_get("jwk_json").map_err(db_error)?,
+        timeline_json: row.try_get("timeline_json").map_err(db_error)?,
+        sealed: row.try_get("sealed").map_err(db_error)?,
+        reason: row.try_get("reason").map_err(db_error)?,
+    };
+    columns::key_record(DB, ring, cols)
 }
 
-/// Encodes a column value. Plain data structs always serialise; the error
-/// path exists only so that a future field type cannot panic here.
+/// Encodes a column value (see [`columns::to_json`]).
 fn to_json<T: Serialize>(
     value: &T,
     ring: &RingName,
     kid: Option<&Kid>,
     what: &str,
 ) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|_| match kid {
-        Some(kid) => StoreError::Unavailable(format!(
-            "sqlite: cannot encode the {what} of key {kid} in ring {ring}"
-        )),
-        None => StoreError::Unavailable(format!("sqlite: cannot encode the {what} of ring {ring}")),
-    })
+    columns::to_json(DB, value, ring, kid, what)
 }
 
-/// A stored row that does not decode: named so an operator can find it.
-fn corrupt(ring: &str, kid: Option<&Kid>, what: &str) -> StoreError {
-    match kid {
-        Some(kid) => StoreError::Unavailable(format!(
-            "sqlite: corrupt record: ring {ring:?}, key {:?}: {what}",
-            kid.as_str()
-        )),
-        None => StoreError::Unavailable(format!("sqlite: corrupt record: ring {ring:?}: {what}")),
-    }
-}
+/// The database name in error messages.
+const DB: &str = "sqlite";
 
 /// Any `sqlx` failure: the store is unusable for this call.
 fn db_error(e: sqlx::Error) -> StoreError {
