@@ -315,3 +315,92 @@ async fn publish_lead_must_exceed_the_replica_refresh_bound() {
     keys.set_min_publish_lead(Duration::from_secs(50));
     keys.update_policy("r", policy).await.unwrap();
 }
+
+/// SIGKILL a replica while it rotates: the others see either the old ring or
+/// the new one, never half a key; exactly one key is active and published on
+/// every replica, and every record opens.
+#[test]
+fn sigkill_a_replica_during_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = format!("t_kill_{}", std::process::id());
+    let kek = process::kek_file(&dir.path().join("kek"));
+    let config = |i: usize| {
+        let sub = dir.path().join(format!("r{i}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        let config = process::write_config(&sub, &sub.join("data"), &kek, &[("r", "ES256")]);
+        let text = std::fs::read_to_string(&config).unwrap().replace(
+            "[store]\n",
+            &format!(
+                "[store]\nurl = {:?}\nschema = {schema:?}\nrefresh_interval_secs = 1\n",
+                url()
+            ),
+        );
+        std::fs::write(&config, text).unwrap();
+        config
+    };
+    let configs: Vec<_> = (0..3).map(config).collect();
+    let spawn = |c: &std::path::Path| {
+        process::Proc::spawn(&["server", "--config", c.to_str().unwrap()], &[]).unwrap()
+    };
+    let survivors: Vec<_> = configs[1..].iter().map(|c| spawn(c)).collect();
+    for round in 0..5u64 {
+        let victim = spawn(&configs[0]);
+        let addr = victim.grpc.clone();
+        let rotating = std::thread::spawn(move || {
+            for _ in 0..50 {
+                let out = std::process::Command::new(process::BIN)
+                    .args([
+                        "rotate",
+                        "--ring",
+                        "r",
+                        "--now",
+                        "--reason",
+                        "kill test",
+                        "--addr",
+                        &addr,
+                    ])
+                    .output()
+                    .unwrap();
+                if !out.status.success() {
+                    break;
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(150 + round * 70));
+        victim.kill9();
+        rotating.join().unwrap();
+        std::thread::sleep(Duration::from_millis(1500)); // one refresh interval and a bit
+        let mut sets = Vec::new();
+        for s in &survivors {
+            let keys: serde_json::Value =
+                serde_json::from_str(&s.ok(&["keys", "--ring", "r", "--json"])).unwrap();
+            let active: Vec<_> = keys
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|k| k["state"] == "active")
+                .collect();
+            assert_eq!(active.len(), 1, "round {round}: exactly one active key");
+            let jwks = s.ok(&["jwks", "--ring", "r"]);
+            assert!(
+                jwks.contains(active[0]["kid"].as_str().unwrap()),
+                "round {round}: active key published"
+            );
+            let status: serde_json::Value =
+                serde_json::from_str(&s.ok(&["status", "--json"])).unwrap();
+            assert_eq!(
+                status["broken_keys"], 0,
+                "round {round}: every record opens"
+            );
+            s.ok(&["sign", "--ring", "r", "--claims", "{}"]);
+            sets.push(jwks);
+        }
+        assert_eq!(sets[0], sets[1], "round {round}: the survivors agree");
+    }
+    drop(survivors);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(drop_schema(&schema));
+}
