@@ -107,8 +107,9 @@ pub fn store_path(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("signet.db")
 }
 
-/// Creates the data directory (mode 0700) if needed and takes its lock.
-pub fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<File> {
+/// Creates the data directory (mode 0700) if needed; warns if others can
+/// read it.
+pub fn create_data_dir(data_dir: &std::path::Path) -> anyhow::Result<()> {
     let shown = data_dir.display();
     fs::DirBuilder::new()
         .recursive(true)
@@ -119,6 +120,13 @@ pub fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<File> {
     if mode & 0o077 != 0 {
         tracing::warn!(data_dir = %shown, mode = format!("{mode:03o}"), "data dir is accessible by group or others; chmod 700 it");
     }
+    Ok(())
+}
+
+/// Creates the data directory (mode 0700) if needed and takes its lock.
+pub fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<File> {
+    create_data_dir(data_dir)?;
+    let shown = data_dir.display();
     let lock_path = data_dir.join("signet.lock");
     let lock = File::create(&lock_path)
         .with_context(|| format!("data dir {shown}: cannot create its lock file"))?;

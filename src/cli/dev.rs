@@ -53,7 +53,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Some(spec) => spec.parse::<KekSpec>().context("--kek")?,
         None => {
             let path = data_dir.join("kek");
-            server::lock_data_dir(&data_dir)?;
+            server::create_data_dir(&data_dir)?;
             if !path.exists() {
                 LocalKek::create_file(&path)?;
                 tracing::info!(path = %path.display(), "created a development KEK file");

@@ -235,11 +235,7 @@ impl KeyManager {
     /// Publishes a new snapshot with `ring` replacing its previous version.
     /// Only called with the writer lock held, so no update is lost.
     pub(super) fn install(&self, ring: Ring) {
-        let current = self.shared.snapshot.load();
-        let mut rings = current.rings.clone();
-        rings.insert(ring.record.name.clone(), Arc::new(ring));
-        self.shared.snapshot.store(Arc::new(KeySet { rings }));
-        self.changed();
+        self.install_arc(Arc::new(ring));
     }
 
     fn changed(&self) {
