@@ -1,5 +1,5 @@
 //! The behaviour every [`KeyStore`] must show, written once and run against
-//! each implementation (`tests/store_contract.rs`). Each check panics with a
+//! each implementation (`tests/integration/store_contract.rs`). Each check panics with a
 //! message naming the broken rule.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

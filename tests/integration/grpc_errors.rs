@@ -1,9 +1,7 @@
 //! Bad input: each refused with the right gRPC code and a message naming the
 //! field and the rule; nothing is signed.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure should panic
-
-mod common;
+use crate::common;
 
 use common::TestServer;
 use signet::{crypto::Algorithm, pb};

@@ -1,7 +1,5 @@
 //! The real `signet` binary: `dev` in a child process, clients against it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure should panic
-
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Output, Stdio},

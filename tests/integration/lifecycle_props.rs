@@ -5,8 +5,6 @@
 //! every token signed verifies against the JWKS until it expires unless its
 //! key was revoked.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure should panic
-
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,

@@ -2,8 +2,6 @@
 //! replica signs, every replica converges on the same key set, and the
 //! generation compare-and-swap lets exactly one replica write each change.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure should panic
-
 use std::{sync::Arc, time::Duration};
 
 use signet::{
@@ -14,32 +12,19 @@ use signet::{
     store::{KeyStore, PostgresStore},
 };
 
+use crate::common::{postgres, process};
+
 const T0: i64 = 1_767_225_600;
 const DAY: i64 = 86_400;
 
-fn url() -> String {
-    std::env::var("SIGNET_TEST_POSTGRES_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
 async fn replicas(n: usize) -> (Vec<KeyManager>, Arc<ManualClock>, String) {
-    let schema = format!(
-        "t_replicas_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-            % 1_000_000_000
-    );
+    let schema = postgres::fresh_schema("replicas");
     let clock = Arc::new(ManualClock::new(UnixTime::from_secs(T0)));
     let kek: Arc<dyn KekProvider> = Arc::new(EphemeralKek::new().unwrap());
     let mut out = Vec::new();
     for _ in 0..n {
         let store: Arc<dyn KeyStore> = Arc::new(
-            PostgresStore::open_in_schema(&url(), &schema)
+            PostgresStore::open_in_schema(&postgres::url(), &schema)
                 .await
                 .unwrap_or_else(|e| panic!("PostgreSQL needed (SIGNET_TEST_POSTGRES_URL): {e}")),
         );
@@ -54,7 +39,7 @@ async fn replicas(n: usize) -> (Vec<KeyManager>, Arc<ManualClock>, String) {
 
 async fn drop_schema(schema: &str) {
     use sqlx::Connection;
-    if let Ok(mut c) = sqlx::PgConnection::connect(&url()).await {
+    if let Ok(mut c) = sqlx::PgConnection::connect(&postgres::url()).await {
         // The schema name is ours (t_replicas_<pid>_<n>), never input.
         let ddl = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
         let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
@@ -203,17 +188,13 @@ fn clone_err(e: &signet::Error) -> signet::Error {
     }
 }
 
-#[path = "common/process.rs"]
-#[allow(dead_code)]
-mod process;
-
 /// Three `signet server` processes on one PostgreSQL schema: a token from
 /// any replica verifies against any replica's JWKS, and a revocation made
 /// on one leaves every replica's JWKS within the refresh bound.
 #[test]
 fn three_server_processes_share_keys_and_revocations() {
     let dir = tempfile::tempdir().unwrap();
-    let schema = format!("t_procs_{}", std::process::id());
+    let schema = postgres::fresh_schema("procs");
     let kek = process::kek_file(&dir.path().join("kek"));
     let mut servers = Vec::new();
     for i in 0..3 {
@@ -224,7 +205,7 @@ fn three_server_processes_share_keys_and_revocations() {
             "[store]\n",
             &format!(
                 "[store]\nurl = {:?}\nschema = {schema:?}\nrefresh_interval_secs = 1\n",
-                url()
+                postgres::url()
             ),
         );
         std::fs::write(&config, text).unwrap();
@@ -322,7 +303,7 @@ async fn publish_lead_must_exceed_the_replica_refresh_bound() {
 #[test]
 fn sigkill_a_replica_during_rotation() {
     let dir = tempfile::tempdir().unwrap();
-    let schema = format!("t_kill_{}", std::process::id());
+    let schema = postgres::fresh_schema("kill");
     let kek = process::kek_file(&dir.path().join("kek"));
     let config = |i: usize| {
         let sub = dir.path().join(format!("r{i}"));
@@ -332,7 +313,7 @@ fn sigkill_a_replica_during_rotation() {
             "[store]\n",
             &format!(
                 "[store]\nurl = {:?}\nschema = {schema:?}\nrefresh_interval_secs = 1\n",
-                url()
+                postgres::url()
             ),
         );
         std::fs::write(&config, text).unwrap();

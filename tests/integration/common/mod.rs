@@ -1,7 +1,7 @@
 //! Test support: a real server on 127.0.0.1:0 and independent verifiers.
 #![allow(dead_code)]
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure should panic
 
+pub mod postgres;
 pub mod process;
 
 use std::{net::SocketAddr, sync::Arc};

@@ -11,7 +11,7 @@
 //!
 //! 1. The parent makes a fresh temporary directory, runs
 //!    `scripts/softhsm-setup` into it (token `signet-test`, user PIN 1234)
-//!    and starts `current_exe() <test> --exact` with `SOFTHSM2_CONF`, the
+//!    and starts `current_exe() pkcs11::<test> --exact` with `SOFTHSM2_CONF`, the
 //!    module path and the PIN variables set, plus a marker naming the test.
 //! 2. The child sees the marker, creates the AES keys through cryptoki and
 //!    runs the test body; the parent asserts the child passed and really
@@ -20,10 +20,6 @@
 //! Every test thus has its own token and its own module state (PKCS#11
 //! login state is per process), so tests run in parallel. A setup failure
 //! fails the test; nothing is skipped.
-
-// clippy.toml's allow-*-in-tests covers `#[test]` functions, not the
-// helpers they call; in this test crate panicking on failure is the point.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     env,
@@ -41,7 +37,7 @@ use cryptoki::{
 };
 use signet::seal::{DataKey, Kek, KekError, Pkcs11Kek, Pkcs11Spec};
 
-mod common;
+use crate::common;
 
 /// Set in the child only: the name of the test it runs.
 const CHILD: &str = "SIGNET_TEST_PKCS11_CHILD";
@@ -164,8 +160,13 @@ where
 
     let dir = tempfile::tempdir().unwrap();
     let (conf, module) = softhsm_setup(dir.path());
+    // The test's full path in this binary: `pkcs11::<name>`.
+    let path = format!(
+        "{}::{name}",
+        module_path!().split_once("::").map_or("", |(_, m)| m)
+    );
     let out = Command::new(env::current_exe().unwrap())
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .args([path.as_str(), "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD, name)
         .env(DIR, dir.path())
         .env("SOFTHSM2_CONF", &conf)

@@ -1,8 +1,6 @@
 //! `signet authz check` as a user runs it: the real binary against the
 //! shipped example policy.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure should panic
-
 use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_signet");

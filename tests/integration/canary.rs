@@ -2,9 +2,7 @@
 //! key appears in logs, Status messages, responses or the data directory,
 //! in any encoding.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure should panic
-
-mod common;
+use crate::common;
 
 use base64::{
     Engine,

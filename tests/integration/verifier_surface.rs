@@ -1,9 +1,7 @@
 //! The verifier-facing surface: HTTP JWKS caching headers, Verify reasons,
 //! WatchJwks, metrics, and the `signet::verifier` library.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure should panic
-
-mod common;
+use crate::common;
 
 use std::{sync::Arc, time::Duration};
 

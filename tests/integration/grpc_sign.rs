@@ -1,8 +1,6 @@
 //! Sign, GetJwks, Rotate and ListKeys against a real server on port 0.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure should panic
-
-mod common;
+use crate::common;
 
 use common::{TestServer, part, verify};
 use signet::{crypto::Algorithm, pb};

@@ -2,9 +2,7 @@
 //! publication before signing, grace, destruction, revocation, policy
 //! changes, restarts and clock jumps.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure should panic
-
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

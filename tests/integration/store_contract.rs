@@ -1,16 +1,8 @@
 //! The KeyStore contract suite, run against every store implementation.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure should panic
+use std::{future::Future, sync::Arc, time::Duration};
 
-use std::{
-    future::Future,
-    sync::{
-        Arc,
-        atomic::{AtomicU32, Ordering},
-    },
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
-
+use crate::common::postgres;
 use signet::{
     crypto::{Algorithm, KeySpec},
     keyring::{Policy, RingName},
@@ -202,32 +194,8 @@ async fn sqlite_corrupt_record_is_named() {
     }
 }
 
-// PostgreSQL. The server comes from SIGNET_TEST_POSTGRES_URL (scripts/test
-// sets it through scripts/postgres-setup), else the usual local one. Each
-// test works in a schema of its own, so tests run in parallel, and drops it
-// at the end. An unreachable server fails the tests: they never skip.
-
-/// The server's URL, as `scripts/postgres-setup` finds or provides it.
-fn postgres_url() -> String {
-    std::env::var("SIGNET_TEST_POSTGRES_URL")
-        .ok()
-        .filter(|url| !url.is_empty())
-        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-/// A schema name no other test (in this or another process) uses.
-fn fresh_schema() -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "t_{}_{nanos}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
+// PostgreSQL: each test works in a schema of its own (`common::postgres`)
+// and drops it at the end.
 
 /// Opens a store in `schema`, failing the test with advice if PostgreSQL is
 /// not there.
@@ -250,8 +218,8 @@ where
     F: FnOnce(String, String) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let url = postgres_url();
-    let schema = fresh_schema();
+    let url = postgres::url();
+    let schema = postgres::fresh_schema("store");
     // A task, so that a panic is caught and the schema still dropped.
     let outcome = tokio::spawn(test(url.clone(), schema.clone())).await;
     drop_schema(&url, &schema).await;
@@ -267,7 +235,7 @@ async fn drop_schema(url: &str, schema: &str) {
     let Ok(mut conn) = sqlx::PgConnection::connect(url).await else {
         return;
     };
-    // `schema` comes from `fresh_schema`: a plain identifier.
+    // `schema` comes from `postgres::fresh_schema`: a plain identifier.
     let ddl = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
     let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
         .execute(&mut conn)

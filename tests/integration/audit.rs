@@ -2,8 +2,6 @@
 //! callers, restarts, rotation, failing and blocking sinks, and the
 //! verifier catching each kind of tampering.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure should panic
-
 use std::{
     path::Path,
     time::{Duration, Instant},

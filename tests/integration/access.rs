@@ -2,8 +2,6 @@
 //! are generated here (rcgen); every decision is checked against the grants
 //! policy and found in the audit log, which fails closed.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure should panic
-
 use std::{path::Path, sync::Arc, time::Duration};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};

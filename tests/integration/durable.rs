@@ -1,8 +1,6 @@
 //! Sealed durable storage: restarts, wrong KEKs, tampering, crashes, seal.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure should panic
-
-mod common;
+use crate::common;
 
 use std::{sync::Arc, time::Duration};
 

@@ -1,0 +1,28 @@
+//! Signet's integration tests, in one test binary.
+//!
+//! One binary rather than one per file: each test binary links the whole
+//! dependency graph (aws-lc, sqlx, tonic), so fourteen of them cost minutes of
+//! linking and gigabytes of disk for no gain in isolation. Every test here
+//! already isolates itself (port 0, a temp dir, a PostgreSQL schema of its
+//! own, ring names unique to the test), so they share a process safely.
+
+// clippy.toml's allow-*-in-tests covers `#[test]` functions, not the
+// helpers they call; in test support panicking on failure is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+mod access;
+mod audit;
+mod authz_cli;
+mod canary;
+mod cli;
+mod durable;
+mod grpc_errors;
+mod grpc_sign;
+mod lifecycle;
+mod lifecycle_props;
+mod pkcs11;
+mod replicas;
+mod store_contract;
+mod verifier_surface;
