@@ -56,8 +56,13 @@ pub enum Error {
     /// Another writer changed the ring first; nothing was written.
     #[error("key ring {0} was changed concurrently; nothing was written, retry the request")]
     Conflict(RingName),
-    /// The key store failed. The detail is logged by the store layer.
-    #[error("key store unavailable")]
+    /// The key store failed. The detail is logged by the store layer; the
+    /// caller learns what to do. (A connection lost during a commit leaves
+    /// the outcome unknown, so the message does not promise nothing changed.)
+    #[error(
+        "key store unavailable: retry when it answers; ListKeys shows what took effect \
+         (the server log says why the store does not answer)"
+    )]
     Store(#[source] StoreError),
     /// A cryptographic operation failed (opaque by design).
     #[error(transparent)]

@@ -260,6 +260,8 @@ impl Prepared {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         use crate::rpc::guard::{AllowAll, Authorizer};
+        // The recorder first: a metric set before it exists is lost.
+        let _ = crate::telemetry::metrics_handle();
         let audit = crate::audit::AuditLog::open(opts.audit.clone())
             .await
             .context("cannot open the audit log; refusing to serve without one")?;
@@ -415,6 +417,8 @@ async fn refresh_loop(
 ) {
     tokio::pin!(shutdown);
     let mut listener = None;
+    let mut store_up = true;
+    metrics::gauge!("signet_store_up").set(1.0);
     loop {
         if listener.is_none() {
             listener = match store.subscribe().await {
@@ -438,8 +442,29 @@ async fn refresh_loop(
             },
             () = tokio::time::sleep(every) => {}
         }
-        if let Err(e) = keys.refresh().await {
-            tracing::warn!(error = %e, "refresh from the shared store failed; serving the keys held");
+        match keys.refresh().await {
+            Ok(_) => {
+                if !store_up {
+                    tracing::info!("the shared store answers again; key set refreshed");
+                }
+                store_up = true;
+            }
+            Err(e) => {
+                // Every failed pass is logged (each says why), the first
+                // one with what it means for callers.
+                if store_up {
+                    tracing::warn!(
+                        error = %e,
+                        "the shared store does not answer: signing with the keys held and \
+                         serving their JWKS; rotation and admin writes answer UNAVAILABLE; \
+                         revocations made elsewhere are not seen until it returns"
+                    );
+                } else {
+                    tracing::warn!(error = %e, "the shared store still does not answer");
+                }
+                store_up = false;
+            }
         }
+        metrics::gauge!("signet_store_up").set(if store_up { 1.0 } else { 0.0 });
     }
 }

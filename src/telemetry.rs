@@ -69,6 +69,10 @@ fn describe() {
         "signet_sealed",
         "1 while sealed (no key in memory), else 0."
     );
+    describe_gauge!(
+        "signet_store_up",
+        "Replicas on a shared store: 1 while its last refresh succeeded, 0 while it does not answer."
+    );
     describe_counter!(
         "signet_audit_failures_total",
         "Requests refused because no audit record could be written."

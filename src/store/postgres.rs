@@ -37,7 +37,7 @@
 //! `NOTIFY` naming the changed ring, so replicas can refresh early
 //! ([`PostgresStore::subscribe`]).
 
-use std::{collections::HashMap, fmt, str::FromStr};
+use std::{collections::HashMap, fmt, str::FromStr, time::Duration};
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -62,6 +62,13 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 /// every pooled connection. Writes hold their locks for milliseconds, so
 /// only a stuck transaction makes a writer wait this long.
 const LOCK_TIMEOUT: &str = "5s";
+
+/// How long a call waits for a pooled connection, including reconnecting
+/// to a server that went away, before the store answers
+/// [`StoreError::Unavailable`]. sqlx's default (30 s) would hold every admin
+/// write of a replica whose database is down for half a minute; the caller
+/// is better told at once, and signing never waits on the store.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Writes to one ring serialise on its row lock; a few connections let
 /// reads and writes to other rings proceed beside it.
@@ -169,6 +176,7 @@ impl PostgresStore {
             .max_connections(1)
             .max_lifetime(None)
             .idle_timeout(None)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(self.options.clone())
             .await
             .map_err(|e| self.unreachable(&e))?;
@@ -242,6 +250,7 @@ impl PostgresStore {
         let options = options.options([("lock_timeout", LOCK_TIMEOUT)]);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
             .await
             .map_err(|e| unreachable(&e))?;
@@ -665,7 +674,15 @@ const DB: &str = "postgres";
 
 /// Any `sqlx` failure: the store is unusable for this call.
 fn db_error(e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(format!("postgres: {}", describe(&e)))
+    match e {
+        // sqlx says "pool timed out while waiting for an open connection",
+        // which does not say that the database is the problem.
+        sqlx::Error::PoolTimedOut => StoreError::Unavailable(format!(
+            "postgres: database unreachable (no connection within {} s)",
+            ACQUIRE_TIMEOUT.as_secs()
+        )),
+        e => StoreError::Unavailable(format!("postgres: {}", describe(&e))),
+    }
 }
 
 /// The server's own message and SQLSTATE (e.g. "canceling statement due to

@@ -237,6 +237,8 @@ async fn seal_and_unseal_over_grpc() {
         header_json: vec![],
     };
     let kid = signer.sign(req()).await.unwrap().into_inner().kid;
+    let readyz = || common::http_get(dev.http_addr(), "/readyz");
+    assert_eq!(readyz().await.2, "ready\n");
     let status = op.status(pb::StatusRequest {}).await.unwrap().into_inner();
     assert!(!status.sealed);
     assert_eq!(
@@ -270,8 +272,11 @@ async fn seal_and_unseal_over_grpc() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
-    // Verifiers keep their keys while sealed.
+    // Verifiers keep their keys while sealed; the replica is not ready.
     assert!(dev.ok(&["jwks"]).contains(&kid));
+    let (code, _, body) = readyz().await;
+    assert_eq!(code, 503);
+    assert!(body.contains("sealed: run `signet unseal`"), "{body}");
 
     let out = dev.ok(&["unseal"]);
     assert!(out.contains("sealed:  no"), "{out}");
@@ -282,6 +287,7 @@ async fn seal_and_unseal_over_grpc() {
     );
     let out = dev.ok(&["status"]);
     assert!(out.contains("store:   sqlite"), "{out}");
+    assert_eq!(readyz().await.2, "ready\n");
 }
 
 #[test]
@@ -532,7 +538,7 @@ async fn metrics_on_their_own_listener() {
         .unwrap()
         .parse()
         .unwrap();
-    let http: std::net::SocketAddr = server.http.trim_start_matches("http://").parse().unwrap();
+    let http = server.http_addr();
     let (status, _, _) = common::http_get(http, "/metrics").await;
     assert_eq!(status, 404, "not on the public listener");
     let (status, _, body) = common::http_get(metrics, "/metrics").await;

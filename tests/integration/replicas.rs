@@ -12,7 +12,7 @@ use signet::{
     store::{KeyStore, PostgresStore},
 };
 
-use crate::common::{postgres, process};
+use crate::common::{self, postgres, process};
 
 const T0: i64 = 1_767_225_600;
 const DAY: i64 = 86_400;
@@ -188,6 +188,31 @@ fn clone_err(e: &signet::Error) -> signet::Error {
     }
 }
 
+/// Writes replica `i`'s config under `dir`: its own data dir (audit key,
+/// lock), the shared KEK, and the shared store at `url` in `schema`,
+/// refreshed every second.
+fn replica_config(
+    dir: &std::path::Path,
+    i: usize,
+    kek: &str,
+    url: &str,
+    schema: &str,
+) -> std::path::PathBuf {
+    let sub = dir.join(format!("r{i}"));
+    std::fs::create_dir_all(&sub).unwrap();
+    let config = process::write_config(&sub, &sub.join("data"), kek, &[("r", "ES256")]);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[store]\n",
+        &format!("[store]\nurl = {url:?}\nschema = {schema:?}\nrefresh_interval_secs = 1\n"),
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+fn spawn_replica(config: &std::path::Path) -> process::Proc {
+    process::Proc::spawn(&["server", "--config", config.to_str().unwrap()], &[]).unwrap()
+}
+
 /// Three `signet server` processes on one PostgreSQL schema: a token from
 /// any replica verifies against any replica's JWKS, and a revocation made
 /// on one leaves every replica's JWKS within the refresh bound.
@@ -196,23 +221,10 @@ fn three_server_processes_share_keys_and_revocations() {
     let dir = tempfile::tempdir().unwrap();
     let schema = postgres::fresh_schema("procs");
     let kek = process::kek_file(&dir.path().join("kek"));
-    let mut servers = Vec::new();
-    for i in 0..3 {
-        let sub = dir.path().join(format!("r{i}"));
-        std::fs::create_dir_all(&sub).unwrap();
-        let config = process::write_config(&sub, &sub.join("data"), &kek, &[("r", "ES256")]);
-        let text = std::fs::read_to_string(&config).unwrap().replace(
-            "[store]\n",
-            &format!(
-                "[store]\nurl = {:?}\nschema = {schema:?}\nrefresh_interval_secs = 1\n",
-                postgres::url()
-            ),
-        );
-        std::fs::write(&config, text).unwrap();
-        servers.push(
-            process::Proc::spawn(&["server", "--config", config.to_str().unwrap()], &[]).unwrap(),
-        );
-    }
+    let url = postgres::url();
+    let servers: Vec<_> = (0..3)
+        .map(|i| spawn_replica(&replica_config(dir.path(), i, &kek, &url, &schema)))
+        .collect();
     std::thread::sleep(Duration::from_millis(1500));
     let jwks: Vec<String> = servers
         .iter()
@@ -305,27 +317,13 @@ fn sigkill_a_replica_during_rotation() {
     let dir = tempfile::tempdir().unwrap();
     let schema = postgres::fresh_schema("kill");
     let kek = process::kek_file(&dir.path().join("kek"));
-    let config = |i: usize| {
-        let sub = dir.path().join(format!("r{i}"));
-        std::fs::create_dir_all(&sub).unwrap();
-        let config = process::write_config(&sub, &sub.join("data"), &kek, &[("r", "ES256")]);
-        let text = std::fs::read_to_string(&config).unwrap().replace(
-            "[store]\n",
-            &format!(
-                "[store]\nurl = {:?}\nschema = {schema:?}\nrefresh_interval_secs = 1\n",
-                postgres::url()
-            ),
-        );
-        std::fs::write(&config, text).unwrap();
-        config
-    };
-    let configs: Vec<_> = (0..3).map(config).collect();
-    let spawn = |c: &std::path::Path| {
-        process::Proc::spawn(&["server", "--config", c.to_str().unwrap()], &[]).unwrap()
-    };
-    let survivors: Vec<_> = configs[1..].iter().map(|c| spawn(c)).collect();
+    let url = postgres::url();
+    let configs: Vec<_> = (0..3)
+        .map(|i| replica_config(dir.path(), i, &kek, &url, &schema))
+        .collect();
+    let survivors: Vec<_> = configs[1..].iter().map(|c| spawn_replica(c)).collect();
     for round in 0..5u64 {
-        let victim = spawn(&configs[0]);
+        let victim = spawn_replica(&configs[0]);
         let addr = victim.grpc.clone();
         let rotating = std::thread::spawn(move || {
             for _ in 0..50 {
@@ -384,4 +382,148 @@ fn sigkill_a_replica_during_rotation() {
         .build()
         .unwrap();
     rt.block_on(drop_schema(&schema));
+}
+
+/// The `kid` in a compact JWS's header.
+fn kid_of(token: &str) -> String {
+    use base64::Engine;
+    let header = token.trim().split('.').next().unwrap();
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .unwrap();
+    serde_json::from_slice::<serde_json::Value>(&header).unwrap()["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Polls `check` every 100 ms until it holds; fails with `what` after
+/// `limit`.
+fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stop the database under two replicas: both keep signing with the keys
+/// they hold and serving their JWKS, readiness says degraded, admin writes
+/// answer UNAVAILABLE without changing anything; when the database returns
+/// both are ready again, writes work, and a rotation on one reaches the
+/// other (the change listener reconnected, or polling caught up).
+#[test]
+fn database_outage_keeps_signing_refuses_writes_and_recovers() {
+    // User postgres runs the cluster and must reach its directory.
+    let dir = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .tempdir()
+        .unwrap();
+    let db = postgres::Cluster::start(&dir.path().join("pg"));
+    let schema = postgres::fresh_schema("outage");
+    let kek = process::kek_file(&dir.path().join("kek"));
+    let replicas: Vec<_> = (0..2)
+        .map(|i| spawn_replica(&replica_config(dir.path(), i, &kek, &db.url, &schema)))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let http = |p: &process::Proc, path: &str| rt.block_on(common::http_get(p.http_addr(), path));
+    let keys_json = |p: &process::Proc| p.ok(&["keys", "--ring", "r", "--json"]);
+    let kid = kid_of(&replicas[0].ok(&["sign", "--ring", "r", "--claims", "{}"]));
+    eventually(Duration::from_secs(5), "both replicas hold the key", || {
+        replicas[1].ok(&["jwks", "--ring", "r"]).contains(&kid)
+    });
+    let before = keys_json(&replicas[0]);
+    for p in &replicas {
+        let (status, _, body) = http(p, "/readyz");
+        assert_eq!((status, body.as_str()), (200, "ready\n"));
+    }
+
+    db.stop();
+
+    for p in &replicas {
+        // Signing and the JWKS go on with the keys held, past several
+        // failed refreshes.
+        for _ in 0..3 {
+            let token = p.ok(&["sign", "--ring", "r", "--claims", r#"{"sub":"outage"}"#]);
+            assert_eq!(kid_of(&token), kid);
+            let (status, _, jwks) = http(p, "/v1/rings/r/jwks.json");
+            assert_eq!(status, 200, "{jwks}");
+            assert!(jwks.contains(&kid));
+            std::thread::sleep(Duration::from_millis(700));
+        }
+        let (status, _, body) = http(p, "/readyz");
+        assert_eq!(status, 200, "a degraded replica stays in the load balancer");
+        assert!(
+            body.starts_with("degraded: key store unreachable"),
+            "{body}"
+        );
+        // A refresh fails once the store's connection wait runs out.
+        eventually(Duration::from_secs(15), "store_up 0", || {
+            http(p, "/metrics").2.contains("signet_store_up 0")
+        });
+    }
+    // Admin writes fail cleanly, naming the store and what to do.
+    let out = replicas[0].run(&["rotate", "--ring", "r", "--now", "--reason", "outage"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Unavailable: key store unavailable: retry when it answers"),
+        "{err}"
+    );
+    let out = replicas[1].run(&["rings", "create", "new-ring", "--alg", "EdDSA"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Unavailable: key store unavailable"), "{err}");
+    let logs = replicas[0].stderr.lock().unwrap().clone();
+    assert!(
+        logs.contains("the shared store does not answer: signing with the keys held"),
+        "{logs}"
+    );
+
+    db.restart();
+
+    for p in &replicas {
+        eventually(Duration::from_secs(20), "ready again", || {
+            http(p, "/readyz").2 == "ready\n"
+        });
+        eventually(Duration::from_secs(5), "store_up back to 1", || {
+            http(p, "/metrics").2.contains("signet_store_up 1")
+        });
+    }
+    assert_eq!(
+        keys_json(&replicas[0]),
+        before,
+        "the refused writes left no trace"
+    );
+    let out = replicas[1].run(&["keys", "--ring", "new-ring"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NotFound"),
+        "the ring whose creation failed does not exist"
+    );
+    replicas[0].ok(&[
+        "rotate",
+        "--ring",
+        "r",
+        "--now",
+        "--reason",
+        "after the outage",
+    ]);
+    let new = kid_of(&replicas[0].ok(&["sign", "--ring", "r", "--claims", "{}"]));
+    assert_ne!(new, kid);
+    eventually(
+        Duration::from_secs(3),
+        "the rotation reaches the other replica",
+        || {
+            kid_of(&replicas[1].ok(&["sign", "--ring", "r", "--claims", "{}"])) == new
+                && replicas[1].ok(&["jwks", "--ring", "r"]).contains(&new)
+        },
+    );
+    drop(replicas);
+    drop(db);
 }

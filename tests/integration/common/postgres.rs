@@ -32,3 +32,61 @@ pub fn fresh_schema(prefix: &str) -> String {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// A PostgreSQL cluster of the test's own, which it may stop and start:
+/// `scripts/postgres-setup --private DIR`. Stopped when dropped.
+pub struct Cluster {
+    dir: std::path::PathBuf,
+    /// Its URL (database `test`, user postgres, trust auth).
+    pub url: String,
+}
+
+impl Cluster {
+    /// Initialises and starts a cluster in `dir` (created; its parent must
+    /// be reachable by user postgres when the tests run as root).
+    pub fn start(dir: &std::path::Path) -> Cluster {
+        let url = setup(&["--private", dir.to_str().unwrap()]);
+        Cluster {
+            dir: dir.to_owned(),
+            url,
+        }
+    }
+
+    /// Stops the server (fast shutdown: open connections are cut).
+    pub fn stop(&self) {
+        setup(&["--stop", self.dir.to_str().unwrap()]);
+    }
+
+    /// Starts it again, on the same port.
+    pub fn restart(&self) {
+        let url = setup(&["--private", self.dir.to_str().unwrap()]);
+        assert_eq!(url, self.url, "the cluster came back elsewhere");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(script())
+            .args(["--stop", self.dir.to_str().unwrap()])
+            .output();
+    }
+}
+
+fn script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres-setup")
+}
+
+/// Runs `scripts/postgres-setup ARGS`; fails the test, with the script's
+/// own explanation, if it fails. Returns its stdout, trimmed.
+fn setup(args: &[&str]) -> String {
+    let out = std::process::Command::new(script())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/postgres-setup {args:?} failed (PostgreSQL is needed; the tests never skip): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}

@@ -123,6 +123,13 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// The HTTP listener's address (from the dev banner's JWKS URL or the
+    /// server's `http=` log field).
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        let rest = self.http.trim_start_matches("http://");
+        rest.split('/').next().unwrap().parse().unwrap()
+    }
+
     pub async fn channel(&self) -> tonic::transport::Channel {
         tonic::transport::Endpoint::from_shared(self.grpc.clone())
             .unwrap()
