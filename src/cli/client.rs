@@ -106,6 +106,11 @@ pub struct RotateArgs {
     /// Why (kept with the new key and logged).
     #[arg(long)]
     reason: String,
+    /// Idempotency key (e.g. a UUID): repeat the command with the same id
+    /// after a timeout or UNAVAILABLE, and it rotates at most once; the
+    /// retry prints the key the first attempt created.
+    #[arg(long, value_name = "ID")]
+    request_id: Option<String>,
 }
 
 /// Options of `signet revoke`.
@@ -261,6 +266,7 @@ pub async fn rotate(args: RotateArgs) -> anyhow::Result<()> {
             key_ring: ring.clone(),
             immediate: args.now,
             reason: args.reason,
+            request_id: args.request_id.unwrap_or_default(),
         })
         .await
         .map_err(status_error)?

@@ -7,7 +7,7 @@
 use std::{collections::HashSet, sync::Arc};
 
 use super::{
-    KeyInfo, KeyManager, KeyState, Policy, Ring, RingInfo, RingName, Timeline, Warning,
+    KeyInfo, KeyManager, KeyState, Policy, RequestId, Ring, RingInfo, RingName, Timeline, Warning,
     keyset::LoadedKey,
     manager::{info, key_info},
 };
@@ -21,11 +21,13 @@ use crate::{
 
 /// One change to one key of a ring.
 pub(super) enum Change {
-    /// A freshly generated key with its timeline.
+    /// A freshly generated key with its timeline (and the id of the Rotate
+    /// request that created it, if any).
     Insert {
         key: Box<LoadedKey>,
         timeline: Timeline,
         reason: Option<String>,
+        request_id: Option<RequestId>,
     },
     /// An existing key gets a new timeline (and is re-sealed for it).
     Retime {
@@ -98,18 +100,51 @@ impl KeyManager {
     /// was waiting is withdrawn (it never signed). Verifiers with a cached
     /// JWKS refetch on the unknown kid.
     ///
+    /// With a `request_id`, the rotation is idempotent: if a key of the ring
+    /// was already created by a Rotate with that id (a retry after a lost
+    /// answer, or the same call sent to another replica), that key is
+    /// returned and nothing changes; a concurrent call with the same id that
+    /// loses the race answers the winner's result instead of ABORTED. Reusing
+    /// an id for the other kind of rotation (immediate vs scheduled) is
+    /// refused.
+    ///
     /// Returns the key that signs next and the key it replaces.
     pub async fn rotate(
         &self,
         name: &str,
         immediate: bool,
         reason: &str,
+        request_id: Option<&RequestId>,
     ) -> Result<(KeyInfo, Option<KeyInfo>), Error> {
         let name = RingName::parse(name, "key_ring")?;
+        match self.rotate_once(&name, immediate, reason, request_id).await {
+            Err(Error::Conflict(ring)) if let Some(id) = request_id => {
+                // Another writer changed the ring first: perhaps another
+                // replica serving this very request. Read what it wrote.
+                self.refresh().await?;
+                let current = self.current(&name)?;
+                replay(&current, id, immediate, self.now())?.ok_or(Error::Conflict(ring))
+            }
+            other => other,
+        }
+    }
+
+    async fn rotate_once(
+        &self,
+        name: &RingName,
+        immediate: bool,
+        reason: &str,
+        request_id: Option<&RequestId>,
+    ) -> Result<(KeyInfo, Option<KeyInfo>), Error> {
         let _writer = self.shared.writer.lock().await;
         let kek = self.kek().ok_or(Error::Sealed)?;
-        let ring = self.current(&name)?;
+        let ring = self.current(name)?;
         let now = self.now();
+        if let Some(id) = request_id
+            && let Some(done) = replay(&ring, id, immediate, now)?
+        {
+            return Ok(done);
+        }
         let spec = ring.record.spec;
         let reason = Some(reason.to_owned()).filter(|r| !r.is_empty());
         if !immediate
@@ -123,10 +158,11 @@ impl KeyManager {
         // Read the clock after generation, which can take a while for RSA.
         let now = self.now();
         let new_kid = loaded.key.kid();
+        let request_id = request_id.cloned();
         let changes = if immediate {
-            immediate_changes(&ring, loaded, now, reason.as_deref())
+            immediate_changes(&ring, loaded, now, reason.as_deref(), request_id)
         } else {
-            scheduled_changes(&ring, loaded, now, reason.clone())
+            scheduled_changes(&ring, loaded, now, reason.clone(), request_id)
         };
         let old = ring.active_at(now).map(|k| k.kid.clone());
         let next = self.commit(&ring, &*kek, changes, None).await?;
@@ -188,7 +224,7 @@ impl KeyManager {
         if is_active {
             let loaded = self.generate(ring.record.spec).await?;
             let rotation_reason = format!("revocation of {}", key.kid);
-            changes = immediate_changes(&ring, loaded, now, Some(&rotation_reason));
+            changes = immediate_changes(&ring, loaded, now, Some(&rotation_reason), None);
             // The immediate rotation retired this key; revoke on top of that.
             changes.retain(|c| !matches!(c, Change::Retime { kid, .. } if kid == &key.kid));
         } else if key.timeline.activate_at > now
@@ -306,8 +342,13 @@ impl KeyManager {
                 if active.timeline.retire_at.is_none() && now >= due {
                     let loaded = self.generate(ring.record.spec).await?;
                     generated = Some(loaded.key.kid());
-                    changes =
-                        scheduled_changes(&ring, loaded, now, Some("scheduled rotation".into()));
+                    changes = scheduled_changes(
+                        &ring,
+                        loaded,
+                        now,
+                        Some("scheduled rotation".into()),
+                        None,
+                    );
                 }
             }
             None => tracing::warn!(
@@ -374,8 +415,11 @@ impl KeyManager {
                     key,
                     timeline,
                     reason,
+                    request_id,
                 } => {
-                    insert.push(sealed_record(kek, name, &key, timeline, reason).await?);
+                    let mut rec = sealed_record(kek, name, &key, timeline, reason).await?;
+                    rec.request_id = request_id.map(|id| id.as_str().to_owned());
+                    insert.push(rec);
                     new_loaded.push(*key);
                 }
                 Change::Retime {
@@ -387,6 +431,7 @@ impl KeyManager {
                     let key = ring.loaded(&kid).ok_or_else(|| unavailable(ring, &kid))?;
                     let mut rec = sealed_record(kek, name, key, timeline, None).await?;
                     rec.reason = reason.or_else(|| old.reason.clone());
+                    rec.request_id = old.request_id.clone();
                     update.push(rec);
                 }
                 Change::Destroy {
@@ -401,6 +446,7 @@ impl KeyManager {
                         timeline,
                         sealed: None,
                         reason: reason.or_else(|| old.reason.clone()),
+                        request_id: old.request_id.clone(),
                     });
                     destroyed.insert(kid);
                 }
@@ -482,6 +528,52 @@ fn successor_of<'a>(ring: &'a Ring, active: &KeyRecord, now: UnixTime) -> Option
     })
 }
 
+/// The answer a Rotate with request id `id` already got on `ring`: the key
+/// it created and the key that one replaced (whose retirement is the new
+/// key's activation). `None` if no key of the ring carries the id; an error
+/// if the id was used for the other kind of rotation.
+fn replay(
+    ring: &Ring,
+    id: &RequestId,
+    immediate: bool,
+    now: UnixTime,
+) -> Result<Option<(KeyInfo, Option<KeyInfo>)>, Error> {
+    let keys = &ring.record.keys;
+    let Some(made) = keys
+        .iter()
+        .find(|k| k.request_id.as_deref() == Some(id.as_str()))
+    else {
+        return Ok(None);
+    };
+    // An immediate rotation's key signs as soon as it is published.
+    let was_immediate = made.timeline.activate_at <= made.timeline.publish_at;
+    if was_immediate != immediate {
+        let (used, asked) = if was_immediate {
+            ("an immediate", "a scheduled")
+        } else {
+            ("a scheduled", "an immediate")
+        };
+        return Err(Error::InvalidArgument(
+            crate::crypto::claims::InputError::new(
+                "request_id",
+                format!(
+                    "was used for {used} rotation of ring {} (key {}); this is {asked} one: \
+                 a retry must repeat the request, a new rotation needs a new request_id",
+                    ring.record.name, made.kid
+                ),
+            ),
+        ));
+    }
+    let spec = ring.record.spec;
+    let replaced = keys
+        .iter()
+        .find(|k| k.kid != made.kid && k.timeline.retire_at == Some(made.timeline.activate_at));
+    Ok(Some((
+        key_info(made, spec, now),
+        replaced.map(|k| key_info(k, spec, now)),
+    )))
+}
+
 /// A successor on the normal timeline: published now, signing
 /// `publish_lead` later, when the Active key retires (and stays published
 /// for `grace` after that).
@@ -490,6 +582,7 @@ fn scheduled_changes(
     key: LoadedKey,
     now: UnixTime,
     reason: Option<String>,
+    request_id: Option<RequestId>,
 ) -> Vec<Change> {
     let policy = ring.record.policy;
     let activate = now.saturating_add(policy.publish_lead);
@@ -500,6 +593,7 @@ fn scheduled_changes(
             ..Timeline::immediate(now)
         },
         reason,
+        request_id,
     }];
     if let Some(active) = ring.active_at(now) {
         let mut tl = active.timeline;
@@ -522,12 +616,14 @@ fn immediate_changes(
     key: LoadedKey,
     now: UnixTime,
     reason: Option<&str>,
+    request_id: Option<RequestId>,
 ) -> Vec<Change> {
     let policy = ring.record.policy;
     let mut changes = vec![Change::Insert {
         key: Box::new(key),
         timeline: Timeline::immediate(now),
         reason: reason.map(str::to_owned),
+        request_id,
     }];
     if let Some(active) = ring.active_at(now) {
         let mut tl = active.timeline;
@@ -581,5 +677,6 @@ pub(super) async fn sealed_record(
         timeline,
         sealed: Some(sealed),
         reason,
+        request_id: None,
     })
 }

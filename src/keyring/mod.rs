@@ -22,7 +22,7 @@ pub use admin::TickReport;
 pub use keyset::{JwkSet, KeyInfo, KeySet, Ring};
 pub use lifecycle::{KeyState, Timeline, project};
 pub use manager::{KeyManager, RingInfo};
-pub use name::RingName;
+pub use name::{RequestId, RingName};
 pub use policy::{Policy, PolicyError, Short, Warning, ttl_rule_of_thumb};
 pub use sign::{SignParams, Signed};
 pub use unseal::{Status, finish_audit_rekey, rekey, rekey_audit_key};

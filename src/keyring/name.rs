@@ -1,4 +1,4 @@
-//! Key ring names.
+//! Key ring names and Rotate request ids.
 
 use std::{fmt, str::FromStr};
 
@@ -74,9 +74,77 @@ impl From<RingName> for String {
     }
 }
 
+/// A validated Rotate request id (idempotency key): 1 to 128 characters of
+/// `A-Z`, `a-z`, `0-9`, `-`, `_`, `.` and `:` (a UUID fits). Scoped to one
+/// ring.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RequestId(String);
+
+/// The longest request id.
+pub const MAX_REQUEST_ID: usize = 128;
+
+impl RequestId {
+    /// Parses `s`: `None` when empty (no request id), an error naming
+    /// `field` when it breaks the rule. The value is not echoed.
+    pub fn parse_optional(s: &str, field: &str) -> Result<Option<Self>, InputError> {
+        if s.is_empty() {
+            return Ok(None);
+        }
+        let valid = s.len() <= MAX_REQUEST_ID
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        if valid {
+            Ok(Some(Self(s.to_owned())))
+        } else {
+            Err(InputError::new(
+                field,
+                "must be 1 to 128 characters of A-Z, a-z, 0-9, '-', '_', '.' or ':' (a UUID fits)",
+            ))
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids() {
+        assert_eq!(RequestId::parse_optional("", "request_id").unwrap(), None);
+        let uuid = "0b7e0c4e-55a3-4bde-9d5b-4f2a0a1d2c3e";
+        assert_eq!(
+            RequestId::parse_optional(uuid, "request_id")
+                .unwrap()
+                .unwrap()
+                .as_str(),
+            uuid
+        );
+        assert!(RequestId::parse_optional(&"a".repeat(128), "request_id").is_ok());
+        for bad in [
+            "a".repeat(129),
+            "a b".into(),
+            "é".into(),
+            "a/b".into(),
+            "a\nb".into(),
+        ] {
+            let e = RequestId::parse_optional(&bad, "request_id").unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "request_id: must be 1 to 128 characters of A-Z, a-z, 0-9, '-', '_', '.' or ':' (a UUID fits)"
+            );
+        }
+    }
 
     #[test]
     fn accepts_and_refuses() {

@@ -63,7 +63,7 @@ async fn private_material_never_in_debug_or_errors() {
         keys.create_ring(&name, KeySpec::new(alg, 0).unwrap())
             .await
             .unwrap();
-        keys.rotate(&name, true, "test").await.unwrap();
+        keys.rotate(&name, true, "test", None).await.unwrap();
         let snap = keys.snapshot();
         let ring = snap.ring(&RingName::parse(&name, "n").unwrap()).unwrap();
         for loaded in ring.loaded.values() {
@@ -122,7 +122,7 @@ async fn rotation_uses_the_clock() {
         .await
         .unwrap();
     clock.advance(std::time::Duration::from_secs(100));
-    let (new, old) = keys.rotate("r", true, "test").await.unwrap();
+    let (new, old) = keys.rotate("r", true, "test", None).await.unwrap();
     let old = old.unwrap();
     assert_eq!(new.timeline.activate_at.as_secs(), 1_000_100);
     assert_eq!(

@@ -6,7 +6,7 @@ use super::{convert, status::invalid};
 use crate::{
     Error,
     crypto::{Algorithm, KeySpec, claims::InputError},
-    keyring::KeyManager,
+    keyring::{KeyManager, RequestId},
     pb::{self, key_admin_server::KeyAdmin},
 };
 
@@ -51,9 +51,11 @@ impl KeyAdmin for KeyAdminService {
                 "is required for an immediate (emergency) rotation",
             ));
         }
+        let request_id = RequestId::parse_optional(&r.request_id, "request_id")
+            .map_err(|e| Status::from(Error::from(e)))?;
         let (new, old) = self
             .keys
-            .rotate(&r.key_ring, r.immediate, &r.reason)
+            .rotate(&r.key_ring, r.immediate, &r.reason, request_id.as_ref())
             .await?;
         Ok(Response::new(pb::RotateResponse {
             new_key: Some(convert::key_info(&new)),

@@ -28,6 +28,7 @@ pub(super) struct KeyColumns {
     pub timeline_json: String,
     pub sealed: Option<Vec<u8>>,
     pub reason: Option<String>,
+    pub request_id: Option<String>,
 }
 
 /// A ring (without its keys) from its row in `db` ("sqlite", "postgres").
@@ -53,6 +54,7 @@ pub(super) fn key_record(db: &str, ring: &str, c: KeyColumns) -> Result<KeyRecor
         timeline: serde_json::from_str(&c.timeline_json).map_err(|_| bad("bad timeline"))?,
         sealed: c.sealed.map(SealedBlob),
         reason: c.reason,
+        request_id: c.request_id,
         kid,
     })
 }

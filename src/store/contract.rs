@@ -36,6 +36,7 @@ pub fn key_record(at: i64) -> KeyRecord {
         timeline: Timeline::immediate(UnixTime::from_secs(at)),
         sealed: Some(SealedBlob(format!("sealed-{at}").into_bytes())),
         reason: Some(format!("created at {at}")),
+        request_id: Some(format!("request-{at}")),
     }
 }
 
@@ -329,7 +330,7 @@ async fn policy_and_reason_change_with_the_generation(store: &dyn KeyStore) {
     };
     let revised = KeyRecord {
         reason: Some("compromised laptop".into()),
-        ..k
+        ..k.clone()
     };
     store
         .update_ring(&RingUpdate {
@@ -343,6 +344,29 @@ async fn policy_and_reason_change_with_the_generation(store: &dyn KeyStore) {
         .unwrap();
     let got = get(store, "c-policy").await;
     assert_eq!(got.policy, policy, "policy stored with the update");
-    assert_eq!(got.keys, vec![revised], "reason stored with the key");
+    assert_eq!(
+        got.keys,
+        vec![revised.clone()],
+        "reason stored with the key"
+    );
     assert_eq!(got.generation, 2);
+
+    // The request id is written at insert only: an update leaves it.
+    let without_id = KeyRecord {
+        request_id: None,
+        ..revised.clone()
+    };
+    store
+        .update_ring(&RingUpdate {
+            ring: RingName::parse("c-policy", "n").unwrap(),
+            expected_generation: 2,
+            insert: vec![],
+            update: vec![without_id],
+            policy: None,
+        })
+        .await
+        .unwrap();
+    let got = get(store, "c-policy").await;
+    assert_eq!(got.keys, vec![revised], "request id kept from the insert");
+    assert_eq!(k.request_id.as_deref(), Some("request-1"));
 }

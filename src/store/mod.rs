@@ -63,6 +63,12 @@ pub struct KeyRecord {
     /// taken, as the operator gave it.
     #[serde(default)]
     pub reason: Option<String>,
+    /// The idempotency key of the Rotate request that created this key, if
+    /// the caller gave one: a retry of that request (on any replica) answers
+    /// with this key instead of rotating again. Set when the key is
+    /// inserted; updates leave it as it is.
+    #[serde(default)]
+    pub request_id: Option<String>,
 }
 
 /// An opaque sealed private key: only `seal` can open it, and only with the

@@ -309,7 +309,7 @@ impl KeyStore for PostgresStore {
         .await
         .map_err(db_error)?;
         let key_rows = sqlx::query(
-            "SELECT ring, kid, jwk_json, timeline_json, sealed, reason FROM keys \
+            "SELECT ring, kid, jwk_json, timeline_json, sealed, reason, request_id FROM keys \
              ORDER BY ring, seq",
         )
         .fetch_all(&mut *tx)
@@ -583,8 +583,8 @@ async fn insert_key(
     // Tombstones keep their rows, so the primary key also finds destroyed
     // keys. Only a kid conflict is absorbed; a clash on `seq` is an error.
     let inserted = sqlx::query(
-        "INSERT INTO keys (ring, kid, seq, jwk_json, timeline_json, sealed, reason) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (ring, kid) DO NOTHING",
+        "INSERT INTO keys (ring, kid, seq, jwk_json, timeline_json, sealed, reason, request_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (ring, kid) DO NOTHING",
     )
     .bind(ring.as_str())
     .bind(key.kid.as_str())
@@ -593,6 +593,7 @@ async fn insert_key(
     .bind(to_json(&key.timeline, ring, kid, "timeline")?)
     .bind(key.sealed.as_ref().map(|b| b.0.as_slice()))
     .bind(key.reason.as_deref())
+    .bind(key.request_id.as_deref())
     .execute(&mut *tx)
     .await
     .map_err(db_error)?
@@ -655,6 +656,7 @@ fn key_from_row(ring: &str, row: &PgRow) -> Result<KeyRecord, StoreError> {
         timeline_json: row.try_get("timeline_json").map_err(db_error)?,
         sealed: row.try_get("sealed").map_err(db_error)?,
         reason: row.try_get("reason").map_err(db_error)?,
+        request_id: row.try_get("request_id").map_err(db_error)?,
     };
     columns::key_record(DB, ring, cols)
 }

@@ -159,7 +159,7 @@ impl KeyStore for SqliteStore {
         .await
         .map_err(db_error)?;
         let key_rows = sqlx::query(
-            "SELECT ring, kid, jwk_json, timeline_json, sealed, reason FROM keys ORDER BY ring, seq",
+            "SELECT ring, kid, jwk_json, timeline_json, sealed, reason, request_id FROM keys ORDER BY ring, seq",
         )
         .fetch_all(&mut *tx)
         .await
@@ -392,8 +392,8 @@ async fn insert_key(
     }
     let kid = Some(&key.kid);
     sqlx::query(
-        "INSERT INTO keys (ring, kid, seq, jwk_json, timeline_json, sealed, reason) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO keys (ring, kid, seq, jwk_json, timeline_json, sealed, reason, request_id) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(ring.as_str())
     .bind(key.kid.as_str())
@@ -402,6 +402,7 @@ async fn insert_key(
     .bind(to_json(&key.timeline, ring, kid, "timeline")?)
     .bind(key.sealed.as_ref().map(|b| b.0.as_slice()))
     .bind(key.reason.as_deref())
+    .bind(key.request_id.as_deref())
     .execute(&mut *tx)
     .await
     .map_err(db_error)?;
@@ -456,6 +457,7 @@ fn key_from_row(ring: &str, row: &SqliteRow) -> Result<KeyRecord, StoreError> {
         timeline_json: row.try_get("timeline_json").map_err(db_error)?,
         sealed: row.try_get("sealed").map_err(db_error)?,
         reason: row.try_get("reason").map_err(db_error)?,
+        request_id: row.try_get("request_id").map_err(db_error)?,
     };
     columns::key_record(DB, ring, cols)
 }

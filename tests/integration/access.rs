@@ -255,6 +255,7 @@ async fn permission_matrix_over_mtls_and_every_call_audited() {
                                 key_ring: ring.into(),
                                 immediate: true,
                                 reason: "matrix".into(),
+                                request_id: String::new(),
                             })
                             .await,
                     )

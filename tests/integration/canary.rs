@@ -124,7 +124,8 @@ async fn no_private_key_anywhere() {
                 .rotate(pb::RotateRequest {
                     key_ring: ring.into(),
                     immediate: true,
-                    reason: "test".into()
+                    reason: "test".into(),
+                    request_id: String::new(),
                 })
                 .await
         ));

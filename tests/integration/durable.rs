@@ -268,6 +268,7 @@ async fn seal_and_unseal_over_grpc() {
             key_ring: "default".into(),
             immediate: true,
             reason: "test".into(),
+            request_id: String::new(),
         })
         .await
         .unwrap_err();
@@ -457,6 +458,7 @@ async fn crash_during_rotation_never_leaves_a_half_key() {
                         key_ring: "crash".into(),
                         immediate: true,
                         reason: "test".into(),
+                        request_id: String::new(),
                     })
                     .await;
                 if r.is_err() {

@@ -198,6 +198,7 @@ async fn ring_rules() {
             key_ring: "nope".into(),
             immediate: true,
             reason: "test".into(),
+            request_id: String::new(),
         })
         .await
         .unwrap_err();
@@ -212,6 +213,77 @@ async fn ring_rules() {
     assert_eq!(s.code(), Code::InvalidArgument);
     // Nothing was created by any of the refused calls.
     assert_eq!(server.keys.snapshot().rings().len(), 1);
+}
+
+/// A Rotate request id must be a short token; a bad one is refused before
+/// anything rotates, and a good one makes retries answer the first result.
+#[tokio::test]
+async fn rotate_request_ids() {
+    let server = TestServer::start(&[("default", Algorithm::EdDsa)]).await;
+    let rotate = |id: String| {
+        let mut admin = server.admin();
+        async move {
+            admin
+                .rotate(pb::RotateRequest {
+                    key_ring: "default".into(),
+                    immediate: true,
+                    reason: "test".into(),
+                    request_id: id,
+                })
+                .await
+        }
+    };
+    for bad in [
+        "a b".to_owned(),
+        "x".repeat(129),
+        "é".to_owned(),
+        "a/b".to_owned(),
+    ] {
+        let s = rotate(bad.clone()).await.unwrap_err();
+        assert_eq!(s.code(), Code::InvalidArgument, "{bad:?}");
+        assert_eq!(
+            s.message(),
+            "request_id: must be 1 to 128 characters of A-Z, a-z, 0-9, '-', '_', '.' or ':' (a UUID fits)"
+        );
+    }
+    assert_eq!(
+        server
+            .keys
+            .ring_info("default", "key_ring")
+            .unwrap()
+            .keys
+            .len(),
+        1,
+        "nothing rotated"
+    );
+    let first = rotate("3f1c2a9e-0d4b-4c8e-9a51-6b7d2e8f0a13".into())
+        .await
+        .unwrap()
+        .into_inner();
+    let again = rotate("3f1c2a9e-0d4b-4c8e-9a51-6b7d2e8f0a13".into())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        again.new_key, first.new_key,
+        "the retry answers the first result"
+    );
+    assert_eq!(
+        again.previous_key.map(|k| k.kid),
+        first.previous_key.map(|k| k.kid)
+    );
+    let other = rotate("another".into()).await.unwrap().into_inner();
+    assert_ne!(other.new_key.unwrap().kid, first.new_key.unwrap().kid);
+    assert_eq!(
+        server
+            .keys
+            .ring_info("default", "key_ring")
+            .unwrap()
+            .keys
+            .len(),
+        3,
+        "two request ids, two rotations"
+    );
 }
 
 #[tokio::test]

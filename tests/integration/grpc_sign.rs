@@ -127,6 +127,7 @@ async fn rotate_keeps_old_tokens_verifiable() {
             key_ring: "default".into(),
             immediate: true,
             reason: "test".into(),
+            request_id: String::new(),
         })
         .await
         .unwrap()

@@ -268,7 +268,7 @@ async fn restart_mid_timeline_continues_exactly() {
 async fn scheduled_rotate_is_idempotent_and_immediate_withdraws_the_waiting_key() {
     let h = Harness::new(Policy::default()).await;
     h.set(at(10));
-    let (next, old) = h.keys.rotate("r", false, "early").await.unwrap();
+    let (next, old) = h.keys.rotate("r", false, "early", None).await.unwrap();
     assert_eq!(next.state, KeyState::Published);
     assert_eq!(
         next.timeline.activate_at,
@@ -276,14 +276,18 @@ async fn scheduled_rotate_is_idempotent_and_immediate_withdraws_the_waiting_key(
         "signs publish_lead after publication"
     );
     assert_eq!(old.unwrap().timeline.retire_at, Some(at(16)));
-    let (again, _) = h.keys.rotate("r", false, "again").await.unwrap();
+    let (again, _) = h.keys.rotate("r", false, "again", None).await.unwrap();
     assert_eq!(
         again.kid, next.kid,
         "a waiting successor is returned, not duplicated"
     );
     assert_eq!(h.infos().len(), 2);
 
-    let (now_key, _) = h.keys.rotate("r", true, "compromise drill").await.unwrap();
+    let (now_key, _) = h
+        .keys
+        .rotate("r", true, "compromise drill", None)
+        .await
+        .unwrap();
     assert_eq!(now_key.state, KeyState::Active);
     let infos = h.infos();
     let waiting = infos.iter().find(|k| k.kid == next.kid).unwrap();
@@ -336,7 +340,7 @@ async fn revocation() {
     // Revoking a waiting successor reopens the Active key's timeline, and the
     // scheduler plans a new successor.
     let active = h.sign().await.kid;
-    let (next, _) = h.keys.rotate("r", false, "planned").await.unwrap();
+    let (next, _) = h.keys.rotate("r", false, "planned", None).await.unwrap();
     h.keys
         .revoke("r", next.kid.as_str(), "bad batch")
         .await

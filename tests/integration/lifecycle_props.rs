@@ -268,13 +268,13 @@ impl Model {
             Event::Advance(s) => self.advance(*s).await,
             Event::Rotate => {
                 if self.now() >= self.high_water {
-                    self.keys.rotate("p", false, "prop").await.unwrap();
+                    self.keys.rotate("p", false, "prop", None).await.unwrap();
                     self.note_new_kids(false);
                 }
             }
             Event::RotateNow => {
                 if self.now() >= self.high_water {
-                    self.keys.rotate("p", true, "prop").await.unwrap();
+                    self.keys.rotate("p", true, "prop", None).await.unwrap();
                     self.note_new_kids(true);
                 }
             }

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use signet::{
     clock::{ManualClock, UnixTime},
     crypto::{Algorithm, KeySpec},
-    keyring::{KeyManager, SignParams},
+    keyring::{KeyManager, RequestId, SignParams},
     seal::{EphemeralKek, KekProvider},
     store::{KeyStore, PostgresStore},
 };
@@ -100,7 +100,7 @@ async fn replicas_share_one_key_set_and_exactly_one_writes_each_change() {
         k.refresh().await.unwrap();
     }
     let results =
-        futures::future::join_all((0..20).map(|i| r[i % 3].rotate("s", false, "race"))).await;
+        futures::future::join_all((0..20).map(|i| r[i % 3].rotate("s", false, "race", None))).await;
     let mut successors: Vec<_> = results
         .iter()
         .filter_map(|x| x.as_ref().ok())
@@ -150,7 +150,8 @@ async fn replicas_share_one_key_set_and_exactly_one_writes_each_change() {
 
     // Emergency rotations racing on three replicas: exactly one new key per
     // winner; the losers are told to retry (ABORTED).
-    let results = futures::future::join_all(r.iter().map(|k| k.rotate("r", true, "race"))).await;
+    let results =
+        futures::future::join_all(r.iter().map(|k| k.rotate("r", true, "race", None))).await;
     let won = results.iter().filter(|x| x.is_ok()).count();
     for e in results.iter().filter_map(|x| x.as_ref().err()) {
         assert_eq!(
@@ -163,6 +164,45 @@ async fn replicas_share_one_key_set_and_exactly_one_writes_each_change() {
         k.refresh().await.unwrap();
     }
     assert_eq!(r[0].ring_info("r", "r").unwrap().keys.len(), 2 + won);
+
+    // One emergency rotation sent 20 times at once over the three replicas
+    // with one request id (a client retrying everywhere): exactly one new
+    // key, and every call answers with it.
+    let id = RequestId::parse_optional("incident-42", "request_id")
+        .unwrap()
+        .unwrap();
+    let before = r[0].ring_info("r", "r").unwrap().keys.len();
+    let results = futures::future::join_all(
+        (0..20).map(|i| r[i % 3].rotate("r", true, "incident", Some(&id))),
+    )
+    .await;
+    let answers: std::collections::HashSet<_> = results
+        .iter()
+        .map(|x| x.as_ref().unwrap().0.kid.clone())
+        .collect();
+    assert_eq!(answers.len(), 1, "every call answers the same key");
+    for k in &r {
+        k.refresh().await.unwrap();
+        assert_eq!(
+            k.ring_info("r", "r").unwrap().keys.len(),
+            before + 1,
+            "one request id, one key"
+        );
+    }
+    // The id is spent: reused for a scheduled rotation it is refused.
+    let e = r[1]
+        .rotate("r", false, "planned", Some(&id))
+        .await
+        .unwrap_err();
+    let status = tonic::Status::from(e);
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .starts_with("request_id: was used for an immediate rotation of ring r (key "),
+        "{}",
+        status.message()
+    );
 
     // A revocation on one replica reaches the others at their next refresh
     // (at most refresh_interval; at once on NOTIFY).
@@ -253,6 +293,51 @@ fn three_server_processes_share_keys_and_revocations() {
             );
         }
     }
+    // 20 concurrent emergency Rotates with one request id, spread over the
+    // three processes: every one succeeds with the same key, and exactly
+    // one key was created.
+    let count = |p: &process::Proc| {
+        serde_json::from_str::<serde_json::Value>(&p.ok(&["keys", "--ring", "r", "--json"]))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let before = count(&servers[0]);
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            std::process::Command::new(process::BIN)
+                .args(["rotate", "--ring", "r", "--now", "--reason", "incident"])
+                .args(["--request-id", "incident-7", "--addr", &servers[i % 3].grpc])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let printed: std::collections::HashSet<String> = calls
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8(out.stdout).unwrap();
+            text.lines().next().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        printed.len(),
+        1,
+        "one answer for one request id: {printed:?}"
+    );
+    std::thread::sleep(Duration::from_millis(1500)); // one refresh interval and a bit
+    for s in &servers {
+        assert_eq!(count(s), before + 1, "exactly one key created");
+    }
+
     // Emergency rotation then revocation of the old key, both on replica 0.
     let keys: serde_json::Value =
         serde_json::from_str(&servers[0].ok(&["keys", "--ring", "r", "--json"])).unwrap();

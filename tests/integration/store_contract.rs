@@ -328,7 +328,11 @@ async fn postgres_replicas_migrate_once_when_starting_together() {
                 .fetch_all(&mut conn)
                 .await
                 .unwrap();
-        assert_eq!(applied, vec![(1, true)], "each migration applied once");
+        assert_eq!(
+            applied,
+            vec![(1, true), (2, true)],
+            "each migration applied once"
+        );
         let tables: Vec<String> = sqlx::query_scalar(
             "SELECT table_name::text FROM information_schema.tables \
              WHERE table_schema = $1 ORDER BY table_name",

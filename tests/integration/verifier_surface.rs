@@ -340,6 +340,7 @@ async fn watch_jwks_delivers_a_revocation_within_a_second() {
             key_ring: "default".into(),
             immediate: true,
             reason: "t".into(),
+            request_id: String::new(),
         })
         .await
         .unwrap();
@@ -500,7 +501,7 @@ async fn verifier_library() {
     assert_eq!(v.fetches(), 1, "cached per max-age");
 
     // An emergency rotation: the first unknown kid triggers one refresh.
-    keys.rotate("default", true, "t").await.unwrap();
+    keys.rotate("default", true, "t", None).await.unwrap();
     let t2 = sign().await;
     assert!(
         v.verify(&t2).await.is_ok(),
@@ -548,7 +549,7 @@ async fn verifier_library() {
         std::future::pending(),
     ));
     let activate = keys
-        .rotate("default", false, "planned")
+        .rotate("default", false, "planned", None)
         .await
         .unwrap()
         .0
