@@ -612,3 +612,86 @@ fn database_outage_keeps_signing_refuses_writes_and_recovers() {
     drop(replicas);
     drop(db);
 }
+
+/// Three server processes whose schedulers all find the same rotation due
+/// at start: exactly one successor is created, published on every replica,
+/// and the Active key keeps signing until it activates.
+///
+/// The servers run on the real clock, so the history is made first with a
+/// controllable one: a manager over the same schema and KEK creates the
+/// ring 91 days in the past (the default policy rotates every 90 days,
+/// publishing 6 days ahead), which makes the rotation overdue now.
+#[test]
+fn three_server_processes_create_exactly_one_scheduled_successor() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = postgres::fresh_schema("sched");
+    let kek = process::kek_file(&dir.path().join("kek"));
+    let url = postgres::url();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let first = rt.block_on(async {
+        let store: Arc<dyn KeyStore> =
+            Arc::new(PostgresStore::open_in_schema(&url, &schema).await.unwrap());
+        let spec: signet::seal::KekSpec = kek.parse().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let clock = Arc::new(ManualClock::new(UnixTime::from_secs(now - 91 * DAY)));
+        let keys = KeyManager::open(store, clock, Arc::new(spec))
+            .await
+            .unwrap();
+        keys.unseal().await.unwrap();
+        let ring = keys
+            .create_ring("r", KeySpec::new(Algorithm::Es256, 0).unwrap())
+            .await
+            .unwrap();
+        keys.close().await;
+        ring.keys[0].kid.to_string()
+    });
+
+    // Start the three at once, so their first scheduler passes race.
+    let configs: Vec<_> = (0..3)
+        .map(|i| replica_config(dir.path(), i, &kek, &url, &schema))
+        .collect();
+    let servers: Vec<_> = std::thread::scope(|s| {
+        let starting: Vec<_> = configs
+            .iter()
+            .map(|c| s.spawn(|| spawn_replica(c)))
+            .collect();
+        starting.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let keys = |p: &process::Proc| {
+        serde_json::from_str::<serde_json::Value>(&p.ok(&["keys", "--ring", "r", "--json"]))
+            .unwrap()
+    };
+    eventually(
+        Duration::from_secs(10),
+        "a successor on every replica",
+        || {
+            servers
+                .iter()
+                .all(|p| keys(p).as_array().unwrap().len() >= 2)
+        },
+    );
+    std::thread::sleep(Duration::from_millis(1500)); // any second writer would show by now
+    for p in &servers {
+        let keys = keys(p);
+        let keys = keys.as_array().unwrap();
+        assert_eq!(keys.len(), 2, "exactly one successor: {keys:?}");
+        assert_eq!(keys[0]["kid"], first.as_str());
+        assert_eq!(
+            keys[0]["state"], "active",
+            "the old key signs until the successor activates"
+        );
+        assert_eq!(keys[1]["state"], "published");
+        let successor = keys[1]["kid"].as_str().unwrap();
+        assert!(p.ok(&["jwks", "--ring", "r"]).contains(successor));
+        let token = p.ok(&["sign", "--ring", "r", "--claims", "{}"]);
+        assert_eq!(kid_of(&token), first);
+    }
+    drop(servers);
+    rt.block_on(drop_schema(&schema));
+}
