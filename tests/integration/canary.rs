@@ -250,3 +250,129 @@ async fn no_private_key_anywhere() {
         }
     }
 }
+
+/// Only sealed material reaches a shared PostgreSQL store: after a server
+/// creates, uses and rotates a ring of every algorithm, no row of any table
+/// in its schema holds a private key, as text in any encoding or as raw
+/// bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_private_key_in_the_postgres_store() {
+    use common::postgres;
+    let dir = tempfile::tempdir().unwrap();
+    let schema = postgres::fresh_schema("canary");
+    let kek = common::process::kek_file(&dir.path().join("kek"));
+    let rings = [
+        ("rs", "RS256"),
+        ("ps", "PS256"),
+        ("es", "ES256"),
+        ("ed", "EdDSA"),
+        ("ed2", "Ed25519"),
+    ];
+    let config = common::process::write_config(dir.path(), &dir.path().join("data"), &kek, &rings);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[store]\n",
+        &format!(
+            "[store]\nurl = {:?}\nschema = {schema:?}\n",
+            postgres::url()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    let server = Proc::spawn(&["server", "--config", config.to_str().unwrap()], &[]).unwrap();
+    for (ring, _) in rings {
+        server.ok(&["sign", "--ring", ring, "--claims", r#"{"sub":"canary"}"#]);
+        // Emergency first, then scheduled: three live keys per ring (an
+        // emergency rotation would withdraw a waiting successor).
+        server.ok(&["rotate", "--ring", ring, "--now", "--reason", "canary"]);
+        server.ok(&["rotate", "--ring", ring, "--reason", "canary"]);
+    }
+    server.terminate();
+
+    // Every row of every table, as PostgreSQL's text form (bytea as hex),
+    // and every bytea value as raw bytes.
+    let options = postgres::url()
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .unwrap()
+        .options([("search_path", schema.as_str())]);
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect_with(&options)
+        .await
+        .unwrap();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1",
+    )
+    .bind(&schema)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert!(tables.len() >= 4, "{tables:?}");
+    let mut rows = Vec::new();
+    for table in &tables {
+        // The names come from the catalogue; quote them all the same.
+        let sql = format!("SELECT t::text FROM \"{table}\" t");
+        let text: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        rows.extend(text);
+    }
+    let mut blobs: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT sealed FROM keys WHERE sealed IS NOT NULL")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    blobs.extend(
+        sqlx::query_scalar::<_, Vec<u8>>("SELECT value FROM meta")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap(),
+    );
+
+    // The private keys themselves, opened with the KEK like the server does.
+    let store = signet::store::PostgresStore::open_in_schema(&postgres::url(), &schema)
+        .await
+        .unwrap();
+    let kek = KekSpec::File(dir.path().join("kek")).open().await.unwrap();
+    let mut opened = 0;
+    for ring in store.load().await.unwrap() {
+        for key in &ring.keys {
+            let Some(sealed) = &key.sealed else { continue };
+            let ctx = KeyContext {
+                ring: &ring.name,
+                kid: &key.kid,
+                alg: ring.spec.alg(),
+                timeline: &key.timeline,
+            };
+            let der = envelope::open(&*kek, ctx, sealed)
+                .await
+                .unwrap()
+                .to_pkcs8()
+                .unwrap();
+            let alg = ring.spec.alg().name();
+            for form in forms(alg, &der) {
+                for row in &rows {
+                    assert!(
+                        !row.contains(&form),
+                        "ring {}: private key text in the database",
+                        ring.name
+                    );
+                }
+            }
+            for w in secret(alg, &der).windows(24).step_by(8) {
+                for blob in &blobs {
+                    assert!(
+                        !blob.windows(24).any(|b| b == w),
+                        "ring {}: raw private key bytes in the database",
+                        ring.name
+                    );
+                }
+            }
+            opened += 1;
+        }
+    }
+    assert_eq!(opened, 15, "three keys per ring opened");
+    store.close().await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{schema}\" CASCADE"
+    )))
+    .execute(&mut conn)
+    .await;
+}
