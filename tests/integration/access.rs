@@ -4,7 +4,9 @@
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+use rcgen::SanType;
+
+use crate::common::certs::{Ca, ca, leaf};
 use signet::{
     audit::{AuditConfig, AuditLog, SinkConfig},
     authz::{Authz, SharedAuthz},
@@ -22,33 +24,6 @@ use tonic::{
     Code,
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
-
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    let cert = params.self_signed(&key).unwrap();
-    Ca {
-        pem: cert.pem(),
-        issuer: Issuer::new(params, key),
-    }
-}
-
-/// A leaf certificate: (cert PEM, key PEM).
-fn leaf(ca: &Ca, cn: &str, sans: Vec<SanType>) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.subject_alt_names = sans;
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
 
 const POLICY: &str = r#"
 [[rule]]

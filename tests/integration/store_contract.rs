@@ -467,3 +467,80 @@ async fn postgres_errors_do_not_reveal_the_password() {
         "{invalid:?}"
     );
 }
+
+/// TLS to the database: against a server that accepts TCP only over TLS
+/// (`hostssl`), a store opened with `sslmode=verify-full` and the server's
+/// CA passes the contract suite on an encrypted connection; without TLS,
+/// or with a certificate from another CA, opening fails saying where.
+#[tokio::test]
+async fn postgres_over_tls_verifies_the_server() {
+    use crate::common::certs;
+    use std::os::unix::fs::PermissionsExt;
+
+    // User postgres runs the cluster and must reach its directory.
+    let dir = tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o755))
+        .tempdir()
+        .unwrap();
+    let pg = dir.path().join("pg");
+    std::fs::create_dir_all(pg.join("tls")).unwrap();
+    let ca = certs::ca("signet test database CA");
+    let (cert, key) = certs::leaf(
+        &ca,
+        "127.0.0.1",
+        vec![rcgen::SanType::IpAddress([127, 0, 0, 1].into())],
+    );
+    std::fs::write(pg.join("tls/server.crt"), cert).unwrap();
+    std::fs::write(pg.join("tls/server.key"), key).unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let other_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&other_ca, certs::ca("some other CA").pem).unwrap();
+
+    let cluster = postgres::Cluster::start(&pg);
+    let base = cluster.url.clone();
+    let target = base.trim_start_matches("postgres://postgres@");
+    let verified = format!(
+        "{base}?sslmode=verify-full&sslrootcert={}",
+        ca_file.display()
+    );
+    let store = PostgresStore::open_in_schema(&verified, "tls")
+        .await
+        .unwrap();
+    contract::run_all(&store).await;
+    store.close().await;
+    let mut conn = sqlx::PgConnection::connect(&verified).await.unwrap();
+    let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(ssl, "the connection is encrypted");
+
+    let plain = PostgresStore::open_in_schema(&format!("{base}?sslmode=disable"), "tls")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        plain.contains(&format!("postgres: cannot connect to {target}")),
+        "{plain}"
+    );
+    assert!(
+        plain.contains("no encryption"),
+        "the server's reason: {plain}"
+    );
+
+    let wrong = format!(
+        "{base}?sslmode=verify-full&sslrootcert={}",
+        other_ca.display()
+    );
+    let wrong = PostgresStore::open_in_schema(&wrong, "tls")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        wrong.contains(&format!("postgres: cannot connect to {target}")),
+        "{wrong}"
+    );
+    assert!(wrong.to_lowercase().contains("certificate"), "{wrong}");
+    drop(cluster);
+}

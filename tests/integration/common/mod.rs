@@ -1,6 +1,7 @@
 //! Test support: a real server on 127.0.0.1:0 and independent verifiers.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod postgres;
 pub mod process;
 
