@@ -171,8 +171,8 @@ fn default_http() -> SocketAddr {
 #[serde(deny_unknown_fields)]
 pub struct Store {
     /// Data directory: the embedded SQLite store (`signet.db`) unless `url`
-    /// is set, and always the lock file, audit log and audit key of this
-    /// process. Default `/var/lib/signet`.
+    /// is set, and always this process's lock file and audit log. Default
+    /// `/var/lib/signet`.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// A PostgreSQL URL (`postgres://user@host/db?sslmode=verify-full`) to

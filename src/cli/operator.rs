@@ -1,5 +1,6 @@
 //! `signet status | seal | unseal` (clients) and `signet operator rekey`
-//! (offline, on the data directory).
+//! (offline: on the data directory's store, or on the shared PostgreSQL
+//! store with every replica stopped).
 
 use std::path::PathBuf;
 
@@ -16,8 +17,7 @@ use crate::{
     pb::{self, operator_client::OperatorClient},
     seal::KekSpec,
     server,
-    store::KeyStore as _,
-    store::SqliteStore,
+    store::{KeyStore, PostgresStore, SqliteStore},
 };
 
 /// Options of `signet status`.
@@ -136,46 +136,70 @@ pub async fn operator(cmd: OperatorCommand) -> anyhow::Result<()> {
 }
 
 async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
-    let (data_dir, old): (PathBuf, KekSpec) = match (&args.config, &args.data_dir) {
-        (Some(path), _) => {
-            let checked = Config::load(path)?;
-            let old = match &args.kek {
-                Some(s) => s.parse().context("--kek")?,
-                None => checked.kek,
-            };
-            (checked.config.store.data_dir, old)
-        }
-        (None, Some(dir)) => {
-            let old = args
-                .kek
-                .as_deref()
-                .context("--kek is required with --data-dir")?;
-            (dir.clone(), old.parse().context("--kek")?)
-        }
-        (None, None) => bail!("give --config FILE, or --data-dir DIR with --kek SPEC"),
-    };
+    // The data dir, the current KEK, and the shared store if configured.
+    let (data_dir, old, shared): (PathBuf, KekSpec, Option<(String, Option<String>)>) =
+        match (&args.config, &args.data_dir) {
+            (Some(path), _) => {
+                let checked = Config::load(path)?;
+                let old = match &args.kek {
+                    Some(s) => s.parse().context("--kek")?,
+                    None => checked.kek,
+                };
+                let store = checked.config.store;
+                (
+                    store.data_dir,
+                    old,
+                    store.url.map(|url| (url, store.schema)),
+                )
+            }
+            (None, Some(dir)) => {
+                let old = args
+                    .kek
+                    .as_deref()
+                    .context("--kek is required with --data-dir")?;
+                (dir.clone(), old.parse().context("--kek")?, None)
+            }
+            (None, None) => bail!("give --config FILE, or --data-dir DIR with --kek SPEC"),
+        };
     let new: KekSpec = args.new_kek.parse().context("--new-kek")?;
     if new == old {
         bail!("--new-kek is the current KEK ({old}); give a different one");
     }
     let _lock = server::lock_data_dir(&data_dir)
         .context("stop the server before re-keying its data directory")?;
-    let store = SqliteStore::open(&server::store_path(&data_dir))
-        .await
-        .context("cannot open the store")?;
+    let store: Box<dyn KeyStore> = match &shared {
+        Some((url, schema)) => {
+            eprintln!(
+                "re-keying the shared PostgreSQL store: every replica must be stopped \
+                 (one still running would hold the old KEK and fail to read new keys)"
+            );
+            let pg = match schema {
+                Some(schema) => PostgresStore::open_in_schema(url, schema).await,
+                None => PostgresStore::open(url).await,
+            };
+            Box::new(pg.context("store.url: cannot open the PostgreSQL store")?)
+        }
+        None => Box::new(
+            SqliteStore::open(&server::store_path(&data_dir))
+                .await
+                .context("cannot open the store")?,
+        ),
+    };
     let old_kek = old
         .open()
         .await
         .with_context(|| format!("current KEK {old}"))?;
     let new_kek = new.open().await.with_context(|| format!("new KEK {new}"))?;
-    let audit_key = data_dir.join("audit.key");
-    let had_audit_key = keyring::rekey_audit_key(&audit_key, &*old_kek, &*new_kek).await?;
-    let n = keyring::rekey(&store, &*old_kek, &old.to_string(), &*new_kek).await?;
+    // An audit key file from an earlier version joins the store first, so
+    // the one transaction below re-wraps it with everything else.
+    keyring::adopt_legacy_audit_key(&*store, &*old_kek, &data_dir.join("audit.key")).await?;
+    let n = keyring::rekey(&*store, &*old_kek, &old.to_string(), &*new_kek).await?;
+    let audit = if store.audit_key().await?.is_some() {
+        " and the audit key"
+    } else {
+        ""
+    };
     store.close().await;
-    if had_audit_key {
-        keyring::finish_audit_rekey(&audit_key)
-            .context("cannot move the re-wrapped audit key into place")?;
-    }
-    println!("re-wrapped {n} key(s) under {new}; {old} no longer opens this store");
+    println!("re-wrapped {n} key(s){audit} under {new}; {old} no longer opens this store");
     Ok(())
 }

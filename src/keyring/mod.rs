@@ -25,4 +25,4 @@ pub use manager::{KeyManager, RingInfo};
 pub use name::{RequestId, RingName};
 pub use policy::{Policy, PolicyError, Short, Warning, ttl_rule_of_thumb};
 pub use sign::{SignParams, Signed};
-pub use unseal::{Status, finish_audit_rekey, rekey, rekey_audit_key};
+pub use unseal::{Status, adopt_legacy_audit_key, rekey};

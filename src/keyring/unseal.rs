@@ -226,89 +226,83 @@ impl KeyManager {
 }
 
 impl KeyManager {
-    /// The audit HMAC key kept at `path`, wrapped by the KEK (created with
-    /// mode 0600 on first use). Needs the service unsealed.
-    pub async fn audit_key(&self, path: &std::path::Path) -> Result<crate::audit::AuditKey, Error> {
+    /// The audit HMAC key: kept in the store, wrapped by the KEK, one per
+    /// store so that every replica digests the same value the same way.
+    /// Made on first use; of replicas starting together, the first to store
+    /// one wins and all use it. An audit key file left at `legacy_file` by
+    /// an earlier version (one per data directory) is moved into the store
+    /// if the store has none yet, then removed. Needs the service unsealed.
+    pub async fn audit_key(
+        &self,
+        legacy_file: &std::path::Path,
+    ) -> Result<crate::audit::AuditKey, Error> {
         use crate::audit::AuditKey;
         let kek = self.kek().ok_or(Error::Sealed)?;
-        let unavailable = |what: String| Error::Kek(crate::seal::KekError::Unavailable(what));
-        if let Ok(wrapped) = std::fs::read(path) {
-            let key = kek
-                .unwrap(&wrapped, AuditKey::WRAP_AAD)
-                .await
-                .map_err(|_| {
-                    unavailable(format!(
-                        "audit key {}: does not open under this KEK",
-                        path.display()
-                    ))
-                })?;
-            return Ok(AuditKey::from_bytes(key));
-        }
-        let key = zeroize::Zeroizing::new(
-            crate::crypto::random_bytes::<32>().map_err(|_| unavailable("no randomness".into()))?,
-        );
-        let wrapped = kek
-            .wrap(&key, AuditKey::WRAP_AAD)
+        adopt_legacy_audit_key(self.store(), &*kek, legacy_file).await?;
+        let wrapped = match self.store().audit_key().await? {
+            Some(wrapped) => wrapped,
+            None => {
+                let key = zeroize::Zeroizing::new(
+                    crate::crypto::random_bytes::<32>()
+                        .map_err(|_| kek_unavailable("audit key: no randomness".into()))?,
+                );
+                let wrapped = kek
+                    .wrap(&key, AuditKey::WRAP_AAD)
+                    .await
+                    .map_err(Error::Kek)?;
+                self.store().init_audit_key(&wrapped).await?
+            }
+        };
+        let key = kek
+            .unwrap(&wrapped, AuditKey::WRAP_AAD)
             .await
-            .map_err(Error::Kek)?;
-        write_private(path, &wrapped).map_err(|e| {
-            unavailable(format!(
-                "audit key {}: cannot write it: {e}",
-                path.display()
-            ))
-        })?;
+            .map_err(|_| {
+                kek_unavailable("the store's audit key does not open under this KEK".into())
+            })?;
         Ok(AuditKey::from_bytes(key))
     }
 }
 
-/// Writes a new file readable by its owner only.
-pub(crate) fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
+fn kek_unavailable(what: String) -> Error {
+    Error::Kek(crate::seal::KekError::Unavailable(what))
 }
 
-/// Prepares the re-wrap of the audit key file at `path` (if any) from `old`
-/// to `new`: writes `path.rekey` and returns whether there was a key. Call
-/// [`finish_audit_rekey`] once the store is re-keyed; until then the old
-/// file stays valid, and a server that finds both opens whichever its KEK
-/// opens.
-pub async fn rekey_audit_key(
-    path: &std::path::Path,
-    old: &dyn Kek,
-    new: &dyn Kek,
-) -> Result<bool, Error> {
+/// Moves an audit key file written by an earlier version (wrapped by `kek`)
+/// into `store`, unless the store holds one already, and removes the file.
+/// A file that does not open under `kek` is left alone and refused.
+pub async fn adopt_legacy_audit_key(
+    store: &dyn KeyStore,
+    kek: &dyn Kek,
+    file: &std::path::Path,
+) -> Result<(), Error> {
     use crate::audit::AuditKey;
-    let Ok(wrapped) = std::fs::read(path) else {
-        return Ok(false);
+    let Ok(wrapped) = std::fs::read(file) else {
+        return Ok(());
     };
-    let key = old
-        .unwrap(&wrapped, AuditKey::WRAP_AAD)
+    kek.unwrap(&wrapped, AuditKey::WRAP_AAD)
         .await
-        .map_err(Error::Kek)?;
-    let rewrapped = new
-        .wrap(&key, AuditKey::WRAP_AAD)
-        .await
-        .map_err(Error::Kek)?;
-    let tmp = path.with_extension("rekey");
-    let _ = std::fs::remove_file(&tmp);
-    write_private(&tmp, &rewrapped).map_err(|e| {
-        Error::Kek(crate::seal::KekError::Unavailable(format!(
-            "audit key {}: {e}",
-            tmp.display()
-        )))
-    })?;
-    Ok(true)
-}
-
-/// Moves the re-wrapped audit key into place.
-pub fn finish_audit_rekey(path: &std::path::Path) -> std::io::Result<()> {
-    std::fs::rename(path.with_extension("rekey"), path)
+        .map_err(|_| {
+            kek_unavailable(format!(
+                "audit key file {}: does not open under this KEK",
+                file.display()
+            ))
+        })?;
+    let stored = store.init_audit_key(&wrapped).await?;
+    if stored == wrapped {
+        tracing::info!(file = %file.display(), "audit key moved from its file into the store");
+    } else {
+        tracing::warn!(
+            file = %file.display(),
+            "the store holds an audit key already (another replica's); this data directory's \
+             is dropped, so digests written here before differ from those written from now on"
+        );
+    }
+    std::fs::remove_file(file).map_err(|e| {
+        kek_unavailable(format!(
+            "audit key file {}: in the store now, but cannot remove the file: {e}",
+            file.display()
+        ))
+    })
 }
 
 impl KeyManager {
@@ -341,8 +335,8 @@ impl KeyManager {
     }
 }
 
-/// Re-wraps every data key in `store` from `old` to `new` and replaces the
-/// KEK check value, in one store transaction. Afterwards only `new` opens
+/// Re-wraps every data key in `store` and its audit key from `old` to `new`
+/// and replaces the KEK check value, in one store transaction. Afterwards only `new` opens
 /// the store. Refuses (changing nothing) if `old` is not the store's KEK or
 /// any sealed record fails to open. Returns the number of keys re-wrapped.
 pub async fn rekey(
@@ -371,7 +365,27 @@ pub async fn rekey(
             count += 1;
         }
     }
+    // The audit key goes over to the new KEK in the same transaction.
+    let audit_key = match store.audit_key().await? {
+        Some(wrapped) => {
+            use crate::audit::AuditKey;
+            let key = old
+                .unwrap(&wrapped, AuditKey::WRAP_AAD)
+                .await
+                .map_err(|_| {
+                    kek_unavailable(
+                        "the store's audit key does not open under the current KEK".into(),
+                    )
+                })?;
+            Some(
+                new.wrap(&key, AuditKey::WRAP_AAD)
+                    .await
+                    .map_err(Error::Kek)?,
+            )
+        }
+        None => None,
+    };
     let check = envelope::make_check(new).await.map_err(Error::Kek)?;
-    store.rekey(&check, &rings).await?;
+    store.rekey(&check, audit_key.as_deref(), &rings).await?;
     Ok(count)
 }

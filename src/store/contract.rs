@@ -23,7 +23,22 @@ pub async fn run_all(store: &dyn KeyStore) {
     destroyed_material_is_gone_and_kid_stays_reserved(store).await;
     policy_and_reason_change_with_the_generation(store).await;
     kek_check_is_written_once(store).await;
+    audit_key_is_written_once(store).await;
     rekey_replaces_blobs_and_check_atomically(store).await;
+}
+
+async fn audit_key_is_written_once(store: &dyn KeyStore) {
+    assert_eq!(store.audit_key().await.unwrap(), None);
+    assert_eq!(store.init_audit_key(b"first").await.unwrap(), b"first");
+    assert_eq!(
+        store.init_audit_key(b"second").await.unwrap(),
+        b"first",
+        "a second writer gets the first key"
+    );
+    assert_eq!(
+        store.audit_key().await.unwrap().as_deref(),
+        Some(&b"first"[..])
+    );
 }
 
 /// A fresh public record for `ring` (generates a real Ed25519 key).
@@ -273,9 +288,14 @@ async fn rekey_replaces_blobs_and_check_atomically(store: &dyn KeyStore) {
         .into_iter()
         .chain([a.clone(), stale])
         .collect();
-    let r = store.rekey(b"new-check", &with_stale).await;
+    let audit = Some(&b"rewrapped-audit"[..]);
+    let r = store.rekey(b"new-check", audit, &with_stale).await;
     assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
     assert_eq!(store.kek_check().await.unwrap(), before_check);
+    assert_eq!(
+        store.audit_key().await.unwrap().as_deref(),
+        Some(&b"first"[..])
+    );
     assert_ne!(
         get(store, "c-rekey-a").await.keys,
         a.keys,
@@ -284,7 +304,7 @@ async fn rekey_replaces_blobs_and_check_atomically(store: &dyn KeyStore) {
 
     // Leaving a ring out would strand its blobs under the old KEK.
     let partial: Vec<_> = others(store).await.into_iter().chain([a.clone()]).collect();
-    let r = store.rekey(b"new-check", &partial).await;
+    let r = store.rekey(b"new-check", audit, &partial).await;
     assert!(
         matches!(r, Err(StoreError::Conflict(ref n)) if n.as_str() == "c-rekey-b"),
         "{r:?}"
@@ -296,7 +316,14 @@ async fn rekey_replaces_blobs_and_check_atomically(store: &dyn KeyStore) {
         .into_iter()
         .chain([a.clone(), b.clone()])
         .collect();
-    store.rekey(b"new-check", &all).await.unwrap();
+    // The store holds an audit key: a rekey must re-wrap it too.
+    let r = store.rekey(b"new-check", None, &all).await;
+    assert!(matches!(r, Err(StoreError::AuditKeyChanged)), "{r:?}");
+    assert_eq!(store.kek_check().await.unwrap(), before_check);
+    assert_ne!(get(store, "c-rekey-a").await.keys, a.keys);
+
+    store.rekey(b"new-check", audit, &all).await.unwrap();
+    assert_eq!(store.audit_key().await.unwrap().as_deref(), audit);
     assert_eq!(
         store.kek_check().await.unwrap().as_deref(),
         Some(&b"new-check"[..])

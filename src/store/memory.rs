@@ -21,6 +21,7 @@ pub struct MemoryStore {
 struct Inner {
     rings: BTreeMap<RingName, RingRecord>,
     kek_check: Option<Vec<u8>>,
+    audit_key: Option<Vec<u8>>,
 }
 
 impl MemoryStore {
@@ -113,8 +114,28 @@ impl KeyStore for MemoryStore {
         Ok(())
     }
 
-    async fn rekey(&self, check: &[u8], rings: &[RingRecord]) -> Result<(), StoreError> {
+    async fn audit_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().audit_key.clone())
+    }
+
+    async fn init_audit_key(&self, wrapped: &[u8]) -> Result<Vec<u8>, StoreError> {
+        Ok(self
+            .lock()
+            .audit_key
+            .get_or_insert_with(|| wrapped.to_vec())
+            .clone())
+    }
+
+    async fn rekey(
+        &self,
+        check: &[u8],
+        audit_key: Option<&[u8]>,
+        rings: &[RingRecord],
+    ) -> Result<(), StoreError> {
         let mut inner = self.lock();
+        if inner.audit_key.is_some() != audit_key.is_some() {
+            return Err(StoreError::AuditKeyChanged);
+        }
         // Validate everything before changing anything.
         let mut next = inner.rings.clone();
         for ring in rings {
@@ -147,6 +168,7 @@ impl KeyStore for MemoryStore {
         }
         inner.rings = next;
         inner.kek_check = Some(check.to_vec());
+        inner.audit_key = audit_key.map(<[u8]>::to_vec);
         Ok(())
     }
 }

@@ -147,6 +147,10 @@ pub enum StoreError {
     /// A KEK check value is stored already.
     #[error("the store is already initialised with a key-encryption key")]
     KekCheckExists,
+    /// A rekey did not re-wrap the audit key the store holds (or re-wrapped
+    /// one it does not hold); nothing was written.
+    #[error("the store's audit key changed during the rekey; run it again")]
+    AuditKeyChanged,
     /// The store could not be reached or failed; the detail is logged, not
     /// returned to callers.
     #[error("store unavailable: {0}")]
@@ -184,13 +188,29 @@ pub trait KeyStore: Send + Sync + 'static {
     /// processes with different KEKs cannot both initialise it.
     async fn init_kek_check(&self, check: &[u8]) -> Result<(), StoreError>;
 
-    /// Replaces the KEK check value and the sealed blobs (and timelines) of
-    /// the listed keys in one transaction: re-wrapping under a new KEK.
+    /// The audit HMAC key, wrapped by the KEK, if one is stored. One per
+    /// store, so every replica digests audit records under the same key.
+    async fn audit_key(&self) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Stores `wrapped` as the audit key unless one is stored already, and
+    /// returns the one stored: of replicas starting together, the first
+    /// write wins and all of them use it.
+    async fn init_audit_key(&self, wrapped: &[u8]) -> Result<Vec<u8>, StoreError>;
+
+    /// Replaces the KEK check value, the audit key and the sealed blobs (and
+    /// timelines) of the listed keys in one transaction: re-wrapping under a
+    /// new KEK. `audit_key` is the re-wrapped audit key, given exactly when
+    /// the store holds one ([`StoreError::AuditKeyChanged`] otherwise).
     /// `rings` must list every ring of the store exactly once, at its
     /// current generation, so no blob can stay under the old KEK; otherwise
     /// nothing is written and the answer is [`StoreError::Conflict`] naming
     /// a ring that changed or is missing. Keys are matched by kid
     /// ([`StoreError::KidNotFound`] if unknown); ring specs, policies and
     /// the set of keys never change. Every ring gets generation + 1.
-    async fn rekey(&self, check: &[u8], rings: &[RingRecord]) -> Result<(), StoreError>;
+    async fn rekey(
+        &self,
+        check: &[u8],
+        audit_key: Option<&[u8]>,
+        rings: &[RingRecord],
+    ) -> Result<(), StoreError>;
 }

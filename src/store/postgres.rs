@@ -76,6 +76,8 @@ const MAX_CONNECTIONS: u32 = 4;
 
 /// The `meta` row holding the KEK check value.
 const KEK_CHECK: &str = "kek_check";
+/// The `meta` row holding the wrapped audit key.
+const AUDIT_KEY: &str = "audit_key";
 
 /// The `NOTIFY` channel of a store in the default schema; a store in a named
 /// schema uses `signet_changes_<schema>`.
@@ -433,7 +435,40 @@ impl KeyStore for PostgresStore {
         tx.commit().await.map_err(db_error)
     }
 
-    async fn rekey(&self, check: &[u8], rings: &[RingRecord]) -> Result<(), StoreError> {
+    async fn audit_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        sqlx::query_scalar("SELECT value FROM meta WHERE name = $1")
+            .bind(AUDIT_KEY)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn init_audit_key(&self, wrapped: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        // A concurrent initialiser makes this wait for its commit and then
+        // insert nothing; the SELECT (same transaction, READ COMMITTED, a
+        // new snapshot per statement) sees the winner's row.
+        sqlx::query("INSERT INTO meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(AUDIT_KEY)
+            .bind(wrapped)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let stored = sqlx::query_scalar("SELECT value FROM meta WHERE name = $1")
+            .bind(AUDIT_KEY)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(stored)
+    }
+
+    async fn rekey(
+        &self,
+        check: &[u8],
+        audit_key: Option<&[u8]>,
+        rings: &[RingRecord],
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         // SQLite's single write lock makes a rekey exclusive; here a table
         // lock does. SHARE ROW EXCLUSIVE conflicts with every INSERT and
@@ -445,6 +480,29 @@ impl KeyStore for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
+        // Likewise `meta`: no replica may store an audit key (wrapped under
+        // the old KEK) between this check and the commit.
+        sqlx::query("LOCK TABLE meta IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let held: Option<i32> = sqlx::query_scalar("SELECT 1 FROM meta WHERE name = $1")
+            .bind(AUDIT_KEY)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        match (held, audit_key) {
+            (Some(_), Some(wrapped)) => {
+                sqlx::query("UPDATE meta SET value = $1 WHERE name = $2")
+                    .bind(wrapped)
+                    .bind(AUDIT_KEY)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+            }
+            (None, None) => {}
+            _ => return Err(StoreError::AuditKeyChanged),
+        }
         for ring in rings {
             bump_generation(&mut tx, &ring.name, ring.generation).await?;
             for key in &ring.keys {

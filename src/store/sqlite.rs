@@ -58,6 +58,8 @@ const MAX_CONNECTIONS: u32 = 4;
 
 /// The `meta` row holding the KEK check value.
 const KEK_CHECK: &str = "kek_check";
+/// The `meta` row holding the wrapped audit key.
+const AUDIT_KEY: &str = "audit_key";
 
 /// A [`KeyStore`] in a single SQLite database file.
 ///
@@ -281,8 +283,55 @@ impl KeyStore for SqliteStore {
         tx.commit().await.map_err(db_error)
     }
 
-    async fn rekey(&self, check: &[u8], rings: &[RingRecord]) -> Result<(), StoreError> {
+    async fn audit_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        sqlx::query_scalar("SELECT value FROM meta WHERE name = ?")
+            .bind(AUDIT_KEY)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn init_audit_key(&self, wrapped: &[u8]) -> Result<Vec<u8>, StoreError> {
         let mut tx = self.write().await?;
+        sqlx::query("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING")
+            .bind(AUDIT_KEY)
+            .bind(wrapped)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let stored = sqlx::query_scalar("SELECT value FROM meta WHERE name = ?")
+            .bind(AUDIT_KEY)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(stored)
+    }
+
+    async fn rekey(
+        &self,
+        check: &[u8],
+        audit_key: Option<&[u8]>,
+        rings: &[RingRecord],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        let held: Option<i64> = sqlx::query_scalar("SELECT 1 FROM meta WHERE name = ?")
+            .bind(AUDIT_KEY)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        match (held, audit_key) {
+            (Some(_), Some(wrapped)) => {
+                sqlx::query("UPDATE meta SET value = ? WHERE name = ?")
+                    .bind(wrapped)
+                    .bind(AUDIT_KEY)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+            }
+            (None, None) => {}
+            _ => return Err(StoreError::AuditKeyChanged),
+        }
         for ring in rings {
             bump_generation(&mut tx, &ring.name, ring.generation).await?;
             for key in &ring.keys {

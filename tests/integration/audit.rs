@@ -535,3 +535,59 @@ async fn audit_verify_command() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.starts_with("signet: line 2:"), "{err}");
 }
+
+/// An audit key file from an earlier version (one per data directory) moves
+/// into the store on first use and is removed; later calls read the store.
+/// A file that does not open under the KEK is refused and left alone.
+#[tokio::test]
+async fn a_legacy_audit_key_file_moves_into_the_store() {
+    use signet::{clock::SystemClock, keyring::KeyManager, seal::KekSpec, store::SqliteStore};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let kek = crate::common::process::kek_file(&dir.path().join("kek"));
+    let spec: KekSpec = kek.parse().unwrap();
+    let store = SqliteStore::open(&dir.path().join("signet.db"))
+        .await
+        .unwrap();
+    let keys = KeyManager::open(
+        Arc::new(store),
+        Arc::new(SystemClock),
+        Arc::new(spec.clone()),
+    )
+    .await
+    .unwrap();
+    keys.unseal().await.unwrap();
+
+    let raw = Zeroizing::new([9u8; 32]);
+    let wrapped = spec
+        .open()
+        .await
+        .unwrap()
+        .wrap(&raw, AuditKey::WRAP_AAD)
+        .await
+        .unwrap();
+    let file = dir.path().join("audit.key");
+    std::fs::write(&file, &wrapped).unwrap();
+    let want = AuditKey::from_bytes(raw).hmac_hex(b"alice");
+
+    let got = keys.audit_key(&file).await.unwrap();
+    assert_eq!(got.hmac_hex(b"alice"), want, "the file's key is kept");
+    assert!(
+        !file.exists(),
+        "the file is gone once the store holds the key"
+    );
+    let again = keys.audit_key(&file).await.unwrap();
+    assert_eq!(again.hmac_hex(b"alice"), want, "read back from the store");
+
+    std::fs::write(&file, b"not a wrapped key").unwrap();
+    let Err(err) = keys.audit_key(&file).await else {
+        panic!("a file that does not open must be refused");
+    };
+    let err = err.to_string();
+    assert!(err.contains("does not open under this KEK"), "{err}");
+    assert!(
+        file.exists(),
+        "a file that does not open is left for the operator"
+    );
+}

@@ -351,6 +351,7 @@ fn rekey_moves_the_store_to_a_new_kek() {
     let dev = Proc::dev(&data, &["--kek", &kek], &[]).unwrap();
     let token = dev.ok(&["sign", "--claims", "{}"]);
     dev.ok(&["rotate", "--now", "--reason", "test"]);
+    let digest = dev.ok(&["audit", "hash", "--value", "alice"]);
     assert!(dev.terminate().success());
 
     let new = kek_file(&dir.path().join("kek-new"));
@@ -372,7 +373,9 @@ fn rekey_moves_the_store_to_a_new_kek() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("re-wrapped 2 key(s)"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("re-wrapped 2 key(s) and the audit key")
+    );
 
     let err = Proc::dev(&data, &["--kek", &kek], &[]).err().unwrap();
     assert!(
@@ -382,6 +385,11 @@ fn rekey_moves_the_store_to_a_new_kek() {
     let dev = Proc::dev(&data, &["--kek", &new], &[]).unwrap();
     common::verify(token.trim(), &dev.ok(&["jwks"]));
     dev.ok(&["sign", "--claims", "{}"]);
+    assert_eq!(
+        dev.ok(&["audit", "hash", "--value", "alice"]),
+        digest,
+        "the audit key went over to the new KEK"
+    );
 }
 
 /// SIGKILL during rotations, 50 rounds: after each restart exactly one key

@@ -293,6 +293,14 @@ fn three_server_processes_share_keys_and_revocations() {
             );
         }
     }
+    // One audit key for the store: every replica digests a subject the
+    // same way, so an auditor can follow it across the fleet's logs.
+    let digests: std::collections::HashSet<String> = servers
+        .iter()
+        .map(|s| s.ok(&["audit", "hash", "--value", "alice"]))
+        .collect();
+    assert_eq!(digests.len(), 1, "{digests:?}");
+
     // 20 concurrent emergency Rotates with one request id, spread over the
     // three processes: every one succeeds with the same key, and exactly
     // one key was created.
@@ -694,4 +702,82 @@ fn three_server_processes_create_exactly_one_scheduled_successor() {
     }
     drop(servers);
     rt.block_on(drop_schema(&schema));
+}
+
+/// `signet operator rekey --config` on a replica's config re-keys the
+/// shared PostgreSQL store (not an SQLite file in the data dir): after it,
+/// the replicas start only with the new KEK, keep their keys and tokens,
+/// and digest audit values as before.
+#[test]
+fn operator_rekey_moves_the_shared_store_to_a_new_kek() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = postgres::fresh_schema("rekey");
+    let url = postgres::url();
+    let old = process::kek_file(&dir.path().join("kek-old"));
+    let configs: Vec<_> = (0..2)
+        .map(|i| replica_config(dir.path(), i, &old, &url, &schema))
+        .collect();
+    let servers: Vec<_> = configs.iter().map(|c| spawn_replica(c)).collect();
+    let token = servers[0].ok(&["sign", "--ring", "r", "--claims", "{}"]);
+    let digest = servers[1].ok(&["audit", "hash", "--value", "alice"]);
+    for s in servers {
+        assert!(s.terminate().success());
+    }
+
+    let new = process::kek_file(&dir.path().join("kek-new"));
+    let out = std::process::Command::new(process::BIN)
+        .args([
+            "operator",
+            "rekey",
+            "--config",
+            configs[0].to_str().unwrap(),
+        ])
+        .args(["--new-kek", &new])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("re-wrapped 1 key(s) and the audit key under file:"),
+        "{stdout}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("every replica must be stopped"),
+        "the operator is told"
+    );
+
+    // The old KEK no longer opens the shared store.
+    let err = spawn_replica_err(&configs[1]);
+    assert!(
+        err.contains("is not the key-encryption key of this store"),
+        "{err}"
+    );
+    for c in &configs {
+        let text = std::fs::read_to_string(c).unwrap().replace(&old, &new);
+        std::fs::write(c, text).unwrap();
+    }
+    let servers: Vec<_> = configs.iter().map(|c| spawn_replica(c)).collect();
+    for s in &servers {
+        common::verify(token.trim(), &s.ok(&["jwks", "--ring", "r"]));
+        s.ok(&["sign", "--ring", "r", "--claims", "{}"]);
+        assert_eq!(s.ok(&["audit", "hash", "--value", "alice"]), digest);
+    }
+    drop(servers);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(drop_schema(&schema));
+}
+
+/// Starts a replica that must fail; returns what it said.
+fn spawn_replica_err(config: &std::path::Path) -> String {
+    match process::Proc::spawn(&["server", "--config", config.to_str().unwrap()], &[]) {
+        Ok(_) => panic!("the replica started"),
+        Err(e) => e,
+    }
 }

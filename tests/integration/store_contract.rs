@@ -544,3 +544,32 @@ async fn postgres_over_tls_verifies_the_server() {
     assert!(wrong.to_lowercase().contains("certificate"), "{wrong}");
     drop(cluster);
 }
+
+/// Replicas making the audit key at the same moment: every one ends up with
+/// the first key stored, so all digest audit records alike.
+#[tokio::test]
+async fn postgres_replicas_agree_on_one_audit_key() {
+    in_fresh_schema(|url, schema| async move {
+        let mut stores = Vec::new();
+        for _ in 0..4 {
+            stores.push(open_postgres(&url, &schema).await);
+        }
+        let candidates: Vec<Vec<u8>> = (0..8).map(|i| format!("key-{i}").into_bytes()).collect();
+        let got = futures::future::join_all(
+            candidates
+                .iter()
+                .enumerate()
+                .map(|(i, c)| stores[i % 4].init_audit_key(c)),
+        )
+        .await;
+        let got: std::collections::HashSet<Vec<u8>> = got.into_iter().map(Result::unwrap).collect();
+        assert_eq!(got.len(), 1, "one key for all: {got:?}");
+        let stored = stores[3].audit_key().await.unwrap().unwrap();
+        assert!(got.contains(&stored));
+        assert!(candidates.contains(&stored));
+        for store in stores {
+            store.close().await;
+        }
+    })
+    .await;
+}
