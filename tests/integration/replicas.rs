@@ -781,3 +781,38 @@ fn spawn_replica_err(config: &std::path::Path) -> String {
         Err(e) => e,
     }
 }
+
+/// A replica started while its database is down waits for it, saying why,
+/// and serves once it is back.
+#[test]
+fn a_replica_started_while_the_database_is_down_waits_for_it() {
+    // User postgres runs the cluster and must reach its directory.
+    let dir = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .tempdir()
+        .unwrap();
+    let db = postgres::Cluster::start(&dir.path().join("pg"));
+    let kek = process::kek_file(&dir.path().join("kek"));
+    let config = replica_config(dir.path(), 0, &kek, &db.url, "waits");
+    db.stop();
+
+    let starting = std::thread::spawn(move || spawn_replica(&config));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !starting.is_finished(),
+        "no replica serves without its store"
+    );
+    db.restart();
+    let replica = starting.join().unwrap();
+    let logs = replica.stderr.lock().unwrap().clone();
+    assert!(
+        logs.contains("waiting for the PostgreSQL store (retrying every 2s)"),
+        "{logs}"
+    );
+    let target = db.url.trim_start_matches("postgres://postgres@");
+    assert!(
+        logs.contains(&format!("postgres: cannot connect to {target}")),
+        "the log says why: {logs}"
+    );
+    replica.ok(&["sign", "--ring", "r", "--claims", "{}"]);
+}
