@@ -485,3 +485,88 @@ async fn tls_certificates_reload_without_a_restart() {
         .await
         .unwrap();
 }
+
+/// SIGHUP, as an operator or logrotate sends it: the server reloads its
+/// access policy (a broken file keeps the old rules) and reopens its audit
+/// file, so a rotated-away log is followed by a new one at the same path.
+#[test]
+fn sighup_reloads_the_policy_and_reopens_the_audit_log() {
+    use crate::common::process::{Proc, kek_file, write_config};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let kek = kek_file(&dir.path().join("kek"));
+    let config = write_config(dir.path(), &data, &kek, &[("r", "EdDSA")]);
+    let policy = dir.path().join("policy.toml");
+    let grant = |actions: &str| {
+        let rule =
+            format!("[[rule]]\nidentity = \"local\"\nactions = {actions}\nrings = [\"*\"]\n");
+        std::fs::write(&policy, rule).unwrap();
+    };
+    grant(r#"["read"]"#);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[authz]\npolicy = {:?}\n",
+        policy.display().to_string()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let server = Proc::spawn(&["server", "--config", config.to_str().unwrap()], &[]).unwrap();
+    let sign = || server.run(&["sign", "--ring", "r", "--claims", "{}"]);
+    let hup = || {
+        let pid = server.child.id().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    let logs = || server.stderr.lock().unwrap().clone();
+    let denied = |out: &std::process::Output| {
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("PermissionDenied")
+    };
+    let eventually = |what: &str, check: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !check() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    assert!(denied(&sign()), "read only: no signing");
+    // The policy file changes; nothing happens until SIGHUP.
+    grant(r#"["read", "sign"]"#);
+    assert!(denied(&sign()), "policies reload on SIGHUP only");
+    // logrotate moves the audit log away, then signals.
+    let log = data.join("audit.log");
+    let rotated = data.join("audit.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    hup();
+    eventually("the new policy within 5 s", &|| sign().status.success());
+    assert!(logs().contains("authz policy reloaded"), "{}", logs());
+    let fresh = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        fresh.contains(r#""rpc":"signet.v1.Signer/Sign","ring":"r""#)
+            && fresh.contains(r#""outcome":"ok""#),
+        "the reopened log at the same path has the new records: {fresh}"
+    );
+    let out = server.run(&["audit", "verify", rotated.to_str().unwrap()]);
+    assert!(out.status.success(), "the rotated file is intact");
+    // The new file's first record continues the old file's chain.
+    let old_last = std::fs::read_to_string(&rotated).unwrap();
+    let old_last = old_last.lines().last().unwrap();
+    let first: serde_json::Value = serde_json::from_str(fresh.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        first["prev"],
+        signet::audit::line_hash(format!("{old_last}\n").as_bytes())
+    );
+
+    // A broken policy is refused; the rules in force stay.
+    std::fs::write(&policy, "[[rule]]\nidentity = 42\n").unwrap();
+    hup();
+    eventually("the broken policy is rejected", &|| {
+        logs().contains("authz policy rejected; keeping the old rules")
+    });
+    assert!(sign().status.success(), "old rules kept");
+}
