@@ -18,8 +18,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Plain `http://` URLs only in this release (put the JWKS behind a
-//! loopback or service-mesh hop for TLS).
+//! The URL is `https://` (the system's trust store, or a CA given with
+//! [`Verifier::with_root_ca_pem`]), or `http://` to a loopback address only
+//! (a sidecar on the same host): a JWKS fetched in the clear over a network
+//! lets anyone on the path add a key and mint tokens this verifier accepts.
 
 use std::{
     collections::HashMap,
@@ -27,9 +29,17 @@ use std::{
     time::Duration,
 };
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper::{Request, StatusCode, Uri, body::Bytes, header};
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use rustls::{
+    ClientConfig, RootCertStore,
+    pki_types::{CertificateDer, pem::PemObject},
+};
 
 use crate::{
     clock::{Clock, SystemClock, UnixTime},
@@ -46,6 +56,12 @@ pub struct FetchError {
     reason: String,
 }
 
+/// The largest JWKS body accepted: a few hundred keys. A larger answer is
+/// refused rather than buffered.
+const MAX_JWKS_BYTES: usize = 1 << 20;
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
 struct Cached {
     set: JwkSet,
     etag: Option<String>,
@@ -55,7 +71,7 @@ struct Cached {
 /// A caching JWKS verifier. Cheap to share behind an `Arc`.
 pub struct Verifier {
     url: Uri,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    client: HttpsClient,
     clock: Arc<dyn Clock>,
     cooldown: Duration,
     leeway: Duration,
@@ -68,22 +84,38 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// A verifier for the JWKS at `url` (`http://…`), with a 30 s
+    /// A verifier for the JWKS at `url`: `https://…`, checked against the
+    /// system's trust store, or `http://` to a loopback address. A 30 s
     /// unknown-kid cooldown and 60 s leeway on `exp`/`nbf`.
     pub fn new(url: &str) -> Result<Self, FetchError> {
-        let uri: Uri = url.parse().map_err(|e| FetchError {
+        let fail = |reason: String| FetchError {
             url: url.to_owned(),
-            reason: format!("not a URL: {e}"),
-        })?;
-        if uri.scheme_str() != Some("http") {
-            return Err(FetchError {
-                url: url.to_owned(),
-                reason: "only http:// URLs are supported in this release".into(),
-            });
+            reason,
+        };
+        let uri: Uri = url.parse().map_err(|e| fail(format!("not a URL: {e}")))?;
+        match uri.scheme_str() {
+            Some("https") => {}
+            Some("http") if is_loopback(&uri) => {}
+            Some("http") => {
+                return Err(fail(
+                    "http:// is accepted for loopback addresses only; use https:// \
+                     (keys fetched in the clear could be swapped on the way)"
+                        .into(),
+                ));
+            }
+            _ => {
+                return Err(fail(
+                    "the URL must start with https:// (or http:// to loopback)".into(),
+                ));
+            }
         }
+        let tls = HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(crypto_provider())
+            .map_err(|e| fail(format!("cannot load the system's trust store: {e}")))?;
         Ok(Self {
             url: uri,
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new())
+                .build(tls.https_or_http().enable_http1().build()),
             clock: Arc::new(SystemClock),
             cooldown: Duration::from_secs(30),
             leeway: Duration::from_secs(60),
@@ -92,6 +124,38 @@ impl Verifier {
             counts: Mutex::new(HashMap::new()),
             fetches: Mutex::new(0),
         })
+    }
+
+    /// Trusts only the CA certificates in `pem` (one or more PEM blocks) for
+    /// the JWKS server, instead of the system's trust store: for a JWKS
+    /// behind a private PKI.
+    pub fn with_root_ca_pem(mut self, pem: &[u8]) -> Result<Self, FetchError> {
+        let fail = |reason: String| FetchError {
+            url: self.url.to_string(),
+            reason,
+        };
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| fail(format!("root CA: not PEM: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| fail(format!("root CA: not a usable certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(fail("root CA: no certificate in the PEM".into()));
+        }
+        let config = ClientConfig::builder_with_provider(crypto_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| fail(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tls = HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        self.client = Client::builder(TokioExecutor::new()).build(tls);
+        Ok(self)
     }
 
     /// Uses `clock` for cache expiry and token times (tests, simulations).
@@ -138,7 +202,7 @@ impl Verifier {
         let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
             .await
             .map_err(|_| fail("timed out after 10s".into()))?
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(with_causes(&e)))?;
         let now = self.clock.now();
         let max_age = resp
             .headers()
@@ -160,11 +224,10 @@ impl Verifier {
                 Ok(())
             }
             StatusCode::OK => {
-                let body = resp
-                    .into_body()
+                let body = Limited::new(resp.into_body(), MAX_JWKS_BYTES)
                     .collect()
                     .await
-                    .map_err(|e| fail(e.to_string()))?
+                    .map_err(|e| fail(format!("reading the body: {e}")))?
                     .to_bytes();
                 let set: JwkSet = serde_json::from_slice(&body)
                     .map_err(|e| fail(format!("not a JWK Set: {e}")))?;
@@ -277,6 +340,38 @@ impl Verifier {
     }
 }
 
+/// An error and its causes, `outer: inner: ...`: hyper's client error says
+/// only "client error (Connect)"; the certificate or socket error that
+/// explains it is further down.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+/// Whether `uri`'s host is a loopback address or `localhost`.
+fn is_loopback(uri: &Uri) -> bool {
+    match uri.host() {
+        Some("localhost") => true,
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
+/// rustls with aws-lc, like the rest of the crate (no process default).
+fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
 /// `max-age=N` from a Cache-Control value; `no-cache`/`no-store` mean 0.
 fn parse_max_age(v: &str) -> Option<u64> {
     let mut max_age = None;
@@ -293,7 +388,32 @@ fn parse_max_age(v: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_max_age;
+    use super::{Verifier, parse_max_age};
+
+    #[test]
+    fn urls() {
+        for ok in [
+            "https://idp.example.com/.well-known/jwks.json",
+            "http://127.0.0.1:8080/.well-known/jwks.json",
+            "http://[::1]:8080/jwks.json",
+            "http://localhost/jwks.json",
+        ] {
+            assert!(Verifier::new(ok).is_ok(), "{ok}");
+        }
+        let err = Verifier::new("http://idp.example.com/jwks.json")
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "JWKS fetch from http://idp.example.com/jwks.json failed: http:// is accepted for \
+             loopback addresses only; use https:// (keys fetched in the clear could be swapped \
+             on the way)"
+        );
+        assert!(Verifier::new("ftp://x/jwks").is_err());
+        assert!(Verifier::new("not a url").is_err());
+        let v = Verifier::new("https://idp.example.com/jwks.json").unwrap();
+        assert!(v.with_root_ca_pem(b"no pem here").is_err());
+    }
 
     #[test]
     fn cache_control() {

@@ -568,3 +568,96 @@ async fn verifier_library() {
         vec![(signet::crypto::verify::Failure::UnknownKid, 2)]
     );
 }
+
+/// Terminates TLS on a port of its own with `cert`/`key` and forwards each
+/// connection to the plain HTTP server at `to`, as a load balancer would.
+async fn tls_front(to: std::net::SocketAddr, cert: &str, key: &str) -> std::net::SocketAddr {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+        PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A client that refuses our certificate ends the handshake.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut plain = tokio::net::TcpStream::connect(to).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    addr
+}
+
+/// The verifier library over HTTPS: with the JWKS server's CA it fetches and
+/// verifies; trusting only the system store (which lacks that CA) the fetch
+/// fails on the certificate and no token verifies; plain http:// to a
+/// non-loopback host is refused up front.
+#[tokio::test]
+async fn verifier_library_over_https() {
+    use crate::common::certs;
+    let server = common::TestServer::start(&[("default", Algorithm::Es256)]).await;
+    let ca = certs::ca("jwks CA");
+    let (cert, key) = certs::leaf(
+        &ca,
+        "localhost",
+        vec![rcgen::SanType::DnsName("localhost".try_into().unwrap())],
+    );
+    let front = tls_front(server.http, &cert, &key).await;
+    let url = format!("https://localhost:{}/.well-known/jwks.json", front.port());
+    let token = server
+        .keys
+        .sign(SignParams {
+            ring: "default",
+            claims_json: br#"{"sub":"over-tls"}"#,
+            ttl: None,
+            header_json: b"",
+        })
+        .await
+        .unwrap()
+        .token;
+
+    let trusting = Verifier::new(&url)
+        .unwrap()
+        .with_root_ca_pem(ca.pem.as_bytes())
+        .unwrap();
+    assert_eq!(
+        trusting.verify(&token).await.unwrap().claims["sub"],
+        "over-tls"
+    );
+
+    let system_only = Verifier::new(&url).unwrap();
+    let err = system_only.refresh().await.unwrap_err().to_string();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let rejected = system_only.verify(&token).await.unwrap_err();
+    assert_eq!(
+        rejected.failure,
+        signet::crypto::verify::Failure::UnknownKid
+    );
+
+    let err = Verifier::new(&format!(
+        "http://{}/.well-known/jwks.json",
+        "jwks.internal:8080"
+    ))
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("http:// is accepted for loopback addresses only"),
+        "{err}"
+    );
+}
