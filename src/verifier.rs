@@ -72,6 +72,8 @@ struct Cached {
 pub struct Verifier {
     url: Uri,
     client: HttpsClient,
+    /// Why https fetches cannot succeed yet, if the trust store is missing.
+    trust_note: Option<String>,
     clock: Arc<dyn Clock>,
     cooldown: Duration,
     leeway: Duration,
@@ -109,13 +111,24 @@ impl Verifier {
                 ));
             }
         }
-        let tls = HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(crypto_provider())
-            .map_err(|e| fail(format!("cannot load the system's trust store: {e}")))?;
+        // Without a usable system trust store (a minimal container), https
+        // fetches fail until a CA is given; say so in their errors rather
+        // than refusing a verifier that with_root_ca_pem would make work.
+        let (connector, trust_note) =
+            match HttpsConnectorBuilder::new().with_provider_and_native_roots(crypto_provider()) {
+                Ok(b) => (b.https_or_http().enable_http1().build(), None),
+                Err(e) => (
+                    https_connector(RootCertStore::empty()).map_err(|e| fail(e.to_string()))?,
+                    Some(format!(
+                        "the system trust store did not load ({e}); give the JWKS server's CA \
+                         with with_root_ca_pem"
+                    )),
+                ),
+            };
         Ok(Self {
             url: uri,
-            client: Client::builder(TokioExecutor::new())
-                .build(tls.https_or_http().enable_http1().build()),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            trust_note,
             clock: Arc::new(SystemClock),
             cooldown: Duration::from_secs(30),
             leeway: Duration::from_secs(60),
@@ -144,17 +157,9 @@ impl Verifier {
         if roots.is_empty() {
             return Err(fail("root CA: no certificate in the PEM".into()));
         }
-        let config = ClientConfig::builder_with_provider(crypto_provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| fail(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let tls = HttpsConnectorBuilder::new()
-            .with_tls_config(config)
-            .https_or_http()
-            .enable_http1()
-            .build();
-        self.client = Client::builder(TokioExecutor::new()).build(tls);
+        let connector = https_connector(roots).map_err(|e| fail(e.to_string()))?;
+        self.client = Client::builder(TokioExecutor::new()).build(connector);
+        self.trust_note = None;
         Ok(self)
     }
 
@@ -202,7 +207,10 @@ impl Verifier {
         let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
             .await
             .map_err(|_| fail("timed out after 10s".into()))?
-            .map_err(|e| fail(with_causes(&e)))?;
+            .map_err(|e| match &self.trust_note {
+                Some(note) => fail(format!("{}; {note}", with_causes(&e))),
+                None => fail(with_causes(&e)),
+            })?;
         let now = self.clock.now();
         let max_age = resp
             .headers()
@@ -365,6 +373,19 @@ fn is_loopback(uri: &Uri) -> bool {
             .is_ok_and(|ip| ip.is_loopback()),
         None => false,
     }
+}
+
+/// A connector for https (trusting `roots`) and http.
+fn https_connector(roots: RootCertStore) -> Result<HttpsConnector<HttpConnector>, rustls::Error> {
+    let config = ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .build())
 }
 
 /// rustls with aws-lc, like the rest of the crate (no process default).
