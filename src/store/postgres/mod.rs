@@ -37,21 +37,27 @@
 //! `NOTIFY` naming the changed ring, so replicas can refresh early
 //! ([`PostgresStore::subscribe`]).
 
+mod schema;
+mod sql;
+
 use std::{collections::HashMap, fmt, str::FromStr, time::Duration};
 
 use async_trait::async_trait;
-use serde::Serialize;
 use sqlx::{
-    AssertSqlSafe, Connection, Row,
+    Connection, Row,
     migrate::Migrator,
-    postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow},
+    postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions},
 };
 
-use super::{
-    KeyRecord, KeyStore, RingRecord, RingUpdate, StoreError,
-    columns::{self, KeyColumns, RingColumns},
+use self::{
+    schema::{SchemaName, close_quietly, create_schema},
+    sql::{
+        DB, bump_generation, db_error, describe, insert_key, key_from_row, ring_from_row, to_json,
+        update_key,
+    },
 };
-use crate::{crypto::Kid, keyring::RingName};
+use super::{KeyStore, RingRecord, RingUpdate, StoreError, columns};
+use crate::keyring::RingName;
 
 /// The schema, embedded at compile time from `migrations/postgres/`.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -539,226 +545,6 @@ impl KeyStore for PostgresStore {
     }
 }
 
-/// A schema name safe to put, double-quoted, into DDL: 1 to
-/// [`MAX_SCHEMA_LEN`] characters of `[a-z0-9_]`, starting with a letter or
-/// `_`, and not `pg_…` (reserved by PostgreSQL).
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct SchemaName(String);
-
-impl SchemaName {
-    fn parse(name: &str) -> Result<Self, StoreError> {
-        let mut chars = name.chars();
-        let plain = chars
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if !plain || name.len() > MAX_SCHEMA_LEN || name.starts_with("pg_") {
-            return Err(StoreError::Unavailable(format!(
-                "postgres: invalid schema name {name:?}: use 1 to {MAX_SCHEMA_LEN} of a-z, 0-9 \
-                 and _, starting with a letter or _, not pg_"
-            )));
-        }
-        Ok(Self(name.to_owned()))
-    }
-
-    fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-/// Ends a connection whose work is done. A failure to say goodbye changes
-/// nothing: the connection is dropped and the server ends the session anyway.
-async fn close_quietly(conn: PgConnection) {
-    if let Err(e) = conn.close().await {
-        tracing::debug!(error = %describe(&e), "postgres: closing a setup connection");
-    }
-}
-
-/// Creates `schema` unless it exists.
-///
-/// `IF NOT EXISTS` is not race-free: two sessions that both find the schema
-/// missing both insert it into the catalog, and the later one fails with
-/// `unique_violation` (or `duplicate_schema`) once the first commits. Either
-/// way the schema now exists, which is all this asks.
-async fn create_schema(setup: &mut PgConnection, schema: &SchemaName) -> Result<(), StoreError> {
-    // DDL takes no bind parameters; the name is a checked identifier.
-    let ddl = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", schema.as_str());
-    match sqlx::raw_sql(AssertSqlSafe(ddl)).execute(&mut *setup).await {
-        Ok(_) => Ok(()),
-        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("23505" | "42P06")) => {
-            Ok(())
-        }
-        Err(e) => Err(StoreError::Unavailable(format!(
-            "postgres: cannot create schema {}: {}",
-            schema.as_str(),
-            describe(&e)
-        ))),
-    }
-}
-
-/// Moves `ring` from `expected` to the next generation, or explains why not.
-/// Runs first in a write, so a lost race writes nothing; on success the
-/// transaction holds the ring's row lock until it ends.
-async fn bump_generation(
-    tx: &mut PgConnection,
-    ring: &RingName,
-    expected: u64,
-) -> Result<u64, StoreError> {
-    // A generation beyond i64 was never stored, so it cannot match.
-    if let Ok(stored) = i64::try_from(expected) {
-        let bumped = sqlx::query(
-            "UPDATE rings SET generation = generation + 1 WHERE name = $1 AND generation = $2",
-        )
-        .bind(ring.as_str())
-        .bind(stored)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?
-        .rows_affected();
-        if bumped == 1 {
-            return Ok(expected + 1);
-        }
-    }
-    let exists = sqlx::query("SELECT 1 FROM rings WHERE name = $1")
-        .bind(ring.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_error)?;
-    Err(match exists {
-        Some(_) => StoreError::Conflict(ring.clone()),
-        None => StoreError::RingNotFound(ring.clone()),
-    })
-}
-
-/// Inserts `key` at position `seq`, refusing a kid the ring has or had.
-async fn insert_key(
-    tx: &mut PgConnection,
-    ring: &RingName,
-    seq: i64,
-    key: &KeyRecord,
-) -> Result<(), StoreError> {
-    let kid = Some(&key.kid);
-    // Tombstones keep their rows, so the primary key also finds destroyed
-    // keys. Only a kid conflict is absorbed; a clash on `seq` is an error.
-    let inserted = sqlx::query(
-        "INSERT INTO keys (ring, kid, seq, jwk_json, timeline_json, sealed, reason, request_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (ring, kid) DO NOTHING",
-    )
-    .bind(ring.as_str())
-    .bind(key.kid.as_str())
-    .bind(seq)
-    .bind(to_json(&key.jwk, ring, kid, "jwk")?)
-    .bind(to_json(&key.timeline, ring, kid, "timeline")?)
-    .bind(key.sealed.as_ref().map(|b| b.0.as_slice()))
-    .bind(key.reason.as_deref())
-    .bind(key.request_id.as_deref())
-    .execute(&mut *tx)
-    .await
-    .map_err(db_error)?
-    .rows_affected();
-    if inserted == 0 {
-        return Err(StoreError::KidReused {
-            ring: ring.clone(),
-            kid: key.kid.clone(),
-        });
-    }
-    Ok(())
-}
-
-/// Replaces the timeline, sealed blob and reason of an existing key; `None`
-/// deletes the blob and leaves the tombstone.
-async fn update_key(
-    tx: &mut PgConnection,
-    ring: &RingName,
-    key: &KeyRecord,
-) -> Result<(), StoreError> {
-    let changed = sqlx::query(
-        "UPDATE keys SET timeline_json = $1, sealed = $2, reason = $3 \
-         WHERE ring = $4 AND kid = $5",
-    )
-    .bind(to_json(&key.timeline, ring, Some(&key.kid), "timeline")?)
-    .bind(key.sealed.as_ref().map(|b| b.0.as_slice()))
-    .bind(key.reason.as_deref())
-    .bind(ring.as_str())
-    .bind(key.kid.as_str())
-    .execute(&mut *tx)
-    .await
-    .map_err(db_error)?
-    .rows_affected();
-    if changed == 0 {
-        return Err(StoreError::KidNotFound {
-            ring: ring.clone(),
-            kid: key.kid.clone(),
-        });
-    }
-    Ok(())
-}
-
-/// Rebuilds a ring (without its keys) from a `rings` row.
-fn ring_from_row(row: &PgRow) -> Result<RingRecord, StoreError> {
-    let cols = RingColumns {
-        name: row.try_get("name").map_err(db_error)?,
-        alg: row.try_get("alg").map_err(db_error)?,
-        rsa_bits: row.try_get("rsa_bits").map_err(db_error)?,
-        policy_json: row.try_get("policy_json").map_err(db_error)?,
-        generation: row.try_get("generation").map_err(db_error)?,
-    };
-    columns::ring_record(DB, cols)
-}
-
-/// Rebuilds a key from a `keys` row of `ring`.
-fn key_from_row(ring: &str, row: &PgRow) -> Result<KeyRecord, StoreError> {
-    let cols = KeyColumns {
-        kid: row.try_get("kid").map_err(db_error)?,
-        jwk_json: row.try_get("jwk_json").map_err(db_error)?,
-        timeline_json: row.try_get("timeline_json").map_err(db_error)?,
-        sealed: row.try_get("sealed").map_err(db_error)?,
-        reason: row.try_get("reason").map_err(db_error)?,
-        request_id: row.try_get("request_id").map_err(db_error)?,
-    };
-    columns::key_record(DB, ring, cols)
-}
-
-/// Encodes a column value (see [`columns::to_json`]).
-fn to_json<T: Serialize>(
-    value: &T,
-    ring: &RingName,
-    kid: Option<&Kid>,
-    what: &str,
-) -> Result<String, StoreError> {
-    columns::to_json(DB, value, ring, kid, what)
-}
-
-/// The database name in error messages.
-const DB: &str = "postgres";
-
-/// Any `sqlx` failure: the store is unusable for this call.
-fn db_error(e: sqlx::Error) -> StoreError {
-    match e {
-        // sqlx says "pool timed out while waiting for an open connection",
-        // which does not say that the database is the problem.
-        sqlx::Error::PoolTimedOut => StoreError::Unavailable(format!(
-            "postgres: database unreachable (no connection within {} s)",
-            ACQUIRE_TIMEOUT.as_secs()
-        )),
-        e => StoreError::Unavailable(format!("postgres: {}", describe(&e))),
-    }
-}
-
-/// The server's own message and SQLSTATE (e.g. "canceling statement due to
-/// lock timeout (SQLSTATE 55P03)") without sqlx's prefix; never the SQL
-/// text, bound values, the server's DETAIL (which can quote key values) or
-/// the connection URL.
-fn describe(e: &sqlx::Error) -> String {
-    match e {
-        sqlx::Error::Database(db) => match db.code() {
-            Some(code) => format!("{} (SQLSTATE {code})", db.message()),
-            None => db.message().to_owned(),
-        },
-        other => other.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -770,25 +556,5 @@ mod tests {
         fn is_send<T: Send>(_: &T) {}
         is_send(&PostgresStore::open(""));
         is_send(&PostgresStore::open_in_schema("", ""));
-    }
-
-    #[test]
-    fn schema_names_are_plain_identifiers() {
-        for good in ["signet", "_x", "t_123_456_7", &"a".repeat(MAX_SCHEMA_LEN)] {
-            assert!(SchemaName::parse(good).is_ok(), "{good:?} refused");
-        }
-        for bad in [
-            "",
-            "1abc",
-            "Signet",
-            "a-b",
-            "a\"b",
-            "a; DROP SCHEMA public",
-            "pg_catalog",
-            "é",
-            &"a".repeat(MAX_SCHEMA_LEN + 1),
-        ] {
-            assert!(SchemaName::parse(bad).is_err(), "{bad:?} accepted");
-        }
     }
 }
