@@ -569,7 +569,7 @@ async fn verifier_library() {
     );
 }
 
-/// Terminates TLS on a port of its own with `cert`/`key` and forwards each
+/// Terminates TLS on a loopback port of its own with `cert`/`key` and forwards each
 /// connection to the plain HTTP server at `to`, as a load balancer would.
 async fn tls_front(to: std::net::SocketAddr, cert: &str, key: &str) -> std::net::SocketAddr {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
@@ -612,13 +612,14 @@ async fn verifier_library_over_https() {
     use crate::common::certs;
     let server = common::TestServer::start(&[("default", Algorithm::Es256)]).await;
     let ca = certs::ca("jwks CA");
+    // An IP SAN, so the test needs no name resolution.
     let (cert, key) = certs::leaf(
         &ca,
-        "localhost",
-        vec![rcgen::SanType::DnsName("localhost".try_into().unwrap())],
+        "127.0.0.1",
+        vec![rcgen::SanType::IpAddress([127, 0, 0, 1].into())],
     );
     let front = tls_front(server.http, &cert, &key).await;
-    let url = format!("https://localhost:{}/.well-known/jwks.json", front.port());
+    let url = format!("https://{front}/.well-known/jwks.json");
     let token = server
         .keys
         .sign(SignParams {
