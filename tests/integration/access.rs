@@ -491,7 +491,10 @@ async fn tls_certificates_reload_without_a_restart() {
 /// file, so a rotated-away log is followed by a new one at the same path.
 #[test]
 fn sighup_reloads_the_policy_and_reopens_the_audit_log() {
-    use crate::common::process::{Proc, kek_file, write_config};
+    use crate::common::{
+        eventually,
+        process::{Proc, kek_file, write_config},
+    };
 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -526,13 +529,6 @@ fn sighup_reloads_the_policy_and_reopens_the_audit_log() {
     let denied = |out: &std::process::Output| {
         !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("PermissionDenied")
     };
-    let eventually = |what: &str, check: &dyn Fn() -> bool| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !check() {
-            assert!(std::time::Instant::now() < deadline, "{what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
 
     assert!(denied(&sign()), "read only: no signing");
     // The policy file changes; nothing happens until SIGHUP.
@@ -543,7 +539,8 @@ fn sighup_reloads_the_policy_and_reopens_the_audit_log() {
     let rotated = data.join("audit.log.1");
     std::fs::rename(&log, &rotated).unwrap();
     hup();
-    eventually("the new policy within 5 s", &|| sign().status.success());
+    let within = Duration::from_secs(5);
+    eventually(within, "the new policy", || sign().status.success());
     assert!(logs().contains("authz policy reloaded"), "{}", logs());
     let fresh = std::fs::read_to_string(&log).unwrap();
     assert!(
@@ -565,7 +562,7 @@ fn sighup_reloads_the_policy_and_reopens_the_audit_log() {
     // A broken policy is refused; the rules in force stay.
     std::fs::write(&policy, "[[rule]]\nidentity = 42\n").unwrap();
     hup();
-    eventually("the broken policy is rejected", &|| {
+    eventually(within, "the broken policy rejected", || {
         logs().contains("authz policy rejected; keeping the old rules")
     });
     assert!(sign().status.success(), "old rules kept");

@@ -12,7 +12,7 @@ use signet::{
     store::{KeyStore, PostgresStore},
 };
 
-use crate::common::{self, postgres, process};
+use crate::common::{self, eventually, postgres, process};
 
 const T0: i64 = 1_767_225_600;
 const DAY: i64 = 86_400;
@@ -274,22 +274,13 @@ fn three_server_processes_share_keys_and_revocations() {
         let token = s.ok(&["sign", "--ring", "r", "--claims", "{}"]);
         for j in &jwks {
             let set: serde_json::Value = serde_json::from_str(j).unwrap();
-            let kid = token.trim().split('.').next().map(|h| {
-                use base64::Engine;
-                let h = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .decode(h)
-                    .unwrap();
-                serde_json::from_slice::<serde_json::Value>(&h).unwrap()["kid"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            });
+            let kid = kid_of(&token);
             assert!(
                 set["keys"]
                     .as_array()
                     .unwrap()
                     .iter()
-                    .any(|k| k["kid"].as_str() == kid.as_deref())
+                    .any(|k| k["kid"].as_str() == Some(kid.as_str()))
             );
         }
     }
@@ -351,18 +342,17 @@ fn three_server_processes_share_keys_and_revocations() {
         serde_json::from_str(&servers[0].ok(&["keys", "--ring", "r", "--json"])).unwrap();
     let old = keys[0]["kid"].as_str().unwrap().to_owned();
     servers[0].ok(&["revoke", &old, "--ring", "r", "--reason", "test"]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    // One deadline for all the other replicas: the refresh bound and a bit.
+    eventually(
+        Duration::from_secs(3),
+        "revocation seen by every replica",
+        || {
+            servers[1..]
+                .iter()
+                .all(|s| !s.ok(&["jwks", "--ring", "r"]).contains(&old))
+        },
+    );
     for s in &servers[1..] {
-        loop {
-            if !s.ok(&["jwks", "--ring", "r"]).contains(&old) {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "revocation not seen within the refresh bound"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
         let token = s.ok(&["sign", "--ring", "r", "--claims", "{}"]);
         assert!(!token.is_empty());
     }
@@ -479,28 +469,10 @@ fn sigkill_a_replica_during_rotation() {
 
 /// The `kid` in a compact JWS's header.
 fn kid_of(token: &str) -> String {
-    use base64::Engine;
-    let header = token.trim().split('.').next().unwrap();
-    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(header)
-        .unwrap();
-    serde_json::from_slice::<serde_json::Value>(&header).unwrap()["kid"]
+    common::part(token.trim(), 0)["kid"]
         .as_str()
         .unwrap()
         .to_owned()
-}
-
-/// Polls `check` every 100 ms until it holds; fails with `what` after
-/// `limit`.
-fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + limit;
-    while !check() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what} within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Stop the database under two replicas: both keep signing with the keys
@@ -510,11 +482,7 @@ fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
 /// other (the change listener reconnected, or polling caught up).
 #[test]
 fn database_outage_keeps_signing_refuses_writes_and_recovers() {
-    // User postgres runs the cluster and must reach its directory.
-    let dir = tempfile::Builder::new()
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .tempdir()
-        .unwrap();
+    let dir = postgres::cluster_parent();
     let db = postgres::Cluster::start(&dir.path().join("pg"));
     let schema = postgres::fresh_schema("outage");
     let kek = process::kek_file(&dir.path().join("kek"));
@@ -786,11 +754,7 @@ fn spawn_replica_err(config: &std::path::Path) -> String {
 /// and serves once it is back.
 #[test]
 fn a_replica_started_while_the_database_is_down_waits_for_it() {
-    // User postgres runs the cluster and must reach its directory.
-    let dir = tempfile::Builder::new()
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .tempdir()
-        .unwrap();
+    let dir = postgres::cluster_parent();
     let db = postgres::Cluster::start(&dir.path().join("pg"));
     let kek = process::kek_file(&dir.path().join("kek"));
     let config = replica_config(dir.path(), 0, &kek, &db.url, "waits");

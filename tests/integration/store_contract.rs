@@ -475,13 +475,8 @@ async fn postgres_errors_do_not_reveal_the_password() {
 #[tokio::test]
 async fn postgres_over_tls_verifies_the_server() {
     use crate::common::certs;
-    use std::os::unix::fs::PermissionsExt;
 
-    // User postgres runs the cluster and must reach its directory.
-    let dir = tempfile::Builder::new()
-        .permissions(std::fs::Permissions::from_mode(0o755))
-        .tempdir()
-        .unwrap();
+    let dir = postgres::cluster_parent();
     let pg = dir.path().join("pg");
     std::fs::create_dir_all(pg.join("tls")).unwrap();
     let ca = certs::ca("signet test database CA");

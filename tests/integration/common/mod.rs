@@ -70,6 +70,19 @@ impl TestServer {
     }
 }
 
+/// Polls `check` every 100 ms until it holds; fails with `what` after
+/// `limit`.
+pub fn eventually(limit: std::time::Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} within {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Decodes a JWS part as JSON.
 pub fn part(token: &str, i: usize) -> serde_json::Value {
     let p = token.split('.').nth(i).unwrap();

@@ -33,6 +33,16 @@ pub fn fresh_schema(prefix: &str) -> String {
     )
 }
 
+/// A temporary directory user postgres can reach (mode 0755), to hold a
+/// [`Cluster`]: the tests may run as root, and the cluster runs as postgres.
+pub fn cluster_parent() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o755))
+        .tempdir()
+        .unwrap()
+}
+
 /// A PostgreSQL cluster of the test's own, which it may stop and start:
 /// `scripts/postgres-setup --private DIR`. Stopped when dropped.
 pub struct Cluster {
