@@ -292,6 +292,17 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// The value of the `meta` row `name`, if there is one.
+    async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        sqlx::query_scalar("SELECT value FROM meta WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)
+    }
+}
+
 #[async_trait]
 impl KeyStore for PostgresStore {
     fn kind(&self) -> &'static str {
@@ -415,11 +426,7 @@ impl KeyStore for PostgresStore {
     }
 
     async fn kek_check(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        sqlx::query_scalar("SELECT value FROM meta WHERE name = $1")
-            .bind(KEK_CHECK)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)
+        self.meta(KEK_CHECK).await
     }
 
     async fn init_kek_check(&self, check: &[u8]) -> Result<(), StoreError> {
@@ -442,11 +449,7 @@ impl KeyStore for PostgresStore {
     }
 
     async fn audit_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        sqlx::query_scalar("SELECT value FROM meta WHERE name = $1")
-            .bind(AUDIT_KEY)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)
+        self.meta(AUDIT_KEY).await
     }
 
     async fn init_audit_key(&self, wrapped: &[u8]) -> Result<Vec<u8>, StoreError> {
