@@ -30,11 +30,12 @@ pub struct Config {
     /// Rings to create at start if they do not exist yet.
     #[serde(default)]
     pub rings: Vec<RingConfig>,
-    /// gRPC over TLS with client certificates. Required for a gRPC
-    /// listener on a non-loopback address.
+    /// gRPC over TLS with client certificates. Required for a TCP gRPC
+    /// listener (plaintext TCP is `signet dev` only).
     #[serde(default)]
     pub tls: Option<TlsSection>,
-    /// Who may do what (grants). Required with `[tls]`.
+    /// Who may do what (grants). Required: without it every caller would
+    /// be refused, so the server does not start.
     #[serde(default)]
     pub authz: Option<AuthzSection>,
     /// Where audit records go.
@@ -52,6 +53,14 @@ pub struct TlsSection {
     pub key: PathBuf,
     /// CA bundle client certificates must chain to.
     pub client_ca: PathBuf,
+    /// Certificate revocation lists (PEM or DER) from the client CA; a
+    /// certificate on one is refused at the handshake. Re-read on SIGHUP.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+    /// Accept a certificate's subject CN as an identity (`cn:NAME`). Off by
+    /// default: a CN is free text, and only SANs are typed by the CA.
+    #[serde(default)]
+    pub allow_cn_identity: bool,
 }
 
 /// `[authz]`
@@ -136,9 +145,34 @@ impl AuditSection {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Listen {
-    /// gRPC API address. Default `127.0.0.1:50051`.
+    /// gRPC API: `unix:PATH` (a Unix socket; callers are known by their uid)
+    /// or `HOST:PORT` (needs `[tls]` with client certificates). Default
+    /// `unix:/run/signet/grpc.sock`.
     #[serde(default = "default_grpc")]
-    pub grpc: SocketAddr,
+    pub grpc: GrpcListen,
+    /// File mode of the gRPC Unix socket, octal. Default `"0660"`: the
+    /// owner and the group may connect; policy rules still decide.
+    #[serde(default = "default_socket_mode")]
+    pub grpc_socket_mode: String,
+    /// Group of the gRPC Unix socket (a name or number). Default: the
+    /// server's group.
+    #[serde(default)]
+    pub grpc_socket_group: Option<String>,
+    /// A gRPC connection is closed after this long (and its caller
+    /// reconnects, under the current certificates, CRLs and rules). Default
+    /// `"1h"`.
+    #[serde(
+        default = "default_max_connection_age",
+        with = "humantime_serde_compat"
+    )]
+    pub max_connection_age: std::time::Duration,
+    /// How long requests in flight on such a connection may finish.
+    /// Default `"1m"`.
+    #[serde(
+        default = "default_max_connection_age_grace",
+        with = "humantime_serde_compat"
+    )]
+    pub max_connection_age_grace: std::time::Duration,
     /// HTTP address (JWKS for verifiers, health). Default `127.0.0.1:8080`.
     #[serde(default = "default_http")]
     pub http: SocketAddr,
@@ -152,14 +186,96 @@ impl Default for Listen {
     fn default() -> Self {
         Self {
             grpc: default_grpc(),
+            grpc_socket_mode: default_socket_mode(),
+            grpc_socket_group: None,
+            max_connection_age: default_max_connection_age(),
+            max_connection_age_grace: default_max_connection_age_grace(),
             http: default_http(),
             metrics: None,
         }
     }
 }
 
-fn default_grpc() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 50051))
+/// Where the gRPC API listens.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum GrpcListen {
+    /// TCP; mTLS required outside `signet dev`.
+    Tcp(SocketAddr),
+    /// A Unix domain socket at this absolute path.
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for GrpcListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            let path = PathBuf::from(path);
+            if !path.is_absolute() {
+                return Err(format!(
+                    "{s:?}: a Unix socket path must be absolute (unix:/run/signet/grpc.sock)"
+                ));
+            }
+            return Ok(GrpcListen::Unix(path));
+        }
+        s.parse()
+            .map(GrpcListen::Tcp)
+            .map_err(|_| format!("{s:?} is neither unix:/PATH nor HOST:PORT (e.g. 0.0.0.0:50051)"))
+    }
+}
+
+impl TryFrom<String> for GrpcListen {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::fmt::Display for GrpcListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GrpcListen::Tcp(a) => write!(f, "{a}"),
+            GrpcListen::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// Durations written as `"90s"`, `"1h"` (humantime) or a number of seconds.
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+        match Raw::deserialize(d)? {
+            Raw::Secs(n) => Ok(std::time::Duration::from_secs(n)),
+            Raw::Text(t) => humantime::parse_duration(&t)
+                .map_err(|e| serde::de::Error::custom(format!("{t:?}: {e} (e.g. \"1h\")"))),
+        }
+    }
+}
+
+fn default_grpc() -> GrpcListen {
+    GrpcListen::Unix(PathBuf::from("/run/signet/grpc.sock"))
+}
+
+fn default_socket_mode() -> String {
+    "0660".into()
+}
+
+fn default_max_connection_age() -> std::time::Duration {
+    std::time::Duration::from_secs(3600)
+}
+
+fn default_max_connection_age_grace() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
 }
 
 fn default_http() -> SocketAddr {
@@ -234,6 +350,21 @@ pub struct RingConfig {
     pub rsa_bits: u32,
 }
 
+/// Parses an octal file mode such as `"0660"`; group and owner bits only
+/// (a socket others could write to would let any local user call).
+pub fn socket_mode(text: &str) -> Result<u32, String> {
+    let mode = u32::from_str_radix(text.trim_start_matches("0o"), 8).map_err(|_| {
+        format!("listen.grpc_socket_mode: {text:?} is not an octal mode such as \"0660\"")
+    })?;
+    if mode & !0o770 != 0 {
+        return Err(format!(
+            "listen.grpc_socket_mode: {text:?} gives access to others or sets special bits; \
+             use owner and group bits only (e.g. \"0660\", \"0600\")"
+        ));
+    }
+    Ok(mode)
+}
+
 /// A configuration that parsed and validated.
 #[derive(Debug, Clone)]
 pub struct Checked {
@@ -291,12 +422,39 @@ impl Config {
         self.audit
             .audit_config(&self.store.data_dir)
             .map_err(|e| e.to_string())?;
-        if !self.listen.grpc.ip().is_loopback() && self.tls.is_none() {
-            return Err(format!(
-                "listen.grpc {}: a non-loopback gRPC listener needs [tls] (client certificates); \
-                 plaintext is allowed on loopback only",
-                self.listen.grpc
-            ));
+        if self.authz.is_none() {
+            return Err(
+                "[authz] is missing: signet server grants nothing without a policy; add \
+                 [authz] policy = \"/etc/signet/policy.toml\" (see signet.policy.example.toml)"
+                    .into(),
+            );
+        }
+        match &self.listen.grpc {
+            GrpcListen::Tcp(addr) if self.tls.is_none() => {
+                return Err(format!(
+                    "listen.grpc {addr}: a TCP gRPC listener needs [tls] with client \
+                     certificates (plaintext TCP is for `signet dev` only); or listen on a Unix \
+                     socket: grpc = \"unix:/run/signet/grpc.sock\""
+                ));
+            }
+            GrpcListen::Unix(path) if self.tls.is_some() => {
+                return Err(format!(
+                    "[tls] is set but listen.grpc is the Unix socket {}: TLS applies to a \
+                     TCP listener; remove [tls] or listen on HOST:PORT",
+                    path.display()
+                ));
+            }
+            _ => {}
+        }
+        socket_mode(&self.listen.grpc_socket_mode)?;
+        let age = self.listen.max_connection_age;
+        if age < std::time::Duration::from_secs(1)
+            || age > std::time::Duration::from_secs(7 * 86400)
+        {
+            return Err("listen.max_connection_age: must be between 1s and 7 days".into());
+        }
+        if self.listen.max_connection_age_grace > std::time::Duration::from_secs(3600) {
+            return Err("listen.max_connection_age_grace: must be at most 1h".into());
         }
         if let Some(url) = &self.store.url
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
@@ -305,12 +463,6 @@ impl Config {
         }
         if self.store.refresh_interval_secs == 0 || self.store.refresh_interval_secs > 300 {
             return Err("store.refresh_interval_secs: must be between 1 and 300".into());
-        }
-        if self.tls.is_some() && self.authz.is_none() {
-            return Err(
-                "[tls] needs [authz] policy = FILE: callers are denied everything by default"
-                    .into(),
-            );
         }
         Ok(Checked {
             config: self,
@@ -351,7 +503,11 @@ mod tests {
             ),
             (
                 "[listen]\ngrpc = \"nope\"\n[seal]\nkek = \"file:/k\"",
-                "invalid socket address",
+                "\"nope\" is neither unix:/PATH nor HOST:PORT",
+            ),
+            (
+                "[listen]\ngrpc = \"unix:grpc.sock\"\n[seal]\nkek = \"file:/k\"",
+                "a Unix socket path must be absolute",
             ),
             (
                 "[seal]\nkek = \"env:K\"\n[[rings]]\nname = \"a\"\nalgorithm = \"RS256\"\nrsa_bits = 1024",
@@ -363,12 +519,29 @@ mod tests {
             ),
             ("", "missing field `seal`"),
             (
-                "[listen]\ngrpc = \"0.0.0.0:50051\"\n[seal]\nkek = \"env:K\"",
-                "listen.grpc 0.0.0.0:50051: a non-loopback gRPC listener needs [tls]",
+                "[seal]\nkek = \"env:K\"",
+                "[authz] is missing: signet server grants nothing without a policy; add \
+                 [authz] policy = \"/etc/signet/policy.toml\"",
             ),
             (
-                "[seal]\nkek = \"env:K\"\n[tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"",
-                "[tls] needs [authz] policy = FILE",
+                "[listen]\ngrpc = \"0.0.0.0:50051\"\n[seal]\nkek = \"env:K\"\n[authz]\npolicy = \"p\"",
+                "listen.grpc 0.0.0.0:50051: a TCP gRPC listener needs [tls]",
+            ),
+            (
+                "[listen]\ngrpc = \"127.0.0.1:50051\"\n[seal]\nkek = \"env:K\"\n[authz]\npolicy = \"p\"",
+                "(plaintext TCP is for `signet dev` only)",
+            ),
+            (
+                "[seal]\nkek = \"env:K\"\n[authz]\npolicy = \"p\"\n[tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"",
+                "[tls] is set but listen.grpc is the Unix socket /run/signet/grpc.sock",
+            ),
+            (
+                "[listen]\ngrpc_socket_mode = \"0666\"\n[seal]\nkek = \"env:K\"\n[authz]\npolicy = \"p\"",
+                "listen.grpc_socket_mode: \"0666\" gives access to others",
+            ),
+            (
+                "[listen]\nmax_connection_age = \"forever\"\n[seal]\nkek = \"env:K\"\n[authz]\npolicy = \"p\"",
+                "\"forever\": ",
             ),
             (
                 "[seal]\nkek = \"env:K\"\n[audit]\nfsync = \"sometimes\"",
@@ -387,8 +560,14 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c = check("[seal]\nkek = \"env:SIGNET_KEK\"").unwrap();
+        let c = check("[seal]\nkek = \"env:SIGNET_KEK\"\n[authz]\npolicy = \"p\"").unwrap();
         assert_eq!(c.config.listen, Listen::default());
+        assert_eq!(
+            c.config.listen.grpc.to_string(),
+            "unix:/run/signet/grpc.sock",
+            "closed by default: a Unix socket"
+        );
+        assert_eq!(socket_mode(&c.config.listen.grpc_socket_mode), Ok(0o660));
         assert_eq!(c.config.store.data_dir, PathBuf::from("/var/lib/signet"));
         assert!(!c.config.seal.allow_unlocked_memory);
     }

@@ -15,6 +15,9 @@ pub enum Error {
     /// Caller input broke a rule; the message names the field and the rule.
     #[error(transparent)]
     InvalidArgument(#[from] InputError),
+    /// A Sign request no claim rule of its caller accepts.
+    #[error(transparent)]
+    ClaimRule(crate::authz::Violation),
     /// No ring of that name.
     #[error("key ring {0:?} not found")]
     RingNotFound(String),

@@ -11,10 +11,14 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    net::{TcpListener, UnixListener},
+    sync::watch,
+};
 
 use crate::{
     clock::SystemClock,
+    config::GrpcListen,
     crypto::KeySpec,
     http,
     keyring::{KeyManager, RingName},
@@ -26,8 +30,14 @@ use crate::{
 /// What a server needs to start.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// gRPC listen address.
-    pub grpc_listen: SocketAddr,
+    /// gRPC listen address: TCP (mTLS, or plaintext loopback for `signet
+    /// dev`) or a Unix socket.
+    pub grpc_listen: GrpcListen,
+    /// File mode and group of a gRPC Unix socket.
+    pub grpc_socket: (u32, Option<String>),
+    /// gRPC connections are closed after this long, with this grace for
+    /// requests in flight.
+    pub max_connection_age: (std::time::Duration, std::time::Duration),
     /// HTTP listen address.
     pub http_listen: SocketAddr,
     /// Separate `/metrics` listen address, if any.
@@ -60,12 +70,12 @@ pub struct Prepared {
     /// The key manager.
     pub keys: KeyManager,
     /// Bound gRPC address (port 0 resolved).
-    pub grpc_addr: SocketAddr,
+    pub grpc_addr: GrpcListen,
     /// Bound HTTP address.
     pub http_addr: SocketAddr,
     /// Bound metrics address, if separate.
     pub metrics_addr: Option<SocketAddr>,
-    grpc: TcpListener,
+    grpc: GrpcListener,
     http: TcpListener,
     metrics: Option<TcpListener>,
     /// The shared store, when replicas share one: its change notifications
@@ -100,6 +110,63 @@ pub fn audit_rejected(
             let _ = audit.append(rec).await;
         });
     }
+}
+
+/// A bound gRPC listener.
+enum GrpcListener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+/// Binds the gRPC Unix socket at `path` with `mode` and `group`. A socket
+/// file left by a server that died is replaced; one that still answers, or
+/// a file that is no socket, is not.
+fn bind_unix(
+    path: &std::path::Path,
+    mode: u32,
+    group: Option<&str>,
+) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    let shown = path.display();
+    if let Some(parent) = path.parent()
+        && !parent.exists()
+    {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .with_context(|| format!("listen.grpc unix:{shown}: cannot create its directory"))?;
+    }
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            bail!(
+                "listen.grpc unix:{shown}: the path exists and is not a socket; refusing to replace it"
+            );
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("listen.grpc unix:{shown}: another server answers on this socket");
+        }
+        fs::remove_file(path)
+            .with_context(|| format!("listen.grpc unix:{shown}: cannot remove the stale socket"))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("listen.grpc unix:{shown}: cannot listen"))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("listen.grpc unix:{shown}: cannot set mode {mode:o}"))?;
+    if let Some(group) = group {
+        let gid = match group.parse::<u32>() {
+            Ok(n) => nix::unistd::Gid::from_raw(n),
+            Err(_) => nix::unistd::Group::from_name(group)
+                .ok()
+                .flatten()
+                .map(|g| g.gid)
+                .with_context(|| format!("listen.grpc_socket_group: no group named {group:?}"))?,
+        };
+        nix::unistd::chown(path, None, Some(gid)).with_context(|| {
+            format!("listen.grpc_socket_group {group:?}: cannot give unix:{shown} to it")
+        })?;
+    }
+    Ok(listener)
 }
 
 /// The SQLite file inside a data directory.
@@ -225,9 +292,23 @@ pub async fn prepare(opts: &ServerOptions) -> anyhow::Result<Prepared> {
             }
         }
     }
-    let grpc = TcpListener::bind(opts.grpc_listen)
-        .await
-        .with_context(|| format!("--grpc-listen {}: cannot listen", opts.grpc_listen))?;
+    let (grpc, grpc_addr) = match &opts.grpc_listen {
+        GrpcListen::Tcp(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listen.grpc {addr}: cannot listen"))?;
+            let bound = GrpcListen::Tcp(l.local_addr()?);
+            (GrpcListener::Tcp(l), bound)
+        }
+        GrpcListen::Unix(path) => {
+            let (mode, group) = &opts.grpc_socket;
+            let l = bind_unix(path, *mode, group.as_deref())?;
+            (
+                GrpcListener::Unix(l, path.clone()),
+                GrpcListen::Unix(path.clone()),
+            )
+        }
+    };
     let http = TcpListener::bind(opts.http_listen)
         .await
         .with_context(|| format!("--http-listen {}: cannot listen", opts.http_listen))?;
@@ -244,7 +325,7 @@ pub async fn prepare(opts: &ServerOptions) -> anyhow::Result<Prepared> {
         metrics_addr: metrics.as_ref().and_then(|l| l.local_addr().ok()),
         metrics,
         keys,
-        grpc_addr: grpc.local_addr()?,
+        grpc_addr,
         http_addr: http.local_addr()?,
         grpc,
         http,
@@ -284,9 +365,16 @@ impl Prepared {
         };
         let authorizer: Arc<dyn Authorizer> = match &authz {
             Some(a) => Arc::new(a.clone()),
+            // Everything granted to anyone who connects: only `signet dev`,
+            // plaintext on loopback, may run so.
             None => {
+                let dev = opts.tls.is_none()
+                    && matches!(opts.grpc_listen, GrpcListen::Tcp(a) if a.ip().is_loopback());
+                if !dev {
+                    bail!("no [authz] policy: refusing to serve gRPC to callers without grants");
+                }
                 tracing::warn!(
-                    "no [authz] policy: the local caller has every grant (loopback plaintext only)"
+                    "no [authz] policy: the local caller has every grant (signet dev: loopback plaintext only)"
                 );
                 Arc::new(AllowAll)
             }
@@ -346,24 +434,39 @@ impl Prepared {
                 let _ = rx.changed().await;
             }
         };
-        let grpc_task = match acceptor {
-            Some(acceptor) => {
-                let incoming = acceptor.incoming(self.grpc, audit_rejected(audit.clone()));
-                tokio::spawn(rpc::serve_with(
+        let age = Some(opts.max_connection_age);
+        let mut socket_file = None;
+        let grpc_task = match (self.grpc, acceptor) {
+            (GrpcListener::Tcp(listener), Some(acceptor)) => {
+                let incoming = acceptor.incoming(listener, audit_rejected(audit.clone()));
+                tokio::spawn(rpc::serve_configured(
                     incoming,
                     self.keys.clone(),
                     authorizer,
                     Some(parts),
+                    age,
                     stopped(),
                 ))
             }
-            None => tokio::spawn(rpc::serve_with(
-                crate::tls::plaintext_incoming(self.grpc),
+            (GrpcListener::Tcp(listener), None) => tokio::spawn(rpc::serve_configured(
+                crate::tls::plaintext_incoming(listener),
                 self.keys.clone(),
                 authorizer,
                 Some(parts),
+                age,
                 stopped(),
             )),
+            (GrpcListener::Unix(listener, path), _) => {
+                socket_file = Some(path);
+                tokio::spawn(rpc::serve_configured(
+                    crate::tls::unix_incoming(listener),
+                    self.keys.clone(),
+                    authorizer,
+                    Some(parts),
+                    age,
+                    stopped(),
+                ))
+            }
         };
         if let Some(pg) = self.shared.clone() {
             tokio::spawn(refresh_loop(
@@ -395,6 +498,9 @@ impl Prepared {
         tracing::info!("shutting down");
         drop(stop_tx);
         grpc_task.await?.context("gRPC server failed")?;
+        if let Some(path) = socket_file {
+            let _ = fs::remove_file(path);
+        }
         http_task.await?.context("HTTP server failed")?;
         if let Some(t) = metrics_task {
             t.await?.context("metrics server failed")?;

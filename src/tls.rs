@@ -5,8 +5,14 @@
 //! CA bundle can be reloaded (SIGHUP) without dropping the service: each
 //! handshake uses the configuration current at that moment.
 //!
-//! A peer's identity is its certificate's URI SAN (e.g. a SPIFFE ID), else
-//! its DNS SAN, else its subject CN.
+//! A peer's identities are typed (see [`crate::authz::identity`]): its
+//! certificate's URI SAN (`uri:`, at most one: a certificate with two is
+//! refused at the handshake, the SPIFFE rule), each DNS SAN (`dns:`), and its
+//! subject CN (`cn:`) only where `[tls] allow_cn_identity` is set. A
+//! certificate that yields no identity is refused at the handshake, and so
+//! is one on a loaded CRL. Over the Unix socket the kernel says who the peer
+//! is (`SO_PEERCRED`): `unix:uid:N` and, when the uid has a name,
+//! `unix:user:NAME`.
 
 use std::{
     io,
@@ -20,24 +26,56 @@ use std::{
 
 use arc_swap::ArcSwap;
 use rustls::{
-    RootCertStore, ServerConfig,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-    server::WebPkiClientVerifier,
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+    client::danger::HandshakeSignatureValid,
+    pki_types::{
+        CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime, pem::PemObject,
+    },
+    server::{
+        WebPkiClientVerifier,
+        danger::{ClientCertVerified, ClientCertVerifier},
+    },
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpStream, UnixListener, UnixStream},
 };
 use tonic::transport::server::Connected;
+
+use crate::authz::{Identity, IdentityKind};
 
 /// Who is calling, attached to every request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerInfo {
-    /// The identity (URI SAN, DNS SAN or CN); `local` for a plaintext
-    /// loopback caller of `signet dev`.
+    /// The identity audit records carry: the first of `names`; `local` for
+    /// a plaintext loopback caller of `signet dev`.
     pub identity: String,
-    /// The peer's address.
+    /// Every typed name the transport established, `identity` first; a
+    /// policy rule applies when its pattern matches any of them.
+    pub names: Vec<String>,
+    /// The peer's address (none over a Unix socket).
     pub addr: Option<SocketAddr>,
+}
+
+impl PeerInfo {
+    /// A peer known by `names` (the first is its audit identity).
+    pub fn new(names: Vec<Identity>, addr: Option<SocketAddr>) -> Self {
+        let names: Vec<String> = names.into_iter().map(|n| n.as_str().to_owned()).collect();
+        Self {
+            identity: names.first().cloned().unwrap_or_default(),
+            names,
+            addr,
+        }
+    }
+
+    /// The plaintext loopback caller of `signet dev`.
+    pub fn local(addr: Option<SocketAddr>) -> Self {
+        Self {
+            identity: "local".into(),
+            names: vec!["local".into()],
+            addr,
+        }
+    }
 }
 
 /// Why TLS could not be configured.
@@ -54,6 +92,41 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// CA bundle that client certificates must chain to (PEM).
     pub client_ca: PathBuf,
+    /// Certificate revocation lists (PEM or DER); a client certificate on
+    /// one is refused at the handshake.
+    pub crls: Vec<PathBuf>,
+    /// Whether a certificate's subject CN counts as an identity (`cn:`).
+    pub allow_cn_identity: bool,
+}
+
+impl TlsFiles {
+    /// The three PEM files, no CRL, CN identities off.
+    pub fn new(cert: PathBuf, key: PathBuf, client_ca: PathBuf) -> Self {
+        Self {
+            cert,
+            key,
+            client_ca,
+            crls: Vec::new(),
+            allow_cn_identity: false,
+        }
+    }
+}
+
+/// Reads one CRL file, PEM (any number of CRLs) or DER (one).
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let shown = || format!("tls crls {}", path.display());
+    let bytes = std::fs::read(path).map_err(|e| TlsError(format!("{}: {e}", shown())))?;
+    if bytes.starts_with(b"-----") || bytes.iter().take(64).all(u8::is_ascii) {
+        let crls: Vec<_> = CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<_, _>>()
+            .map_err(|e| TlsError(format!("{}: {e}", shown())))?;
+        if crls.is_empty() {
+            return Err(TlsError(format!("{}: no PEM X509 CRL in it", shown())));
+        }
+        Ok(crls)
+    } else {
+        Ok(vec![CertificateRevocationListDer::from(bytes)])
+    }
 }
 
 fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -83,9 +156,23 @@ impl TlsFiles {
                 TlsError(format!("tls client_ca {}: {e}", self.client_ca.display()))
             })?;
         }
-        let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+        let mut crls = Vec::new();
+        for path in &self.crls {
+            crls.extend(read_crls(path)?);
+        }
+        let webpki = WebPkiClientVerifier::builder(Arc::new(roots))
+            .with_crls(crls)
             .build()
-            .map_err(|e| TlsError(format!("tls client_ca {}: {e}", self.client_ca.display())))?;
+            .map_err(|e| {
+                TlsError(format!(
+                    "tls client_ca/crls {}: {e}",
+                    self.client_ca.display()
+                ))
+            })?;
+        let verifier = Arc::new(IdentityVerifier {
+            inner: webpki,
+            allow_cn: self.allow_cn_identity,
+        });
         let mut config = ServerConfig::builder()
             .with_client_cert_verifier(verifier)
             .with_single_cert(certs, key)
@@ -141,6 +228,7 @@ impl Acceptor {
                 };
                 let _ = tcp.set_nodelay(true);
                 let acceptor = tokio_rustls::TlsAcceptor::from(self.config.load_full());
+                let allow_cn = self.files.allow_cn_identity;
                 let (conn_tx, rejected) = (tx.clone(), rejected.clone());
                 tokio::spawn(async move {
                     let handshake =
@@ -152,24 +240,22 @@ impl Acceptor {
                         }
                         Err(_) => return rejected(Some(addr), "TLS handshake timed out".into()),
                     };
-                    let identity = stream
+                    // The verifier refused certificates without an identity;
+                    // this only reads the names again.
+                    let names = stream
                         .get_ref()
                         .1
                         .peer_certificates()
                         .and_then(|certs| certs.first())
-                        .and_then(|c| identity_of(c.as_ref()));
-                    let Some(identity) = identity else {
-                        return rejected(
-                            Some(addr),
-                            "client certificate names no identity (no SAN, no CN)".into(),
-                        );
+                        .map(|c| identities_of(c.as_ref(), allow_cn))
+                        .unwrap_or_else(|| Err("no client certificate".into()));
+                    let names = match names {
+                        Ok(names) => names,
+                        Err(why) => return rejected(Some(addr), why),
                     };
                     let conn = Conn {
                         stream: Stream::Tls(Box::new(stream)),
-                        info: PeerInfo {
-                            identity,
-                            addr: Some(addr),
-                        },
+                        info: PeerInfo::new(names, Some(addr)),
                     };
                     let _ = conn_tx.send(Ok(conn)).await;
                 });
@@ -195,10 +281,7 @@ pub fn plaintext_incoming(
                     let _ = tcp.set_nodelay(true);
                     let conn = Conn {
                         stream: Stream::Plain(tcp),
-                        info: PeerInfo {
-                            identity: "local".into(),
-                            addr: Some(addr),
-                        },
+                        info: PeerInfo::local(Some(addr)),
                     };
                     if tx.send(Ok(conn)).await.is_err() {
                         return;
@@ -214,39 +297,171 @@ pub fn plaintext_incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-/// The identity in a DER certificate: URI SAN, else DNS SAN, else CN.
-pub fn identity_of(der: &[u8]) -> Option<String> {
+/// The typed identities in a DER certificate: its URI SAN, each DNS SAN,
+/// and (with `allow_cn`) its subject CN, in that order. Refused: more than
+/// one URI SAN (a SPIFFE certificate has exactly one), or no identity at all.
+pub fn identities_of(der: &[u8], allow_cn: bool) -> Result<Vec<Identity>, String> {
     use x509_parser::{extensions::GeneralName, prelude::FromDer};
-    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
+        .map_err(|_| "client certificate does not parse".to_owned())?;
     let sans: Vec<GeneralName<'_>> = cert
         .subject_alternative_name()
-        .ok()
-        .flatten()
+        .map_err(|_| "client certificate has a malformed SAN extension".to_owned())?
         .map(|ext| ext.value.general_names.clone())
         .unwrap_or_default();
-    let uri = sans.iter().find_map(|n| match n {
-        GeneralName::URI(u) => Some(u.to_string()),
-        _ => None,
-    });
-    let dns = || {
-        sans.iter().find_map(|n| match n {
-            GeneralName::DNSName(d) => Some(d.to_string()),
+    let uris: Vec<&str> = sans
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
             _ => None,
         })
-    };
-    let cn = || {
-        cert.subject()
+        .collect();
+    if uris.len() > 1 {
+        return Err(format!(
+            "client certificate has {} URI SANs; a SPIFFE certificate has exactly one",
+            uris.len()
+        ));
+    }
+    let mut names: Vec<Identity> = uris
+        .iter()
+        .filter(|u| !u.is_empty())
+        .map(|u| Identity::new(IdentityKind::Uri, u))
+        .collect();
+    names.extend(sans.iter().filter_map(|n| match n {
+        GeneralName::DNSName(d) if !d.is_empty() => Some(Identity::new(IdentityKind::Dns, d)),
+        _ => None,
+    }));
+    if allow_cn
+        && let Some(cn) = cert
+            .subject()
             .iter_common_name()
             .next()
             .and_then(|cn| cn.as_str().ok())
-            .map(str::to_owned)
-    };
-    uri.or_else(dns).or_else(cn).filter(|s| !s.is_empty())
+            .filter(|cn| !cn.is_empty())
+    {
+        names.push(Identity::new(IdentityKind::Cn, cn));
+    }
+    if names.is_empty() {
+        return Err(if allow_cn {
+            "client certificate names no identity (no URI or DNS SAN, no CN)".into()
+        } else {
+            "client certificate names no identity (no URI or DNS SAN; CN identities are off: \
+             [tls] allow_cn_identity)"
+                .into()
+        });
+    }
+    Ok(names)
+}
+
+/// WebPKI client verification, then Signet's identity rules, so that a
+/// certificate Signet would refuse anyway fails the handshake itself.
+#[derive(Debug)]
+struct IdentityVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    allow_cn: bool,
+}
+
+impl ClientCertVerifier for IdentityVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        identities_of(end_entity.as_ref(), self.allow_cn).map_err(rustls::Error::General)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Who is on the other end of a Unix socket, from the kernel: `unix:uid:N`,
+/// then `unix:user:NAME` when the uid has a name.
+fn unix_peer(stream: &UnixStream) -> io::Result<PeerInfo> {
+    let cred = stream.peer_cred()?;
+    let uid = cred.uid();
+    let mut names = vec![Identity::new(IdentityKind::UnixUid, &uid.to_string())];
+    if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        names.push(Identity::new(IdentityKind::UnixUser, &user.name));
+    }
+    Ok(PeerInfo::new(names, None))
+}
+
+/// Connections on a Unix domain socket, each with the kernel's word for
+/// who the peer is. A connection whose credentials cannot be read is
+/// dropped.
+pub fn unix_incoming(
+    listener: UnixListener,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let info = match unix_peer(&stream) {
+                        Ok(info) => info,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Unix socket peer credentials unreadable; connection dropped");
+                            continue;
+                        }
+                    };
+                    let conn = Conn {
+                        stream: Stream::Unix(stream),
+                        info,
+                    };
+                    if tx.send(Ok(conn)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 enum Stream {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     Plain(TcpStream),
+    Unix(UnixStream),
 }
 
 /// An accepted connection with its peer's identity.
@@ -272,6 +487,7 @@ impl AsyncRead for Conn {
         match &mut self.get_mut().stream {
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -285,6 +501,7 @@ impl AsyncWrite for Conn {
         match &mut self.get_mut().stream {
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -292,6 +509,7 @@ impl AsyncWrite for Conn {
         match &mut self.get_mut().stream {
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -299,6 +517,7 @@ impl AsyncWrite for Conn {
         match &mut self.get_mut().stream {
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 
@@ -310,6 +529,7 @@ impl AsyncWrite for Conn {
         match &mut self.get_mut().stream {
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -317,6 +537,7 @@ impl AsyncWrite for Conn {
         match &self.stream {
             Stream::Tls(s) => s.is_write_vectored(),
             Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Unix(s) => s.is_write_vectored(),
         }
     }
 }

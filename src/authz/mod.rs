@@ -6,7 +6,7 @@
 //!
 //! ```toml
 //! [[rule]]
-//! identity = "spiffe://example.org/ns/payments/*"
+//! identity = "uri:spiffe://example.org/ns/payments/*"
 //! actions = ["sign", "read"]
 //! rings = ["payments-*", "default"]
 //! description = "payments issuers"   # optional
@@ -17,11 +17,15 @@
 //! - **Deny by default.** A request is allowed only if some rule matches its
 //!   identity, grants its action and matches its ring. A policy with no rules
 //!   denies everything.
-//! - **Patterns.** Identity and ring patterns are exact strings in which `*`
-//!   matches any run of characters, `/` and `.` included (so
-//!   `spiffe://example.org/*` covers every SPIFFE ID in the trust domain).
-//!   There is no other wildcard: `?` is a literal character. Matching is
-//!   byte-for-byte and case-sensitive.
+//! - **Typed identities.** An identity pattern names its kind:
+//!   `uri:spiffe://example.org/ns/*`, `dns:issuer.internal`, `cn:legacy`,
+//!   `unix:uid:1001`, `unix:user:tokens` (see [`identity`]). A pattern
+//!   without a kind is refused at load, with the typed form suggested.
+//!   After the kind, `*` matches any run of characters, `/` and `.`
+//!   included. There is no other wildcard: `?` is a literal character.
+//!   Matching is byte-for-byte and case-sensitive. A caller may hold several
+//!   names (a certificate's URI and DNS SANs; a uid and its user name); a
+//!   rule applies when its pattern matches any of them.
 //! - **`admin`** grants every action, on the rings the rule lists.
 //! - **Service-wide actions** (`seal`, and anything the RPC layer checks
 //!   against the whole service) are checked with the ring `"*"`. A literal
@@ -31,10 +35,12 @@
 //! - **First match wins.** The first allowing rule in file order is the one
 //!   reported; the decision itself does not depend on order.
 //!
-//! The identity is whatever the transport established (a certificate's URI
-//! SAN, DNS SAN or CN); this module neither knows nor cares which.
+//! - **Claim rules.** A rule granting `sign` may constrain the claims its
+//!   holder signs (`[rule.sign]`, see [`claims`]).
 
 mod action;
+pub mod claims;
+pub mod identity;
 mod shared;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +50,8 @@ use serde::{Deserialize, de::DeserializeOwned};
 use crate::keyring::RingName;
 
 pub use action::{Action, UnknownAction};
+pub use claims::{ClaimRule, SignGrant, Violation};
+pub use identity::{Identity, IdentityKind};
 pub use shared::SharedAuthz;
 
 /// The ring that stands for the whole service in [`Authz::check`].
@@ -100,11 +108,13 @@ struct Rule {
     rings: Vec<String>,
     ring_globs: Vec<Glob>,
     description: Option<String>,
+    /// `[rule.sign]`: what a `sign` grant lets its holder sign.
+    sign: Option<std::sync::Arc<ClaimRule>>,
 }
 
 impl Rule {
-    fn matches_identity(&self, identity: &str) -> bool {
-        self.identity_glob.matches(identity)
+    fn matches_identity(&self, names: &[&str]) -> bool {
+        names.iter().any(|n| self.identity_glob.matches(n))
     }
 
     fn grants(&self, action: Action) -> bool {
@@ -160,6 +170,31 @@ impl Decision {
     }
 }
 
+/// A caller's names, for the checks: one typed identity, or every name the
+/// transport established.
+pub trait Names {
+    /// The names, the one audit records first.
+    fn names(&self) -> Vec<&str>;
+}
+
+impl Names for str {
+    fn names(&self) -> Vec<&str> {
+        vec![self]
+    }
+}
+
+impl Names for String {
+    fn names(&self) -> Vec<&str> {
+        vec![self.as_str()]
+    }
+}
+
+impl Names for [String] {
+    fn names(&self) -> Vec<&str> {
+        self.iter().map(String::as_str).collect()
+    }
+}
+
 /// The file's top level: only `[[rule]]` tables.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -169,7 +204,7 @@ struct PolicyFile {
 }
 
 /// The fields a `[[rule]]` table may hold.
-const RULE_FIELDS: [&str; 4] = ["identity", "actions", "rings", "description"];
+const RULE_FIELDS: [&str; 5] = ["identity", "actions", "rings", "description", "sign"];
 
 /// A validated, immutable grants policy.
 #[derive(Debug, Clone)]
@@ -206,7 +241,9 @@ impl Authz {
     /// [`SERVICE_WIDE`] (`"*"`) as the ring for service-wide actions such as
     /// `seal`. Denies anything no rule allows, and any `ring` that is neither
     /// a valid ring name nor `"*"`.
-    pub fn check(&self, identity: &str, action: Action, ring: &str) -> Decision {
+    pub fn check(&self, identity: &(impl Names + ?Sized), action: Action, ring: &str) -> Decision {
+        let names = identity.names();
+        let identity = names.first().copied().unwrap_or_default();
         if ring != SERVICE_WIDE && RingName::parse(ring, "ring").is_err() {
             return Decision::deny(format!(
                 "denied: {ring:?} is neither a ring name nor \"*\" (the whole service)"
@@ -214,7 +251,7 @@ impl Authz {
         }
         let mut identity_matches = Vec::new();
         for (index, rule) in self.rules.iter().enumerate() {
-            if !rule.matches_identity(identity) {
+            if !rule.matches_identity(&names) {
                 continue;
             }
             if rule.grants(action) && rule.matches_ring(ring) {
@@ -224,7 +261,17 @@ impl Authz {
                     explanation: format!("allowed by {}", rule.describe(index)),
                 };
             }
-            identity_matches.push(index.to_string());
+            // Say what this rule lacks: the action, or the ring.
+            identity_matches.push(if !rule.grants(action) {
+                format!("rule {index} lacks the action '{action}'")
+            } else if ring == SERVICE_WIDE {
+                format!(
+                    "rule {index} grants it on rings {:?} only, and service-wide actions need rings = [\"*\"]",
+                    rule.rings
+                )
+            } else {
+                format!("rule {index} grants it on rings {:?} only", rule.rings)
+            });
         }
         if self.rules.is_empty() {
             return Decision::deny("denied: the policy has no rules".to_owned());
@@ -232,21 +279,43 @@ impl Authz {
         if identity_matches.is_empty() {
             return Decision::deny(format!("denied: no rule matches identity {identity:?}"));
         }
-        let (noun, verb) = if identity_matches.len() == 1 {
-            ("rule", "matches")
-        } else {
-            ("rules", "match")
-        };
         let target = if ring == SERVICE_WIDE {
-            "the whole service (ring '*'; only a rule with rings = [\"*\"] grants service-wide)"
-                .to_owned()
+            "the whole service (ring '*')".to_owned()
         } else {
             format!("ring '{ring}'")
         };
         Decision::deny(format!(
-            "denied: {noun} {} {verb} identity {identity:?} but none grants '{action}' on {target}",
-            identity_matches.join(", ")
+            "denied: no rule grants '{action}' on {target} to identity {identity:?}: {}",
+            identity_matches.join("; ")
         ))
+    }
+
+    /// The claim rules that apply when `identity` signs on `ring`: `None`
+    /// when some rule grants `sign` there without constraints (the caller
+    /// may sign anything), else every constrained rule that grants it, in
+    /// file order. Call after [`Authz::check`] allowed the request.
+    pub fn sign_grant(&self, identity: &(impl Names + ?Sized), ring: &str) -> Option<SignGrant> {
+        let names = identity.names();
+        let mut rules = Vec::new();
+        for (index, rule) in self.rules.iter().enumerate() {
+            if !(rule.matches_identity(&names)
+                && rule.grants(Action::Sign)
+                && rule.matches_ring(ring))
+            {
+                continue;
+            }
+            match &rule.sign {
+                None => return None,
+                Some(c) => rules.push((index, c.clone())),
+            }
+        }
+        if rules.is_empty() {
+            return None;
+        }
+        Some(SignGrant {
+            identity: names.first().copied().unwrap_or_default().to_owned(),
+            rules,
+        })
     }
 
     fn parse(text: &str, origin: &str) -> Result<Authz, AuthzError> {
@@ -294,6 +363,7 @@ fn parse_rule(table: &toml::Table, index: usize, origin: &str) -> Result<Rule, A
             format!("contains the control character {c:?}"),
         ));
     }
+    identity::check_pattern(&identity).map_err(|m| err("identity", m))?;
 
     let names: Vec<String> =
         typed(field("actions")?, "a list of strings").map_err(|m| err("actions", m))?;
@@ -338,6 +408,27 @@ fn parse_rule(table: &toml::Table, index: usize, origin: &str) -> Result<Rule, A
         None => None,
     };
 
+    let sign = match table.get("sign") {
+        None => None,
+        Some(toml::Value::Table(t)) => {
+            if !actions.iter().any(|a| a.grants(Action::Sign)) {
+                return Err(err(
+                    "sign",
+                    "constrains signing, but the rule does not grant sign".to_owned(),
+                ));
+            }
+            Some(std::sync::Arc::new(ClaimRule::parse(t).map_err(
+                |(field, message)| err(&format!("sign.{field}"), message),
+            )?))
+        }
+        Some(_) => {
+            return Err(err(
+                "sign",
+                "must be a table ([rule.sign]) of claim rules".to_owned(),
+            ));
+        }
+    };
+
     Ok(Rule {
         identity_glob: Glob::new(&identity),
         identity,
@@ -345,6 +436,7 @@ fn parse_rule(table: &toml::Table, index: usize, origin: &str) -> Result<Rule, A
         ring_globs: rings.iter().map(|r| Glob::new(r)).collect(),
         rings,
         description,
+        sign,
     })
 }
 
@@ -360,38 +452,38 @@ mod tests {
 
     const POLICY: &str = r#"
         [[rule]]
-        identity = "spiffe://example.org/ns/payments/*"
+        identity = "uri:spiffe://example.org/ns/payments/*"
         actions = ["sign", "read"]
         rings = ["payments-*", "default"]
         description = "payments issuers"
 
         [[rule]]
-        identity = "gateway.internal.example.org"
+        identity = "dns:gateway.internal.example.org"
         actions = ["verify", "read"]
         rings = ["*"]
 
         [[rule]]
-        identity = "spiffe://example.org/ns/payments/rotator"
+        identity = "uri:spiffe://example.org/ns/payments/rotator"
         actions = ["rotate"]
         rings = ["payments-us"]
 
         [[rule]]
-        identity = "billing-service"
+        identity = "cn:billing-service"
         actions = ["revoke", "policy"]
         rings = ["billing"]
 
         [[rule]]
-        identity = "spiffe://example.org/ns/security/*"
+        identity = "uri:spiffe://example.org/ns/security/*"
         actions = ["admin"]
         rings = ["*"]
 
         [[rule]]
-        identity = "ops-admin"
+        identity = "cn:ops-admin"
         actions = ["admin"]
         rings = ["payments-*"]
 
         [[rule]]
-        identity = "oncall?"
+        identity = "cn:oncall?"
         actions = ["seal"]
         rings = ["*"]
     "#;
@@ -400,7 +492,7 @@ mod tests {
         Authz::from_toml(POLICY).unwrap()
     }
 
-    const PAY: &str = "spiffe://example.org/ns/payments/api";
+    const PAY: &str = "uri:spiffe://example.org/ns/payments/api";
 
     #[test]
     fn spiffe_glob_identity_matches_across_slashes() {
@@ -410,7 +502,7 @@ mod tests {
         assert_eq!(d.rule, Some(0));
         assert!(
             p.check(
-                "spiffe://example.org/ns/payments/team/a/b",
+                "uri:spiffe://example.org/ns/payments/team/a/b",
                 Action::Sign,
                 "default"
             )
@@ -418,7 +510,7 @@ mod tests {
         );
         assert!(
             !p.check(
-                "spiffe://example.org/ns/billing/api",
+                "uri:spiffe://example.org/ns/billing/api",
                 Action::Sign,
                 "default"
             )
@@ -426,8 +518,12 @@ mod tests {
         );
         // The prefix must match exactly: no implicit trailing wildcard.
         assert!(
-            !p.check("spiffe://example.org/ns/payments", Action::Sign, "default")
-                .allowed
+            !p.check(
+                "uri:spiffe://example.org/ns/payments",
+                Action::Sign,
+                "default"
+            )
+            .allowed
         );
     }
 
@@ -435,23 +531,27 @@ mod tests {
     fn exact_identities_dns_and_cn() {
         let p = policy();
         assert!(
-            p.check("gateway.internal.example.org", Action::Verify, "any-ring")
+            p.check(
+                "dns:gateway.internal.example.org",
+                Action::Verify,
+                "any-ring"
+            )
+            .allowed
+        );
+        assert!(
+            !p.check("dns:gateway.internal.example.org.evil", Action::Verify, "x")
                 .allowed
         );
         assert!(
-            !p.check("gateway.internal.example.org.evil", Action::Verify, "x")
+            !p.check("dns:GATEWAY.internal.example.org", Action::Verify, "x")
                 .allowed
         );
         assert!(
-            !p.check("GATEWAY.internal.example.org", Action::Verify, "x")
+            p.check("cn:billing-service", Action::Revoke, "billing")
                 .allowed
         );
         assert!(
-            p.check("billing-service", Action::Revoke, "billing")
-                .allowed
-        );
-        assert!(
-            !p.check("billing-service-2", Action::Revoke, "billing")
+            !p.check("cn:billing-service-2", Action::Revoke, "billing")
                 .allowed
         );
     }
@@ -459,8 +559,8 @@ mod tests {
     #[test]
     fn question_mark_is_literal() {
         let p = policy();
-        assert!(p.check("oncall?", Action::Seal, SERVICE_WIDE).allowed);
-        assert!(!p.check("oncall1", Action::Seal, SERVICE_WIDE).allowed);
+        assert!(p.check("cn:oncall?", Action::Seal, SERVICE_WIDE).allowed);
+        assert!(!p.check("cn:oncall1", Action::Seal, SERVICE_WIDE).allowed);
     }
 
     #[test]
@@ -471,20 +571,25 @@ mod tests {
             (PAY, Action::Read, "default", true),
             (PAY, Action::Verify, "default", false),
             (PAY, Action::Rotate, "payments-eu", false),
-            ("gateway.internal.example.org", Action::Verify, "x", true),
-            ("gateway.internal.example.org", Action::Read, "x", true),
-            ("gateway.internal.example.org", Action::Sign, "x", false),
             (
-                "spiffe://example.org/ns/payments/rotator",
+                "dns:gateway.internal.example.org",
+                Action::Verify,
+                "x",
+                true,
+            ),
+            ("dns:gateway.internal.example.org", Action::Read, "x", true),
+            ("dns:gateway.internal.example.org", Action::Sign, "x", false),
+            (
+                "uri:spiffe://example.org/ns/payments/rotator",
                 Action::Rotate,
                 "payments-us",
                 true,
             ),
-            ("billing-service", Action::Revoke, "billing", true),
-            ("billing-service", Action::Policy, "billing", true),
-            ("billing-service", Action::Sign, "billing", false),
-            ("oncall?", Action::Seal, SERVICE_WIDE, true),
-            ("oncall?", Action::Admin, SERVICE_WIDE, false),
+            ("cn:billing-service", Action::Revoke, "billing", true),
+            ("cn:billing-service", Action::Policy, "billing", true),
+            ("cn:billing-service", Action::Sign, "billing", false),
+            ("cn:oncall?", Action::Seal, SERVICE_WIDE, true),
+            ("cn:oncall?", Action::Admin, SERVICE_WIDE, false),
         ];
         for (id, action, ring, allowed) in cases {
             let d = p.check(id, action, ring);
@@ -500,12 +605,12 @@ mod tests {
     #[test]
     fn admin_implies_every_action() {
         let p = policy();
-        let sec = "spiffe://example.org/ns/security/alice";
+        let sec = "uri:spiffe://example.org/ns/security/alice";
         for a in Action::ALL {
             assert!(p.check(sec, a, "payments-eu").allowed, "{a}");
             assert!(p.check(sec, a, SERVICE_WIDE).allowed, "{a}");
-            assert!(p.check("ops-admin", a, "payments-eu").allowed, "{a}");
-            assert!(!p.check("ops-admin", a, "billing").allowed, "{a}");
+            assert!(p.check("cn:ops-admin", a, "payments-eu").allowed, "{a}");
+            assert!(!p.check("cn:ops-admin", a, "billing").allowed, "{a}");
         }
     }
 
@@ -513,7 +618,7 @@ mod tests {
     fn service_wide_needs_a_star_ring() {
         let p = policy();
         // Admin on specific rings does not reach the whole service.
-        let d = p.check("ops-admin", Action::Seal, SERVICE_WIDE);
+        let d = p.check("cn:ops-admin", Action::Seal, SERVICE_WIDE);
         assert!(!d.allowed);
         assert!(
             d.explanation.contains("the whole service"),
@@ -523,8 +628,12 @@ mod tests {
         assert!(!p.check(PAY, Action::Read, SERVICE_WIDE).allowed);
         // rings = ["*"] covers every ring and the service.
         assert!(
-            p.check("gateway.internal.example.org", Action::Read, SERVICE_WIDE)
-                .allowed
+            p.check(
+                "dns:gateway.internal.example.org",
+                Action::Read,
+                SERVICE_WIDE
+            )
+            .allowed
         );
     }
 
@@ -532,7 +641,7 @@ mod tests {
     fn invalid_ring_is_denied() {
         let p = policy();
         let d = p.check(
-            "spiffe://example.org/ns/security/a",
+            "uri:spiffe://example.org/ns/security/a",
             Action::Read,
             "Bad Ring",
         );
@@ -551,13 +660,13 @@ mod tests {
         let d = empty.check(PAY, Action::Read, "default");
         assert!(!d.allowed);
         assert_eq!(d.explanation, "denied: the policy has no rules");
-        let d = policy().check("stranger", Action::Read, "default");
+        let d = policy().check("cn:stranger", Action::Read, "default");
         assert_eq!(
             d,
             Decision {
                 allowed: false,
                 rule: None,
-                explanation: "denied: no rule matches identity \"stranger\"".to_owned(),
+                explanation: "denied: no rule matches identity \"cn:stranger\"".to_owned(),
             }
         );
     }
@@ -566,7 +675,7 @@ mod tests {
     fn explanations_name_the_rule_or_the_near_misses() {
         let p = policy();
         let d = p.check(
-            "spiffe://example.org/ns/payments/rotator",
+            "uri:spiffe://example.org/ns/payments/rotator",
             Action::Sign,
             "default",
         );
@@ -574,26 +683,27 @@ mod tests {
         assert_eq!(
             d.explanation,
             "allowed by rule 0 (payments issuers): identity \
-             \"spiffe://example.org/ns/payments/*\", actions [sign, read], \
+             \"uri:spiffe://example.org/ns/payments/*\", actions [sign, read], \
              rings [\"payments-*\", \"default\"]"
         );
         let d = p.check(
-            "spiffe://example.org/ns/payments/rotator",
+            "uri:spiffe://example.org/ns/payments/rotator",
             Action::Rotate,
             "payments-eu",
         );
         assert_eq!(
             d.explanation,
-            "denied: rules 0, 2 match identity \"spiffe://example.org/ns/payments/rotator\" \
-             but none grants 'rotate' on ring 'payments-eu'"
+            "denied: no rule grants 'rotate' on ring 'payments-eu' to identity \
+             \"uri:spiffe://example.org/ns/payments/rotator\": rule 0 lacks the action 'rotate'; \
+             rule 2 grants it on rings [\"payments-us\"] only"
         );
-        let d = p.check("billing-service", Action::Sign, "billing");
+        let d = p.check("cn:billing-service", Action::Sign, "billing");
         assert!(
-            d.explanation.starts_with("denied: rule 3 matches identity"),
+            d.explanation.ends_with(": rule 3 lacks the action 'sign'"),
             "{}",
             d.explanation
         );
-        let d = p.check("gateway.internal.example.org", Action::Read, "x");
+        let d = p.check("dns:gateway.internal.example.org", Action::Read, "x");
         assert!(
             d.explanation.starts_with("allowed by rule 1: identity"),
             "{}",
@@ -603,7 +713,7 @@ mod tests {
 
     fn rule_error(body: &str) -> (usize, String, String) {
         let text = format!(
-            "[[rule]]\nidentity = \"a\"\nactions = [\"read\"]\nrings = [\"*\"]\n\n[[rule]]\n{body}"
+            "[[rule]]\nidentity = \"cn:a\"\nactions = [\"read\"]\nrings = [\"*\"]\n\n[[rule]]\n{body}"
         );
         match Authz::from_toml(&text) {
             Err(AuthzError::Rule {
@@ -618,7 +728,7 @@ mod tests {
 
     #[test]
     fn validation_errors_name_rule_and_field() {
-        let ok = "identity = \"a\"\nactions = [\"read\"]\nrings = [\"r\"]\n";
+        let ok = "identity = \"cn:a\"\nactions = [\"read\"]\nrings = [\"r\"]\n";
         let cases = [
             (format!("{ok}colour = 1"), "colour", "unknown field"),
             (
@@ -627,7 +737,7 @@ mod tests {
                 "is empty",
             ),
             (
-                "identity = \"a\\u0007\"\nactions = [\"read\"]\nrings = [\"r\"]".to_owned(),
+                "identity = \"cn:a\\u0007\"\nactions = [\"read\"]\nrings = [\"r\"]".to_owned(),
                 "identity",
                 "control character",
             ),
@@ -642,37 +752,37 @@ mod tests {
                 "must be a string",
             ),
             (
-                "identity = \"a\"\nactions = []\nrings = [\"r\"]".to_owned(),
+                "identity = \"cn:a\"\nactions = []\nrings = [\"r\"]".to_owned(),
                 "actions",
                 "is empty",
             ),
             (
-                "identity = \"a\"\nactions = \"read\"\nrings = [\"r\"]".to_owned(),
+                "identity = \"cn:a\"\nactions = \"read\"\nrings = [\"r\"]".to_owned(),
                 "actions",
                 "must be a list of strings",
             ),
             (
-                "identity = \"a\"\nactions = [\"read\", \"sing\"]\nrings = [\"r\"]".to_owned(),
+                "identity = \"cn:a\"\nactions = [\"read\", \"sing\"]\nrings = [\"r\"]".to_owned(),
                 "actions[1]",
                 "unknown action \"sing\"",
             ),
             (
-                "identity = \"a\"\nactions = [\"read\"]\nrings = []".to_owned(),
+                "identity = \"cn:a\"\nactions = [\"read\"]\nrings = []".to_owned(),
                 "rings",
                 "is empty",
             ),
             (
-                "identity = \"a\"\nactions = [\"read\"]\nrings = [\"ok\", \"Pay/*\"]".to_owned(),
+                "identity = \"cn:a\"\nactions = [\"read\"]\nrings = [\"ok\", \"Pay/*\"]".to_owned(),
                 "rings[1]",
                 "not a ring pattern",
             ),
             (
-                "identity = \"a\"\nactions = [\"read\"]\nrings = [\"\"]".to_owned(),
+                "identity = \"cn:a\"\nactions = [\"read\"]\nrings = [\"\"]".to_owned(),
                 "rings[0]",
                 "not a ring pattern",
             ),
             (
-                "identity = \"a\"\nactions = [\"read\"]\nrings = [\"r\"]\ndescription = 1"
+                "identity = \"cn:a\"\nactions = [\"read\"]\nrings = [\"r\"]\ndescription = 1"
                     .to_owned(),
                 "description",
                 "must be a string",
@@ -687,14 +797,15 @@ mod tests {
 
     #[test]
     fn error_display_names_origin_rule_and_field() {
-        let e = Authz::from_toml("[[rule]]\nidentity = \"a\"\nactions = [\"x\"]\nrings = [\"r\"]")
-            .unwrap_err();
+        let e =
+            Authz::from_toml("[[rule]]\nidentity = \"cn:a\"\nactions = [\"x\"]\nrings = [\"r\"]")
+                .unwrap_err();
         assert!(
             e.to_string()
                 .starts_with("policy: rule[0].actions[0]: unknown action \"x\""),
             "{e}"
         );
-        let e = Authz::from_toml("[[rules]]\nidentity = \"a\"").unwrap_err();
+        let e = Authz::from_toml("[[rules]]\nidentity = \"cn:a\"").unwrap_err();
         assert!(matches!(e, AuthzError::Syntax { .. }), "{e:?}");
         assert!(e.to_string().contains("unknown field `rules`"), "{e}");
     }
@@ -704,27 +815,115 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("signet.policy.example.toml");
         let p = Authz::load(&path).unwrap();
         assert!(p.len() >= 4);
-        let issuer = "spiffe://example.org/ns/payments/sa/checkout";
+        let issuer = "uri:spiffe://example.org/ns/payments/sa/checkout";
         assert!(p.check(issuer, Action::Sign, "payments-eu").allowed);
         assert!(!p.check(issuer, Action::Rotate, "payments-eu").allowed);
         assert!(!p.check(issuer, Action::Sign, "identity").allowed);
-        let gateway = "spiffe://example.org/ns/edge/sa/gateway";
+        let gateway = "uri:spiffe://example.org/ns/edge/sa/gateway";
         assert!(p.check(gateway, Action::Verify, "payments-eu").allowed);
         assert!(p.check(gateway, Action::Read, "identity").allowed);
         assert!(!p.check(gateway, Action::Sign, "identity").allowed);
-        let security = "spiffe://example.org/ns/security/sa/alice";
+        let security = "uri:spiffe://example.org/ns/security/sa/alice";
         for a in Action::ALL {
             assert!(p.check(security, a, "identity").allowed, "{a}");
             assert!(p.check(security, a, SERVICE_WIDE).allowed, "{a}");
         }
         assert!(
-            p.check("ops-oncall.example.org", Action::Seal, SERVICE_WIDE)
+            p.check("dns:ops-oncall.example.org", Action::Seal, SERVICE_WIDE)
                 .allowed
         );
         assert!(
-            !p.check("ops-oncall.example.org", Action::Sign, "identity")
+            !p.check("dns:ops-oncall.example.org", Action::Sign, "identity")
                 .allowed
         );
-        assert!(!p.check("stranger", Action::Read, "identity").allowed);
+        assert!(!p.check("cn:stranger", Action::Read, "identity").allowed);
+    }
+
+    #[test]
+    fn untyped_patterns_are_refused_with_the_typed_form() {
+        let e = Authz::from_toml(
+            "[[rule]]\nidentity = \"spiffe://example.org/ns/security/*\"\nactions = [\"admin\"]\nrings = [\"*\"]",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "policy: rule[0].identity: \"spiffe://example.org/ns/security/*\" does not name an \
+             identity kind; write \"uri:spiffe://example.org/ns/security/*\" (kinds: uri:, dns:, \
+             cn:, unix:uid:, unix:user:)"
+        );
+    }
+
+    #[test]
+    fn a_cn_that_looks_like_a_spiffe_id_gets_no_uri_grant() {
+        let p = policy();
+        let sec = "spiffe://example.org/ns/security/x";
+        assert!(p.check(&format!("uri:{sec}"), Action::Admin, "x").allowed);
+        for name in [format!("cn:{sec}"), format!("dns:{sec}"), sec.to_owned()] {
+            assert!(!p.check(&name, Action::Read, "x").allowed, "{name}");
+        }
+    }
+
+    #[test]
+    fn any_of_a_callers_names_may_match() {
+        let p = policy();
+        let names = [
+            "uri:spiffe://example.org/ns/other/a".to_owned(),
+            "dns:gateway.internal.example.org".to_owned(),
+        ];
+        let d = p.check(&names[..], Action::Verify, "x");
+        assert_eq!(d.rule, Some(1));
+        let d = p.check(&names[..], Action::Sign, "x");
+        assert!(
+            d.explanation
+                .contains("to identity \"uri:spiffe://example.org/ns/other/a\""),
+            "the first name is the one shown: {}",
+            d.explanation
+        );
+    }
+
+    #[test]
+    fn sign_grants_carry_constrained_rules_only() {
+        let p = Authz::from_toml(
+            r#"
+            [[rule]]
+            identity = "uri:spiffe://t/orders"
+            actions = ["sign"]
+            rings = ["shared"]
+            [rule.sign]
+            aud = ["orders"]
+
+            [[rule]]
+            identity = "uri:spiffe://t/*"
+            actions = ["sign"]
+            rings = ["shared"]
+            [rule.sign]
+            aud = ["common"]
+
+            [[rule]]
+            identity = "uri:spiffe://t/root"
+            actions = ["admin"]
+            rings = ["*"]
+            "#,
+        )
+        .unwrap();
+        let g = p.sign_grant("uri:spiffe://t/orders", "shared").unwrap();
+        assert_eq!(g.rules.iter().map(|r| r.0).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(g.identity, "uri:spiffe://t/orders");
+        assert!(p.sign_grant("uri:spiffe://t/root", "shared").is_none());
+        assert!(p.sign_grant("uri:spiffe://t/other", "elsewhere").is_none());
+        let e = Authz::from_toml(
+            "[[rule]]\nidentity = \"cn:a\"\nactions = [\"read\"]\nrings = [\"r\"]\n[rule.sign]\naud = [\"x\"]",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("rule[0].sign: constrains signing, but the rule does not grant sign"),
+            "{e}"
+        );
+        let e = Authz::from_toml(
+            "[[rule]]\nidentity = \"cn:a\"\nactions = [\"sign\"]\nrings = [\"r\"]\n[rule.sign]\naud = []",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("rule[0].sign.aud: is empty"), "{e}");
     }
 }

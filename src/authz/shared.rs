@@ -4,17 +4,28 @@ use std::{path::Path, sync::Arc};
 
 use arc_swap::ArcSwap;
 
-use super::{Action, Authz, AuthzError, Decision, Glob, Rule, SERVICE_WIDE};
+use tokio::sync::watch;
+
+use super::{Action, Authz, AuthzError, Decision, Glob, Names, Rule, SERVICE_WIDE};
 
 /// A cheap-to-clone handle on the current policy, swapped atomically on
 /// reload: checks never take a lock and always see one whole policy.
 #[derive(Debug, Clone)]
-pub struct SharedAuthz(Arc<ArcSwap<Authz>>);
+pub struct SharedAuthz(Arc<ArcSwap<Authz>>, Arc<watch::Sender<u64>>);
 
 impl SharedAuthz {
     /// Holds `authz` as the current policy.
     pub fn new(authz: Authz) -> Self {
-        Self(Arc::new(ArcSwap::from_pointee(authz)))
+        Self(
+            Arc::new(ArcSwap::from_pointee(authz)),
+            Arc::new(watch::channel(0).0),
+        )
+    }
+
+    /// Changes each time a reload makes a new policy current, so that
+    /// long-lived streams re-check their caller.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.1.subscribe()
     }
 
     /// The policy of `signet dev`: the local caller is granted everything.
@@ -30,6 +41,7 @@ impl SharedAuthz {
             description: Some(format!(
                 "signet dev: {identity_label} is granted everything"
             )),
+            sign: None,
         };
         Self::new(Authz { rules: vec![rule] })
     }
@@ -41,7 +53,7 @@ impl SharedAuthz {
     }
 
     /// [`Authz::check`] against the current policy.
-    pub fn check(&self, identity: &str, action: Action, ring: &str) -> Decision {
+    pub fn check(&self, identity: &(impl Names + ?Sized), action: Action, ring: &str) -> Decision {
         self.0.load().check(identity, action, ring)
     }
 
@@ -51,6 +63,7 @@ impl SharedAuthz {
     pub fn reload(&self, path: &Path) -> Result<(), AuthzError> {
         let new = Authz::load(path)?;
         self.0.store(Arc::new(new));
+        self.1.send_modify(|generation| *generation += 1);
         Ok(())
     }
 }
@@ -65,42 +78,45 @@ mod tests {
         let path = dir.path().join("policy.toml");
         std::fs::write(
             &path,
-            "[[rule]]\nidentity = \"a\"\nactions = [\"read\"]\nrings = [\"r\"]\n",
+            "[[rule]]\nidentity = \"cn:a\"\nactions = [\"read\"]\nrings = [\"r\"]\n",
         )
         .unwrap();
         let shared = SharedAuthz::new(Authz::load(&path).unwrap());
         let clone = shared.clone();
-        assert!(shared.check("a", Action::Read, "r").allowed);
-        assert!(!shared.check("b", Action::Read, "r").allowed);
+        let changes = shared.changes();
+        assert!(shared.check("cn:a", Action::Read, "r").allowed);
+        assert!(!shared.check("cn:b", Action::Read, "r").allowed);
 
         std::fs::write(
             &path,
-            "[[rule]]\nidentity = \"b\"\nactions = [\"read\"]\nrings = [\"r\"]\n",
+            "[[rule]]\nidentity = \"cn:b\"\nactions = [\"read\"]\nrings = [\"r\"]\n",
         )
         .unwrap();
         shared.reload(&path).unwrap();
+        assert_eq!(*changes.borrow(), 1, "a reload is announced");
         assert!(
-            clone.check("b", Action::Read, "r").allowed,
+            clone.check("cn:b", Action::Read, "r").allowed,
             "clones see the reload"
         );
-        assert!(!clone.current().check("a", Action::Read, "r").allowed);
+        assert!(!clone.current().check("cn:a", Action::Read, "r").allowed);
 
         std::fs::write(
             &path,
-            "[[rule]]\nidentity = \"c\"\nactions = [\"raed\"]\nrings = [\"r\"]\n",
+            "[[rule]]\nidentity = \"cn:c\"\nactions = [\"raed\"]\nrings = [\"r\"]\n",
         )
         .unwrap();
         let e = shared.reload(&path).unwrap_err();
         assert!(e.to_string().contains("rule[0].actions[0]"), "{e}");
         assert!(
-            shared.check("b", Action::Read, "r").allowed,
+            shared.check("cn:b", Action::Read, "r").allowed,
             "old rules kept"
         );
-        assert!(!shared.check("c", Action::Read, "r").allowed);
+        assert!(!shared.check("cn:c", Action::Read, "r").allowed);
 
+        assert_eq!(*changes.borrow(), 1, "a refused file announces nothing");
         let e = shared.reload(&dir.path().join("missing.toml")).unwrap_err();
         assert!(matches!(e, AuthzError::Read { .. }), "{e:?}");
-        assert!(shared.check("b", Action::Read, "r").allowed);
+        assert!(shared.check("cn:b", Action::Read, "r").allowed);
     }
 
     #[test]

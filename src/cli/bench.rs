@@ -309,6 +309,7 @@ async fn raw_phase(
                                 claims_json: &claims,
                                 ttl: None,
                                 header_json: &[],
+                                grant: None,
                             };
                             keys.sign(params).await?;
                             count.fetch_add(1, Ordering::Relaxed);

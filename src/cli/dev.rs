@@ -62,7 +62,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     };
     let opts = ServerOptions {
-        grpc_listen,
+        grpc_listen: crate::config::GrpcListen::Tcp(grpc_listen),
+        grpc_socket: (0o660, None),
+        max_connection_age: (
+            std::time::Duration::from_secs(3600),
+            std::time::Duration::from_secs(60),
+        ),
         http_listen,
         metrics_listen: None,
         data_dir: data_dir.clone(),
@@ -81,7 +86,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         )]),
     };
     let prepared = server::prepare(&opts).await?;
-    let (grpc_addr, http_addr) = (prepared.grpc_addr, prepared.http_addr);
+    let (grpc_addr, http_addr) = (prepared.grpc_addr.clone(), prepared.http_addr);
     let ring = prepared.keys.ring_info("default", "ring")?;
     let active = ring
         .keys

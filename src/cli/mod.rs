@@ -16,6 +16,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 pub use bench::BenchArgs;
+pub use client::connect;
 
 /// Signet: a signing service for JWT infrastructure.
 ///
@@ -93,9 +94,10 @@ enum Command {
 /// Where a client subcommand finds the server.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// Address of the Signet gRPC endpoint (http://HOST:PORT or HOST:PORT;
-    /// https://HOST:PORT for mTLS, with SIGNET_TLS_CA, SIGNET_TLS_CERT and
-    /// SIGNET_TLS_KEY naming PEM files).
+    /// Address of the Signet gRPC endpoint: unix:/PATH for the server's Unix
+    /// socket (you are known by your uid); https://HOST:PORT for mTLS, with
+    /// SIGNET_TLS_CA, SIGNET_TLS_CERT and SIGNET_TLS_KEY naming PEM files;
+    /// http://HOST:PORT (or HOST:PORT) for `signet dev` only.
     #[arg(
         long,
         env = "SIGNET_ADDR",

@@ -55,8 +55,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     init_logging();
     let hardened =
         hardening::harden_process(args.allow_unlocked_memory || c.seal.allow_unlocked_memory)?;
+    let mode = crate::config::socket_mode(&c.listen.grpc_socket_mode)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
     let opts = ServerOptions {
-        grpc_listen: c.listen.grpc,
+        grpc_listen: c.listen.grpc.clone(),
+        grpc_socket: (mode, c.listen.grpc_socket_group.clone()),
+        max_connection_age: (
+            c.listen.max_connection_age,
+            c.listen.max_connection_age_grace,
+        ),
         http_listen: c.listen.http,
         metrics_listen: c.listen.metrics,
         data_dir: c.store.data_dir.clone(),
@@ -69,6 +76,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             cert: t.cert.clone(),
             key: t.key.clone(),
             client_ca: t.client_ca.clone(),
+            crls: t.crls.clone(),
+            allow_cn_identity: t.allow_cn_identity,
         }),
         authz_policy: c.authz.as_ref().map(|a| a.policy.clone()),
         audit: c
@@ -76,9 +85,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .audit_config(&c.store.data_dir)
             .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?,
     };
-    if opts.tls.is_none() {
-        tracing::warn!("no [tls]: gRPC is plaintext on loopback, and the local caller is trusted");
-    }
     let prepared = server::prepare(&opts).await?;
     tracing::info!(
         grpc = %prepared.grpc_addr,

@@ -28,6 +28,8 @@ pub struct SignParams<'a> {
     pub ttl: Option<Duration>,
     /// Extra header members (`typ`, `cty`); empty for none.
     pub header_json: &'a [u8],
+    /// The caller's claim rules (`None`: it may sign any claims).
+    pub grant: Option<&'a crate::authz::SignGrant>,
 }
 
 /// A signed token and what a caller needs to know about it.
@@ -52,7 +54,7 @@ impl KeyManager {
     pub async fn sign(&self, p: SignParams<'_>) -> Result<Signed, Error> {
         let ring = self.ring(p.ring, "key_ring")?;
         let policy = ring.record().policy;
-        let ttl = match p.ttl {
+        let mut ttl = match p.ttl {
             None => policy.default_token_ttl,
             Some(t) if t < Duration::from_secs(1) => {
                 return Err(InputError::new("ttl", "must be at least 1 second").into());
@@ -73,6 +75,18 @@ impl KeyManager {
         let mut claims = claims::parse_object(p.claims_json, Limits::CLAIMS, "claims_json")?;
         claims::check_registered(&claims)?;
         let extra = ExtraHeader::parse(p.header_json)?;
+        if let Some(grant) = p.grant {
+            let typ = extra.typ.as_deref().unwrap_or("JWT");
+            let accepted = grant
+                .check(&claims, p.ttl, policy.default_token_ttl, typ)
+                .map_err(Error::ClaimRule)?;
+            if let Some(iss) = accepted.iss {
+                claims.insert("iss".into(), Value::from(iss));
+            }
+            if let Some(capped) = accepted.ttl {
+                ttl = capped;
+            }
+        }
 
         let now = self.now();
         let exp = now.saturating_add(ttl);

@@ -93,6 +93,7 @@ async fn private_material_never_in_debug_or_errors() {
                 claims_json: claims,
                 ttl: None,
                 header_json: header,
+                grant: None,
             })
             .await
             .unwrap_err();

@@ -24,21 +24,37 @@ use prost::Message;
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
+use tokio::sync::watch;
+
 use crate::{
     audit::{AuditKey, AuditLog, AuditRecord, Outcome, code_name},
+    authz::{SharedAuthz, SignGrant},
     pb,
     tls::PeerInfo,
 };
 
-/// Decides whether an identity may perform an action on a ring.
+/// Response header naming the claim rule that refused a Sign (field and
+/// rule, never the value): the audit record's reason.
+pub const CLAIM_RULE_HEADER: &str = "signet-claim-rule";
+
+/// What an allowed request carries on: for Sign, the claim rules that
+/// apply to its caller (`None`: no constraint).
+pub type Grant = Option<Arc<SignGrant>>;
+
+/// Decides whether a caller may perform an action on a ring.
 pub trait Authorizer: Send + Sync + 'static {
-    /// `Ok(())` to allow; `Err(explanation)` to deny.
-    fn authorize(&self, identity: &str, action: &str, ring: &str) -> Result<(), String>;
+    /// `Ok(grant)` to allow; `Err(explanation)` to deny.
+    fn authorize(&self, peer: &PeerInfo, action: &str, ring: &str) -> Result<Grant, String>;
 
     /// Whether every identified caller may do everything; with no audit
     /// log either, the guard then has nothing to decide or record.
     fn allows_everything(&self) -> bool {
         false
+    }
+
+    /// Changes when the rules do, so that open streams are re-checked.
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        None
     }
 }
 
@@ -46,8 +62,8 @@ pub trait Authorizer: Send + Sync + 'static {
 pub struct AllowAll;
 
 impl Authorizer for AllowAll {
-    fn authorize(&self, _: &str, _: &str, _: &str) -> Result<(), String> {
-        Ok(())
+    fn authorize(&self, _: &PeerInfo, _: &str, _: &str) -> Result<Grant, String> {
+        Ok(None)
     }
 
     fn allows_everything(&self) -> bool {
@@ -56,16 +72,25 @@ impl Authorizer for AllowAll {
 }
 
 impl Authorizer for crate::authz::SharedAuthz {
-    fn authorize(&self, identity: &str, action: &str, ring: &str) -> Result<(), String> {
+    fn authorize(&self, peer: &PeerInfo, action: &str, ring: &str) -> Result<Grant, String> {
         let action: crate::authz::Action = action
             .parse()
             .map_err(|_| format!("unknown action {action}"))?;
-        let decision = self.check(identity, action, ring);
-        if decision.allowed {
-            Ok(())
-        } else {
-            Err(decision.explanation)
+        // One policy for both questions, even if a reload lands between.
+        let policy = self.current();
+        let decision = policy.check(&peer.names[..], action, ring);
+        if !decision.allowed {
+            return Err(decision.explanation);
         }
+        Ok(if action == crate::authz::Action::Sign {
+            policy.sign_grant(&peer.names[..], ring).map(Arc::new)
+        } else {
+            None
+        })
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(SharedAuthz::changes(self))
     }
 }
 
@@ -256,42 +281,60 @@ where
             detail_request(&path, msg, &mut rec, guard.audit_key.as_deref());
 
             // Deny by default: a caller with no identity gets nothing.
-            let decision = if peer.is_none() {
-                Err("no authenticated identity".to_owned())
-            } else {
-                guard.authz.authorize(&identity, route.action, &ring)
+            let decision = match &peer {
+                None => Err("no authenticated identity".to_owned()),
+                Some(p) => guard.authz.authorize(p, route.action, &ring),
             };
-            if let Err(why) = decision {
-                let status = if peer.is_none() {
-                    Status::unauthenticated("no client certificate")
-                } else {
-                    Status::permission_denied(format!(
-                        "{identity:?} may not {} on ring {ring:?}",
-                        route.action
-                    ))
-                };
-                tracing::info!(identity = %identity, action = route.action, ring = %ring, why = %why, "denied");
-                rec.outcome = Outcome::Denied;
-                rec.code = code_name(status.code() as i32).to_owned();
-                rec.reason.get_or_insert(why);
-                if let Err(s) = record(&guard, rec).await {
-                    return Ok(status_response(s, &request_id));
+            let grant = match decision {
+                Ok(grant) => grant,
+                Err(why) => {
+                    let status = if peer.is_none() {
+                        Status::unauthenticated("no client certificate")
+                    } else {
+                        Status::permission_denied(format!(
+                            "{identity:?} may not {} on ring {ring:?}",
+                            route.action
+                        ))
+                    };
+                    tracing::info!(identity = ?identity, action = route.action, ring = ?ring, why = ?why, "denied");
+                    rec.outcome = Outcome::Denied;
+                    rec.code = code_name(status.code() as i32).to_owned();
+                    rec.reason.get_or_insert(why);
+                    if let Err(s) = record(&guard, rec).await {
+                        return Ok(status_response(s, &request_id));
+                    }
+                    return Ok(status_response(status, &request_id));
                 }
-                return Ok(status_response(status, &request_id));
-            }
+            };
 
+            let mut parts = parts;
+            if let Some(grant) = grant {
+                parts.extensions.insert(grant);
+            }
             let req = http::Request::from_parts(
                 parts,
                 Body::new(http_body_util::Full::new(bytes.clone())),
             );
             let resp = inner.call(req).await?;
             if route.streaming {
-                // The stream's opening is recorded; its updates carry no
-                // decisions of their own.
-                if let Err(s) = record(&guard, rec).await {
+                // The stream's opening is recorded; while it is open, each
+                // policy reload checks its caller again.
+                if let Err(s) = record(&guard, rec.clone()).await {
                     return Ok(status_response(s, &request_id));
                 }
-                let mut resp = resp;
+                let mut resp = match (guard.authz.changes(), peer) {
+                    (Some(changes), Some(peer)) => {
+                        let watched = Watched {
+                            guard: guard.clone(),
+                            peer,
+                            action: route.action,
+                            ring,
+                            opened: rec,
+                        };
+                        resp.map(|body| watched.wrap(body, changes))
+                    }
+                    _ => resp,
+                };
                 if let Ok(v) = http::HeaderValue::from_str(&request_id) {
                     resp.headers_mut().insert("x-request-id", v);
                 }
@@ -313,6 +356,13 @@ where
             let code = grpc_code(&parts.headers, trailers.as_ref());
             rec.code = code_name(code).to_owned();
             rec.outcome = Outcome::from_code(code);
+            if let Some(rule) = parts
+                .headers
+                .get(CLAIM_RULE_HEADER)
+                .and_then(|v| v.to_str().ok())
+            {
+                rec.reason = Some(format!("claim rule: {rule}"));
+            }
             if code == 0 {
                 detail_response(&path, message(&data), &mut rec, guard.audit_key.as_deref());
             }
@@ -330,6 +380,61 @@ where
             let body = Body::new(StreamBody::new(tokio_stream::iter(frames)));
             Ok(http::Response::from_parts(parts, body))
         })
+    }
+}
+
+/// An open stream whose caller is checked again at each policy reload.
+struct Watched {
+    guard: Guard,
+    peer: PeerInfo,
+    action: &'static str,
+    ring: String,
+    /// The record of the stream's opening, reused for its end.
+    opened: AuditRecord,
+}
+
+impl Watched {
+    /// Passes `body` through until a reload withdraws the grant; then ends
+    /// the stream with PERMISSION_DENIED and records why.
+    fn wrap(self, mut body: Body, mut changes: watch::Receiver<u64>) -> Body {
+        changes.mark_unchanged();
+        let stream = async_stream::stream! {
+            loop {
+                tokio::select! {
+                    frame = body.frame() => match frame {
+                        Some(frame) => yield frame,
+                        None => break,
+                    },
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            // No more reloads can come: pass the rest through.
+                            while let Some(frame) = body.frame().await {
+                                yield frame;
+                            }
+                            break;
+                        }
+                        let Err(why) = self.guard.authz.authorize(&self.peer, self.action, &self.ring) else {
+                            continue;
+                        };
+                        tracing::info!(identity = ?self.peer.identity, ring = ?self.ring, why = ?why, "stream closed: grant withdrawn by a policy reload");
+                        let mut rec = self.opened.clone();
+                        rec.outcome = Outcome::Denied;
+                        rec.code = code_name(tonic::Code::PermissionDenied as i32).to_owned();
+                        rec.reason = Some(format!("policy reload: {why}"));
+                        let _ = record(&self.guard, rec).await;
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("7"));
+                        trailers.insert(
+                            "grpc-message",
+                            http::HeaderValue::from_static("the policy was reloaded and no longer grants this stream"),
+                        );
+                        yield Ok(Frame::trailers(trailers));
+                        break;
+                    }
+                }
+            }
+        };
+        Body::new(StreamBody::new(stream))
     }
 }
 

@@ -69,6 +69,22 @@ pub async fn serve_with(
     audit: Option<AuditParts>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    serve_configured(incoming, keys, authz, audit, None, shutdown).await
+}
+
+/// [`serve_with`], and with `max_connection_age = Some((age, grace))` every
+/// connection is closed after `age` (requests in flight get `grace`), so a
+/// revoked or expired certificate cannot live on in an old HTTP/2
+/// connection: the client reconnects under the certificates, CRLs and rules
+/// current then.
+pub async fn serve_configured(
+    incoming: impl tokio_stream::Stream<Item = std::io::Result<crate::tls::Conn>> + Send + 'static,
+    keys: KeyManager,
+    authz: std::sync::Arc<dyn guard::Authorizer>,
+    audit: Option<AuditParts>,
+    max_connection_age: Option<(std::time::Duration, std::time::Duration)>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
     let guard = guard::Guard::new(
         authz,
         audit.as_ref().map(|a| a.log.clone()),
@@ -94,7 +110,13 @@ pub async fn serve_with(
             None
         }
     };
-    Server::builder()
+    let mut server = Server::builder();
+    if let Some((age, grace)) = max_connection_age {
+        server = server
+            .max_connection_age(age)
+            .max_connection_age_grace(grace);
+    }
+    server
         .layer(guard)
         .add_service(health_service)
         .add_optional_service(reflection)

@@ -55,6 +55,11 @@ impl Signer for SignerService {
         &self,
         request: Request<pb::SignRequest>,
     ) -> Result<Response<pb::SignResponse>, Status> {
+        // The claim rules the access check found for this caller, if any.
+        let request_grant = request
+            .extensions()
+            .get::<std::sync::Arc<crate::authz::SignGrant>>()
+            .cloned();
         let r = request.into_inner();
         let ttl = r.ttl.as_ref().map(convert::ttl).transpose()?;
         let start = std::time::Instant::now();
@@ -65,6 +70,7 @@ impl Signer for SignerService {
                 claims_json: &r.claims_json,
                 ttl,
                 header_json: &r.header_json,
+                grant: request_grant.as_deref(),
             })
             .await;
         let (alg, outcome) = match &result {

@@ -11,6 +11,7 @@ impl From<Error> for Status {
     fn from(e: Error) -> Status {
         let code = match &e {
             Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::ClaimRule(_) => Code::PermissionDenied,
             Error::RingNotFound(_) | Error::KidNotFound { .. } => Code::NotFound,
             Error::AlreadyGone { .. } | Error::Policy(_) => Code::FailedPrecondition,
             Error::RingExists(_) => Code::AlreadyExists,
@@ -29,7 +30,16 @@ impl From<Error> for Status {
             // The detail stays in the server log.
             tracing::warn!(error = %inner, "store error");
         }
-        Status::new(code, e.to_string())
+        let mut status = Status::new(code, e.to_string());
+        if let Error::ClaimRule(v) = &e
+            && let Ok(value) = format!("{} (rule {})", v.field, v.rule).parse()
+        {
+            // For the audit record: the field and the rule, not the value.
+            status
+                .metadata_mut()
+                .insert(crate::rpc::guard::CLAIM_RULE_HEADER, value);
+        }
+        status
     }
 }
 

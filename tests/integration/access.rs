@@ -27,17 +27,17 @@ use tonic::{
 
 const POLICY: &str = r#"
 [[rule]]
-identity = "spiffe://test/issuer/*"
+identity = "uri:spiffe://test/issuer/*"
 actions = ["sign", "read"]
 rings = ["pay-*"]
 
 [[rule]]
-identity = "gateway.internal"
+identity = "dns:gateway.internal"
 actions = ["verify", "read"]
 rings = ["*"]
 
 [[rule]]
-identity = "security-team"
+identity = "uri:spiffe://test/security-team"
 actions = ["admin"]
 rings = ["*"]
 "#;
@@ -57,11 +57,11 @@ async fn start(audit_file: Option<&Path>) -> Fixture {
         "signet",
         vec![SanType::DnsName("localhost".try_into().unwrap())],
     );
-    let files = TlsFiles {
-        cert: dir.path().join("server.pem"),
-        key: dir.path().join("server.key"),
-        client_ca: dir.path().join("ca.pem"),
-    };
+    let files = TlsFiles::new(
+        dir.path().join("server.pem"),
+        dir.path().join("server.key"),
+        dir.path().join("ca.pem"),
+    );
     std::fs::write(&files.cert, cert).unwrap();
     std::fs::write(&files.key, key).unwrap();
     std::fs::write(&files.client_ca, &ca.pem).unwrap();
@@ -150,8 +150,18 @@ async fn permission_matrix_over_mtls_and_every_call_audited() {
         "gw",
         vec![SanType::DnsName("gateway.internal".try_into().unwrap())],
     );
-    let team = leaf(&f.ca, "security-team", vec![]);
-    let stranger = leaf(&f.ca, "stranger", vec![]);
+    let team = leaf(
+        &f.ca,
+        "security-team",
+        vec![SanType::URI(
+            "spiffe://test/security-team".try_into().unwrap(),
+        )],
+    );
+    let stranger = leaf(
+        &f.ca,
+        "stranger",
+        vec![SanType::DnsName("stranger.internal".try_into().unwrap())],
+    );
 
     let mut expected = 0;
     for (who, cert, cases) in [
@@ -254,7 +264,13 @@ async fn permission_matrix_over_mtls_and_every_call_audited() {
     }
 
     // An admin can compute the digest auditors search for; others cannot.
-    let team = leaf(&f.ca, "security-team", vec![]);
+    let team = leaf(
+        &f.ca,
+        "security-team",
+        vec![SanType::URI(
+            "spiffe://test/security-team".try_into().unwrap(),
+        )],
+    );
     let mut op = OperatorClient::new(channel(&f, Some(team), &f.ca.pem).await.unwrap());
     let hmac = op
         .audit_hash(pb::AuditHashRequest {
@@ -331,7 +347,7 @@ async fn permission_matrix_over_mtls_and_every_call_audited() {
     assert!(
         lines
             .iter()
-            .any(|l| l["peer"] == "spiffe://test/issuer/payments"
+            .any(|l| l["peer"] == "uri:spiffe://test/issuer/payments"
                 && l["code"] == "OK"
                 && l["kid"].as_str().is_some_and(|k| !k.is_empty())
                 && l["jti"].is_string()
@@ -340,9 +356,9 @@ async fn permission_matrix_over_mtls_and_every_call_audited() {
     assert!(
         lines
             .iter()
-            .any(|l| l["peer"] == "stranger" && l["code"] == "PERMISSION_DENIED")
+            .any(|l| l["peer"] == "dns:stranger.internal" && l["code"] == "PERMISSION_DENIED")
     );
-    assert!(lines.iter().any(|l| l["peer"] == "gateway.internal"));
+    assert!(lines.iter().any(|l| l["peer"] == "dns:gateway.internal"));
     assert!(
         lines
             .iter()
@@ -368,7 +384,13 @@ async fn audit_failure_fails_closed_and_recovers() {
     let real = dir.path().join("real.log");
     std::os::unix::fs::symlink("/dev/full", &link).unwrap();
     let f = start(Some(&link)).await;
-    let team = leaf(&f.ca, "security-team", vec![]);
+    let team = leaf(
+        &f.ca,
+        "security-team",
+        vec![SanType::URI(
+            "spiffe://test/security-team".try_into().unwrap(),
+        )],
+    );
     let mut signer = SignerClient::new(channel(&f, Some(team), &f.ca.pem).await.unwrap());
 
     let err = signer.sign(sign_req("internal")).await.unwrap_err();
@@ -388,7 +410,13 @@ async fn audit_failure_fails_closed_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_concurrent_signs_verify() {
     let f = start(None).await;
-    let team = leaf(&f.ca, "security-team", vec![]);
+    let team = leaf(
+        &f.ca,
+        "security-team",
+        vec![SanType::URI(
+            "spiffe://test/security-team".try_into().unwrap(),
+        )],
+    );
     let ch = channel(&f, Some(team), &f.ca.pem).await.unwrap();
     let mut tasks = Vec::new();
     for _ in 0..50 {
@@ -414,11 +442,11 @@ async fn ten_thousand_concurrent_signs_verify() {
 async fn tls_certificates_reload_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (old_ca, new_ca) = (ca("old CA"), ca("new CA"));
-    let files = TlsFiles {
-        cert: dir.path().join("server.pem"),
-        key: dir.path().join("server.key"),
-        client_ca: dir.path().join("ca.pem"),
-    };
+    let files = TlsFiles::new(
+        dir.path().join("server.pem"),
+        dir.path().join("server.key"),
+        dir.path().join("ca.pem"),
+    );
     let install = |ca: &Ca| {
         let (cert, key) = leaf(
             ca,
@@ -454,7 +482,8 @@ async fn tls_certificates_reload_without_a_restart() {
             .await
             .map(|_| ())
     };
-    let old_client = leaf(&f.ca, "ops", vec![]);
+    let ops = || vec![SanType::DnsName("ops.internal".try_into().unwrap())];
+    let old_client = leaf(&f.ca, "ops", ops());
     status(
         channel(&f, Some(old_client.clone()), &f.ca.pem)
             .await
@@ -465,7 +494,7 @@ async fn tls_certificates_reload_without_a_restart() {
 
     install(&new_ca);
     acceptor.reload().unwrap();
-    let new_client = leaf(&new_ca, "ops", vec![]);
+    let new_client = leaf(&new_ca, "ops", ops());
     status(channel(&f, Some(new_client), &new_ca.pem).await.unwrap())
         .await
         .unwrap();
@@ -480,7 +509,7 @@ async fn tls_certificates_reload_without_a_restart() {
 
     std::fs::write(&files.cert, "not a certificate").unwrap();
     assert!(acceptor.reload().is_err(), "a broken file is refused");
-    let again = leaf(&new_ca, "ops", vec![]);
+    let again = leaf(&new_ca, "ops", ops());
     status(channel(&f, Some(again), &new_ca.pem).await.unwrap())
         .await
         .unwrap();
@@ -493,7 +522,7 @@ async fn tls_certificates_reload_without_a_restart() {
 fn sighup_reloads_the_policy_and_reopens_the_audit_log() {
     use crate::common::{
         eventually,
-        process::{Proc, kek_file, write_config},
+        process::{Proc, kek_file, my_uid, write_config},
     };
 
     let dir = tempfile::tempdir().unwrap();
@@ -502,17 +531,13 @@ fn sighup_reloads_the_policy_and_reopens_the_audit_log() {
     let config = write_config(dir.path(), &data, &kek, &[("r", "EdDSA")]);
     let policy = dir.path().join("policy.toml");
     let grant = |actions: &str| {
-        let rule =
-            format!("[[rule]]\nidentity = \"local\"\nactions = {actions}\nrings = [\"*\"]\n");
+        let rule = format!(
+            "[[rule]]\nidentity = {:?}\nactions = {actions}\nrings = [\"*\"]\n",
+            my_uid()
+        );
         std::fs::write(&policy, rule).unwrap();
     };
     grant(r#"["read"]"#);
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&format!(
-        "\n[authz]\npolicy = {:?}\n",
-        policy.display().to_string()
-    ));
-    std::fs::write(&config, text).unwrap();
     let server = Proc::spawn(&["server", "--config", config.to_str().unwrap()], &[]).unwrap();
     let sign = || server.run(&["sign", "--ring", "r", "--claims", "{}"]);
     let hup = || {

@@ -130,6 +130,7 @@ fn params(ring: &str) -> signet::keyring::SignParams<'_> {
         claims_json: b"{}",
         ttl: None,
         header_json: b"",
+        grant: None,
     }
 }
 
@@ -534,21 +535,15 @@ async fn metrics_on_their_own_listener() {
         &kek,
         &[("m", "EdDSA")],
     );
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "http = \"127.0.0.1:0\"",
-        "http = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"",
+    assert!(
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("metrics = \"127.0.0.1:0\"")
     );
-    std::fs::write(&config, text).unwrap();
     let server = Proc::spawn(&["server", "--config", config.to_str().unwrap()], &[]).unwrap();
-    let logs = server.stderr.lock().unwrap().clone();
-    let metrics: std::net::SocketAddr = logs
-        .split("metrics=")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let metrics = server.metrics_addr();
     let http = server.http_addr();
+    assert_ne!(metrics, http);
     let (status, _, _) = common::http_get(http, "/metrics").await;
     assert_eq!(status, 404, "not on the public listener");
     let (status, _, body) = common::http_get(metrics, "/metrics").await;

@@ -103,6 +103,7 @@ impl Harness {
                 claims_json: b"{}",
                 ttl: None,
                 header_json: b"",
+                grant: None,
             })
             .await
             .unwrap()
@@ -477,6 +478,7 @@ async fn clock_jumps_never_remove_the_active_key_or_revive_a_removed_one() {
             claims_json: b"{}",
             ttl: None,
             header_json: b"",
+            grant: None,
         })
         .await
         .unwrap_err();

@@ -136,6 +136,7 @@ impl Model {
                 claims_json: b"{}",
                 ttl: None,
                 header_json: b"",
+                grant: None,
             })
             .await;
         let signed = match signed {

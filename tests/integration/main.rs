@@ -17,6 +17,7 @@ mod audit;
 mod authz_cli;
 mod canary;
 mod cli;
+mod closed;
 mod durable;
 mod grpc_errors;
 mod grpc_sign;

@@ -64,6 +64,7 @@ async fn sign(keys: &KeyManager) -> String {
         claims_json: b"{}",
         ttl: None,
         header_json: b"",
+        grant: None,
     })
     .await
     .unwrap()
@@ -526,7 +527,9 @@ fn database_outage_keeps_signing_refuses_writes_and_recovers() {
         );
         // A refresh fails once the store's connection wait runs out.
         eventually(Duration::from_secs(15), "store_up 0", || {
-            http(p, "/metrics").2.contains("signet_store_up 0")
+            rt.block_on(common::http_get(p.metrics_addr(), "/metrics"))
+                .2
+                .contains("signet_store_up 0")
         });
     }
     // Admin writes fail cleanly, naming the store and what to do.
@@ -554,7 +557,9 @@ fn database_outage_keeps_signing_refuses_writes_and_recovers() {
             http(p, "/readyz").2 == "ready\n"
         });
         eventually(Duration::from_secs(5), "store_up back to 1", || {
-            http(p, "/metrics").2.contains("signet_store_up 1")
+            rt.block_on(common::http_get(p.metrics_addr(), "/metrics"))
+                .2
+                .contains("signet_store_up 1")
         });
     }
     assert_eq!(

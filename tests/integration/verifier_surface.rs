@@ -185,6 +185,7 @@ async fn a_caching_client_never_misses_a_signing_key_for_a_year() {
                 claims_json: b"{}",
                 ttl: None,
                 header_json: b"",
+                grant: None,
             })
             .await
             .unwrap();
@@ -234,6 +235,7 @@ async fn verify_reports_each_failure_reason() {
                 claims_json: claims.as_bytes(),
                 ttl: None,
                 header_json: b"",
+                grant: None,
             })
             .await
             .unwrap()
@@ -307,6 +309,7 @@ async fn verify_reports_each_failure_reason() {
             claims_json: format!(r#"{{"nbf":{}}}"#, T0 + 600).as_bytes(),
             ttl: None,
             header_json: b"",
+            grant: None,
         })
         .await
         .unwrap()
@@ -489,6 +492,7 @@ async fn verifier_library() {
             claims_json: br#"{"sub":"u"}"#,
             ttl: None,
             header_json: b"",
+            grant: None,
         })
         .await
         .unwrap()
@@ -627,6 +631,7 @@ async fn verifier_library_over_https() {
             claims_json: br#"{"sub":"over-tls"}"#,
             ttl: None,
             header_json: b"",
+            grant: None,
         })
         .await
         .unwrap()

@@ -30,3 +30,35 @@ pub fn leaf(ca: &Ca, cn: &str, sans: Vec<SanType>) -> (String, String) {
     let cert = params.signed_by(&key, &ca.issuer).unwrap();
     (cert.pem(), key.serialize_pem())
 }
+
+/// A leaf certificate with a chosen serial number (for CRLs).
+pub fn leaf_serial(ca: &Ca, cn: &str, sans: Vec<SanType>, serial: u64) -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.subject_alt_names = sans;
+    params.serial_number = Some(rcgen::SerialNumber::from(serial));
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// A CRL from `ca` revoking `serials`, PEM.
+pub fn crl(ca: &Ca, serials: &[u64]) -> String {
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2020, 1, 1),
+        next_update: rcgen::date_time_ymd(2100, 1, 1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .iter()
+            .map(|s| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(*s),
+                revocation_time: rcgen::date_time_ymd(2021, 1, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    params.signed_by(&ca.issuer).unwrap().pem().unwrap()
+}

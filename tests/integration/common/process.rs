@@ -130,12 +130,20 @@ impl Proc {
         rest.split('/').next().unwrap().parse().unwrap()
     }
 
+    /// A gRPC channel to this process (TCP or its Unix socket).
+    /// The metrics listener's address: `listen.metrics` from the server's
+    /// "listening" log line, else the HTTP listener (`signet dev`).
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        let logs = self.stderr.lock().unwrap().clone();
+        logs.split("metrics=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|a| a.trim_matches('"').parse().ok())
+            .unwrap_or_else(|| self.http_addr())
+    }
+
     pub async fn channel(&self) -> tonic::transport::Channel {
-        tonic::transport::Endpoint::from_shared(self.grpc.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
+        signet::cli::connect(&self.grpc).await.unwrap()
     }
 }
 
@@ -167,21 +175,42 @@ fn addresses(text: &str) -> Option<(String, String)> {
         return Some((g, h));
     }
     match (word_after("grpc="), word_after("http=")) {
+        (Some(g), Some(h)) if g.starts_with("unix:") => Some((g, format!("http://{h}"))),
         (Some(g), Some(h)) => Some((format!("http://{g}"), format!("http://{h}"))),
         _ => None,
     }
 }
 
-/// Writes a server config for `data_dir` with one ring per `(name, alg)`.
+/// The typed identity this test process has on a server's Unix socket.
+pub fn my_uid() -> String {
+    format!("unix:uid:{}", nix::unistd::getuid())
+}
+
+/// Writes a server config for `data_dir` with one ring per `(name, alg)`:
+/// gRPC on the Unix socket `DIR/grpc.sock`, and the policy `DIR/policy.toml`
+/// (created, when missing, granting this test's uid everything).
 pub fn write_config(
     dir: &Path,
     data_dir: &Path,
     kek: &str,
     rings: &[(&str, &str)],
 ) -> std::path::PathBuf {
+    let policy = dir.join("policy.toml");
+    if !policy.exists() {
+        std::fs::write(
+            &policy,
+            format!(
+                "[[rule]]\nidentity = {:?}\nactions = [\"admin\"]\nrings = [\"*\"]\n",
+                my_uid()
+            ),
+        )
+        .unwrap();
+    }
     let mut text = format!(
-        "[listen]\ngrpc = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n\n[store]\ndata_dir = {:?}\n\n[seal]\nkek = {kek:?}\nallow_unlocked_memory = true\n",
-        data_dir.display().to_string()
+        "[listen]\ngrpc = \"unix:{}\"\nhttp = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n\n[store]\ndata_dir = {:?}\n\n[seal]\nkek = {kek:?}\nallow_unlocked_memory = true\n\n[authz]\npolicy = {:?}\n",
+        dir.join("grpc.sock").display(),
+        data_dir.display().to_string(),
+        policy.display().to_string(),
     );
     for (name, alg) in rings {
         text.push_str(&format!(
