@@ -54,9 +54,45 @@ pub struct BenchArgs {
         default_value = r#"{"sub":"bench-user","aud":"api.example","scope":"read write"}"#
     )]
     claims: String,
+    /// With --in-process: the access layer to serve through. `none`: plaintext
+    /// loopback, everything allowed, no decision made (the layer passes
+    /// requests straight through). `grant`: a Unix socket and a policy whose
+    /// one rule grants this process's uid `sign` (every request decided).
+    /// `claim-rule`: the same rule with a [rule.sign] of three constraints
+    /// (aud allow-list, sub glob, max_ttl) checked on every Sign.
+    #[arg(long, value_enum, default_value = "none", requires = "in_process")]
+    authz: BenchAuthz,
     /// Print the results as one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+/// The access layer `signet bench --in-process` serves through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BenchAuthz {
+    /// No decision: everything allowed, plaintext loopback.
+    None,
+    /// A policy grant decided per request, over a Unix socket.
+    Grant,
+    /// That grant with a claim rule of three constraints.
+    ClaimRule,
+}
+
+/// The policy of `--authz grant|claim-rule`: this process's uid may sign on
+/// `ring`, with three claim constraints for `claim-rule`. The default bench
+/// claims satisfy them.
+fn bench_policy(ring: &str, authz: BenchAuthz) -> anyhow::Result<crate::authz::Authz> {
+    let mut text = format!(
+        "[[rule]]\nidentity = \"unix:uid:{}\"\nactions = [\"sign\", \"read\"]\nrings = [{ring:?}]\n",
+        nix::unistd::getuid()
+    );
+    if authz == BenchAuthz::ClaimRule {
+        text.push_str(
+            "[rule.sign]\naud = [\"api.example\", \"other.example\"]\nsub = \"bench-*\"\nmax_ttl = \"1h\"\n",
+        );
+    }
+    Ok(crate::authz::Authz::from_toml(&text)?)
 }
 
 /// Measured results of one run.
@@ -64,6 +100,8 @@ pub struct BenchArgs {
 pub struct BenchReport {
     /// JWS algorithm of the ring.
     pub alg: String,
+    /// The access layer of an in-process server.
+    pub authz: BenchAuthz,
     /// Requests in flight.
     pub concurrency: usize,
     /// Successful Signs per second over gRPC.
@@ -94,13 +132,32 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let alg: Algorithm = args.alg.parse().context("--alg")?;
         let keys = KeyManager::ephemeral(Arc::new(SystemClock)).await?;
         keys.create_ring(&args.ring, KeySpec::new(alg, 0)?).await?;
-        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-        let addr = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(rpc::serve(listener, keys, async {
+        let stopped = async {
             let _ = stopped.await;
-        }));
-        (addr, Some((stop, task)))
+        };
+        if args.authz == BenchAuthz::None {
+            let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+            let addr = format!("http://{}", listener.local_addr()?);
+            let task = tokio::spawn(rpc::serve(listener, keys, stopped));
+            (addr, Some((stop, task, None)))
+        } else {
+            let dir = tempfile_dir()?;
+            let path = dir.join("grpc.sock");
+            let listener = tokio::net::UnixListener::bind(&path)?;
+            let authz = crate::authz::SharedAuthz::new(bench_policy(&args.ring, args.authz)?);
+            let task = tokio::spawn(rpc::serve_with(
+                crate::tls::unix_incoming(listener),
+                keys,
+                Arc::new(authz),
+                None,
+                stopped,
+            ));
+            (
+                format!("unix:{}", path.display()),
+                Some((stop, task, Some(dir))),
+            )
+        }
     } else {
         let addr = args
             .addr
@@ -123,15 +180,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let spec = spec_of(&jwks.jwks_json)?;
 
     let grpc = grpc_phase(&args, &channels, &claims).await?;
-    if let Some((stop, task)) = server {
+    if let Some((stop, task, dir)) = server {
         let _ = stop.send(());
         task.await??;
+        if let Some(dir) = dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
     let raw_threads = thread::available_parallelism().map_or(2, |n| n.get());
     let raw_per_sec = raw_phase(spec, raw_threads, args.duration, &claims).await?;
 
     let report = BenchReport {
         alg: spec.alg().name().to_owned(),
+        authz: args.authz,
         concurrency: args.concurrency,
         grpc_per_sec: grpc.per_sec,
         p50_ms: grpc.percentile(0.50),
@@ -152,7 +213,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!(
             "signet bench: ring {} ({spec}) at {addr}{}, concurrency {}, {} connections, {}",
             args.ring,
-            if args.in_process { " (in-process)" } else { "" },
+            match (args.in_process, args.authz) {
+                (false, _) => String::new(),
+                (true, BenchAuthz::None) => " (in-process)".to_owned(),
+                (true, BenchAuthz::Grant) => " (in-process, policy grant)".to_owned(),
+                (true, BenchAuthz::ClaimRule) => {
+                    " (in-process, policy grant with a 3-constraint claim rule)".to_owned()
+                }
+            },
             args.concurrency,
             args.connections,
             humantime::format_duration(args.duration),
@@ -174,6 +242,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A private directory for the bench's Unix socket.
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let name = format!(
+        "signet-bench-{}-{}",
+        std::process::id(),
+        hex::encode(crate::crypto::random_bytes::<4>()?)
+    );
+    let dir = std::env::temp_dir().join(name);
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
 }
 
 /// The key spec of the ring's current keys, read from its JWKS.

@@ -265,6 +265,55 @@ fn bench_reports_grpc_and_raw_rates() {
     assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{r}");
 }
 
+/// The bench drives a server that decides every request by policy, with and
+/// without a claim rule; its claims pass the rule (no request fails), and
+/// claims that break it fail every request.
+#[test]
+fn bench_through_a_policy_and_a_claim_rule() {
+    let bench = |authz: &str, claims: &str| {
+        let out = Command::new(BIN)
+            .args([
+                "bench",
+                "--in-process",
+                "--alg",
+                "EdDSA",
+                "--duration",
+                "1s",
+            ])
+            .args([
+                "--concurrency",
+                "4",
+                "--json",
+                "--authz",
+                authz,
+                "--claims",
+                claims,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (r, String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let good = r#"{"sub":"bench-user","aud":"api.example","scope":"read write"}"#;
+    for authz in ["grant", "claim-rule"] {
+        let (r, _) = bench(authz, good);
+        assert_eq!(r["authz"], authz);
+        assert_eq!(r["errors"], 0, "{r}");
+        assert!(r["grpc_per_sec"].as_f64().unwrap() > 0.0);
+    }
+    let (r, stderr) = bench("claim-rule", r#"{"sub":"root","aud":"api.example"}"#);
+    assert_eq!(r["grpc_per_sec"], 0.0, "{r}");
+    assert!(
+        stderr.contains("PermissionDenied: claims_json.sub: \"root\" is not allowed for unix:uid:"),
+        "{stderr}"
+    );
+}
+
 /// `signet timeline --simulate` is pinned by a snapshot: under the default
 /// policy (publish_lead 6d, grace 7d) it shows the practice's example, a key
 /// published six days before it signs and its predecessor removed seven
