@@ -1,0 +1,53 @@
+//! Operator-facing limits and messages: bounded policy durations.
+
+mod policy_bounds;
+
+use std::{path::Path, sync::Arc};
+
+use signet::{
+    audit::{AuditConfig, AuditLog, SinkConfig},
+    clock::SystemClock,
+    crypto::{Algorithm, KeySpec},
+    keyring::KeyManager,
+    rpc::{AuditParts, guard::Authorizer},
+};
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+/// An in-process server (plaintext: every caller is `local`) deciding with
+/// `authz` and auditing to `dir/audit.log`, with an EdDSA ring `ops`.
+pub async fn audited(dir: &Path, authz: Arc<dyn Authorizer>) -> (Channel, KeyManager) {
+    let keys = KeyManager::ephemeral(Arc::new(SystemClock)).await.unwrap();
+    keys.create_ring("ops", KeySpec::new(Algorithm::EdDsa, 0).unwrap())
+        .await
+        .unwrap();
+    let log = AuditLog::open(AuditConfig::new(vec![SinkConfig::file(
+        dir.join("audit.log"),
+    )]))
+    .await
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(signet::rpc::serve_with(
+        signet::tls::plaintext_incoming(listener),
+        keys.clone(),
+        authz,
+        Some(AuditParts { log, key: None }),
+        std::future::pending(),
+    ));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (channel, keys)
+}
+
+/// The audit records of `dir/audit.log` as JSON.
+pub fn audit_records(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("audit.log"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
