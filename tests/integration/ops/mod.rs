@@ -1,5 +1,8 @@
-//! Operator-facing limits and messages: bounded policy durations.
+//! Operator-facing limits and messages: bounded policy durations, Status
+//! messages without internal detail, and error chains that say each thing
+//! once.
 
+mod messages;
 mod policy_bounds;
 
 use std::{path::Path, sync::Arc};
