@@ -33,11 +33,19 @@ pub struct StatusArgs {
 /// Options of `signet seal`.
 #[derive(Debug, Args)]
 pub struct SealArgs {
-    /// Why (logged with the action).
-    #[arg(long)]
+    /// Why (required; logged and audited with the action).
+    #[arg(long, value_parser = non_blank)]
     reason: String,
     #[command(flatten)]
     client: ClientArgs,
+}
+
+fn non_blank(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("must say why the service is sealed".to_owned())
+    } else {
+        Ok(s.to_owned())
+    }
 }
 
 /// `signet operator ...`: offline maintenance of a stopped server's data.

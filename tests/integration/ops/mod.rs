@@ -1,9 +1,10 @@
 //! Operator-facing limits and messages: bounded policy durations, Status
-//! messages without internal detail, and error chains that say each thing
-//! once.
+//! messages without internal detail, Seal's reason, log lines callers cannot
+//! forge, and error chains that say each thing once.
 
 mod messages;
 mod policy_bounds;
+mod seal_and_logs;
 
 use std::{path::Path, sync::Arc};
 
