@@ -25,10 +25,10 @@ pub struct CheckArgs {
     /// The caller's identity: URI SAN (e.g. SPIFFE ID), DNS SAN or CN.
     #[arg(long)]
     identity: String,
-    /// sign, verify, read, rotate, revoke, policy, seal or admin.
+    /// sign, verify, read, rotate, revoke, policy, seal, unseal or admin.
     #[arg(long)]
     action: Action,
-    /// The ring, or "*" for a service-wide action such as seal.
+    /// The ring, or "*" for a service-wide action such as seal or unseal.
     #[arg(long)]
     ring: String,
 }

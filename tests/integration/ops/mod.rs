@@ -1,7 +1,9 @@
 //! Operator-facing limits and messages: bounded policy durations, Status
 //! messages without internal detail, Seal's reason, log lines callers cannot
-//! forge, and error chains that say each thing once.
+//! forge, the `unseal` action, `signet rings list`, and error chains that
+//! say each thing once.
 
+mod access;
 mod messages;
 mod policy_bounds;
 mod seal_and_logs;
