@@ -72,7 +72,8 @@ pub struct SignArgs {
     #[command(flatten)]
     ring: RingArgs,
     /// Claims as a JSON object, or @FILE to read them from a file (@- for
-    /// stdin). `iat`, `exp` and `jti` are set by the server.
+    /// stdin). The server sets `iat` and `exp` (give neither), and sets a
+    /// random `jti` only when the claims give none.
     #[arg(long)]
     claims: String,
     /// Token lifetime, e.g. 90s, 15m, 1h (default: the ring's, 15m; at most

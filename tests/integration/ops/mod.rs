@@ -1,9 +1,10 @@
 //! Operator-facing limits and messages: bounded policy durations, Status
 //! messages without internal detail, Seal's reason, log lines callers cannot
-//! forge, the `unseal` action, `signet rings list`, and error chains that
-//! say each thing once.
+//! forge, the `unseal` action, `signet rings list`, `signet status`,
+//! `env:` KEKs, and error chains that say each thing once.
 
 mod access;
+mod cli;
 mod messages;
 mod policy_bounds;
 mod seal_and_logs;
