@@ -53,9 +53,13 @@ impl UnixTime {
 
 impl fmt::Display for UnixTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // RFC 3339 has four-digit years: instants before 1970 or after
+        // 9999-12-31T23:59:59Z print as seconds (`@N`), never a panic.
+        const LAST_RFC3339: i64 = 253_402_300_799;
         let t = u64::try_from(self.0)
             .ok()
-            .map(|s| UNIX_EPOCH + Duration::from_secs(s));
+            .filter(|_| self.0 <= LAST_RFC3339)
+            .and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s)));
         match t {
             Some(t) => write!(f, "{}", humantime::format_rfc3339_seconds(t)),
             None => write!(f, "@{}", self.0),
@@ -116,6 +120,23 @@ impl Clock for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_instant_displays() {
+        assert_eq!(
+            UnixTime::from_secs(253_402_300_799).to_string(),
+            "9999-12-31T23:59:59Z"
+        );
+        assert_eq!(
+            UnixTime::from_secs(253_402_300_800).to_string(),
+            "@253402300800"
+        );
+        assert_eq!(
+            UnixTime::from_secs(i64::MAX).to_string(),
+            format!("@{}", i64::MAX)
+        );
+        assert_eq!(UnixTime::from_secs(-1).to_string(), "@-1");
+    }
 
     #[test]
     fn manual_clock_moves_only_when_told() {

@@ -74,13 +74,16 @@ pub enum Error {
     #[error("sealed: Signet holds no keys in memory; unseal it first (`signet unseal`)")]
     Sealed,
     /// The KEK provider could not be opened or used; says which and why.
+    /// (The provider's error is part of this message, not a `source`, so a
+    /// chain printed with `{:#}` says it once.) The detail may name a path
+    /// or a PKCS#11 module: it goes to operators and logs, never into a
+    /// `Status` (see `rpc::status`).
     #[error("KEK unavailable: {0}")]
-    Kek(#[source] KekError),
+    Kek(KekError),
     /// The KEK opened, but it is not the KEK this store was sealed with.
-    #[error(
-        "KEK {0} is not the key-encryption key of this store (its check value does not open); \
-         nothing was changed"
-    )]
+    /// Carries the provider's description (which may name a path); callers
+    /// over gRPC get a message without it.
+    #[error("KEK {0} is not the key-encryption key of this store (its check value does not open)")]
     WrongKek(String),
     /// A sealed record failed its integrity check.
     #[error("the sealed record of key {kid} in ring {ring} failed its integrity check")]

@@ -30,7 +30,8 @@ use super::record::{AuditRecord, GENESIS_PREV, RESYNC_RPC, line_hash};
 pub struct ChainError {
     /// Its line number, from 1.
     pub line: u64,
-    /// What is wrong with it, and what that suggests.
+    /// What is wrong with it, and what that suggests (without the line
+    /// number, which `line` holds).
     pub reason: String,
 }
 
@@ -136,12 +137,10 @@ fn check_line(
     report: &mut VerifyReport,
 ) -> Option<String> {
     if !line.ends_with(b"\n") {
-        return Some(format!(
-            "line {n} is incomplete (no newline at the end): a torn write"
-        ));
+        return Some("it is incomplete (no newline at the end): a torn write".to_owned());
     }
     let Some(rec) = parse(line) else {
-        return Some(format!("line {n} is not an audit record"));
+        return Some("it is not an audit record".to_owned());
     };
     let Some((prev_hash, prev_seq)) = prev else {
         report.first_seq = Some(rec.seq);
@@ -179,7 +178,7 @@ fn check_line(
             }
         }
     }
-    (!problems.is_empty()).then(|| format!("line {n}: {}", problems.join("; ")))
+    (!problems.is_empty()).then(|| problems.join("; "))
 }
 
 #[cfg(test)]

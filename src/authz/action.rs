@@ -17,15 +17,21 @@ pub enum Action {
     Revoke,
     /// Change a ring's rotation and token policy.
     Policy,
-    /// Seal or unseal the service (service-wide: checked with ring `"*"`).
+    /// Seal the service: drop every private key from memory (service-wide:
+    /// checked with ring `"*"`). An emergency brake any on-call operator
+    /// may pull.
     Seal,
+    /// Unseal the service: re-open the KEK and the keys (service-wide).
+    /// Separate from `seal`, so an identity that may stop signing in an
+    /// emergency cannot also restart it.
+    Unseal,
     /// Every action above, on the rings the rule lists.
     Admin,
 }
 
 impl Action {
     /// Every action, in the order the policy file documents them.
-    pub const ALL: [Action; 8] = [
+    pub const ALL: [Action; 9] = [
         Action::Sign,
         Action::Verify,
         Action::Read,
@@ -33,6 +39,7 @@ impl Action {
         Action::Revoke,
         Action::Policy,
         Action::Seal,
+        Action::Unseal,
         Action::Admin,
     ];
 
@@ -46,6 +53,7 @@ impl Action {
             Action::Revoke => "revoke",
             Action::Policy => "policy",
             Action::Seal => "seal",
+            Action::Unseal => "unseal",
             Action::Admin => "admin",
         }
     }
@@ -66,7 +74,8 @@ impl fmt::Display for Action {
 /// An action name that is not one of [`Action::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown action {0:?}; expected one of sign, verify, read, rotate, revoke, policy, seal, admin"
+    "unknown action {0:?}; expected one of sign, verify, read, rotate, revoke, policy, seal, unseal, \
+     admin"
 )]
 pub struct UnknownAction(pub String);
 
@@ -91,7 +100,42 @@ mod tests {
             assert_eq!(a.name().parse::<Action>().unwrap(), a);
             assert_eq!(a.to_string(), a.name());
         }
+        assert_eq!("unseal".parse::<Action>().unwrap(), Action::Unseal);
         let e = "Sign".parse::<Action>().unwrap_err();
         assert!(e.to_string().contains("unknown action \"Sign\""), "{e}");
+    }
+
+    /// `seal` alone does not grant `unseal`; `admin` grants both.
+    #[test]
+    fn seal_does_not_grant_unseal() {
+        assert!(Action::Seal.grants(Action::Seal));
+        assert!(!Action::Seal.grants(Action::Unseal));
+        assert!(!Action::Unseal.grants(Action::Seal));
+        assert!(Action::Admin.grants(Action::Unseal));
+        let policy = crate::authz::Authz::from_toml(
+            r#"
+[[rule]]
+identity = "ops-oncall.example.org"
+actions = ["seal"]
+rings = ["*"]
+
+[[rule]]
+identity = "security"
+actions = ["admin"]
+rings = ["*"]
+"#,
+        )
+        .unwrap();
+        assert!(
+            policy
+                .check("ops-oncall.example.org", Action::Seal, "*")
+                .allowed
+        );
+        assert!(
+            !policy
+                .check("ops-oncall.example.org", Action::Unseal, "*")
+                .allowed
+        );
+        assert!(policy.check("security", Action::Unseal, "*").allowed);
     }
 }

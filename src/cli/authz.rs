@@ -46,7 +46,7 @@ pub struct CheckArgs {
     /// sign, verify, read, rotate, revoke, policy, seal, unseal or admin.
     #[arg(long)]
     action: Action,
-    /// The ring, or "*" for a service-wide action such as seal.
+    /// The ring, or "*" for a service-wide action such as seal or unseal.
     #[arg(long)]
     ring: String,
     /// For `sign`: the claims (JSON, or @FILE) to check against the claim

@@ -108,7 +108,8 @@ pub struct SignArgs {
     #[command(flatten)]
     ring: RingArgs,
     /// Claims as a JSON object, or @FILE to read them from a file (@- for
-    /// stdin). `iat`, `exp` and `jti` are set by the server.
+    /// stdin). The server sets `iat` and `exp` (give neither), and sets a
+    /// random `jti` only when the claims give none.
     #[arg(long)]
     claims: String,
     /// Token lifetime, e.g. 90s, 15m, 1h (default: the ring's, 15m; at most
@@ -164,6 +165,14 @@ pub struct RevokeArgs {
 /// `signet rings ...`
 #[derive(Debug, Subcommand)]
 pub enum RingsCommand {
+    /// List every key ring: name, algorithm, active kid and key count.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Create a key ring and its first key.
     Create {
         /// Ring name: a-z, 0-9, '-', '_', '.'; up to 64 characters.
@@ -351,6 +360,15 @@ pub async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
 
 pub async fn rings(cmd: RingsCommand) -> anyhow::Result<()> {
     match cmd {
+        RingsCommand::List { json, client } => {
+            let mut admin = KeyAdminClient::new(connect(&client.addr).await?);
+            let resp = admin
+                .list_key_rings(pb::ListKeyRingsRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_rings(&resp.rings, json)
+        }
         RingsCommand::Create {
             name,
             alg,
@@ -376,6 +394,42 @@ pub async fn rings(cmd: RingsCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn print_rings(rings: &[pb::KeyRingInfo], json: bool) -> anyhow::Result<()> {
+    let active = |r: &pb::KeyRingInfo| {
+        r.keys
+            .iter()
+            .find(|k| k.state() == pb::KeyState::Active)
+            .map(|k| k.kid.clone())
+    };
+    if json {
+        let rings: Vec<_> = rings
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.name,
+                    "algorithm": r.algorithm,
+                    "rsa_bits": r.rsa_bits,
+                    "active_kid": active(r),
+                    "keys": r.keys.len(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rings)?);
+        return Ok(());
+    }
+    println!("{:<24}  {:<8}  {:<43}  KEYS", "NAME", "ALG", "ACTIVE KID");
+    for r in rings {
+        println!(
+            "{:<24}  {:<8}  {:<43}  {}",
+            r.name,
+            r.algorithm,
+            active(r).unwrap_or_else(|| "-".to_owned()),
+            r.keys.len()
+        );
+    }
+    Ok(())
 }
 
 /// Options of `signet verify`.

@@ -33,11 +33,19 @@ pub struct StatusArgs {
 /// Options of `signet seal`.
 #[derive(Debug, Args)]
 pub struct SealArgs {
-    /// Why (logged with the action).
-    #[arg(long)]
+    /// Why (required; logged and audited with the action).
+    #[arg(long, value_parser = non_blank)]
     reason: String,
     #[command(flatten)]
     client: ClientArgs,
+}
+
+fn non_blank(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("must say why the service is sealed".to_owned())
+    } else {
+        Ok(s.to_owned())
+    }
 }
 
 /// `signet operator ...`: offline maintenance of a stopped server's data.
@@ -76,6 +84,8 @@ fn print_status(s: &pb::StatusResponse, json: bool) -> anyhow::Result<()> {
             "keys": s.keys,
             "loaded_keys": s.loaded_keys,
             "broken_keys": s.broken_keys,
+            "audit_head_seq": s.audit_head_seq,
+            "audit_head_hash": s.audit_head_hash,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -86,6 +96,16 @@ fn print_status(s: &pb::StatusResponse, json: bool) -> anyhow::Result<()> {
             "keys:    {} ring(s), {} key(s), {} loaded, {} broken",
             s.rings, s.keys, s.loaded_keys, s.broken_keys
         );
+        if s.audit_head_hash.is_empty() {
+            println!("audit:   no audit log");
+        } else {
+            // Anchor this elsewhere; `signet audit verify FILE --head HASH`
+            // then proves the file was not cut short or replaced.
+            println!(
+                "audit:   head seq {} hash {}",
+                s.audit_head_seq, s.audit_head_hash
+            );
+        }
     }
     Ok(())
 }

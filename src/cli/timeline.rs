@@ -86,17 +86,23 @@ fn glyph(state: KeyState) -> char {
 /// Draws `rows` between `from` and `to`, `width` columns wide, with `now`
 /// marked, followed by one line of dates per key.
 pub fn render(rows: &[Row], from: UnixTime, to: UnixTime, now: UnixTime, width: usize) -> String {
-    let width = width.max(20);
-    let span = (to.as_secs() - from.as_secs()).max(1);
+    // Wide enough to read, narrow enough that no product below overflows.
+    let width = width.clamp(20, 10_000);
+    let from_s = i128::from(from.as_secs());
+    let span = (i128::from(to.as_secs()) - from_s).max(1);
+    let w = width as i128; // at most 10 000
+    // Instants as i128 so the products below cannot overflow; results lie
+    // between `from` and `to`, so they fit an i64 again.
+    let instant = |t: i128| {
+        UnixTime::from_secs(i64::try_from(t).unwrap_or(if t < 0 { i64::MIN } else { i64::MAX }))
+    };
     let at = |col: usize| {
         // The middle of the column's time slice.
-        let num = i64::try_from(col).unwrap_or(0) * 2 + 1;
-        let den = i64::try_from(width).unwrap_or(1) * 2;
-        UnixTime::from_secs(from.as_secs() + span * num / den)
+        instant(from_s + span * (col as i128 * 2 + 1) / (w * 2))
     };
     let col_of = |t: UnixTime| {
-        let off = (t.as_secs() - from.as_secs()).clamp(0, span - 1);
-        usize::try_from(off * i64::try_from(width).unwrap_or(1) / span).unwrap_or(0)
+        let off = (i128::from(t.as_secs()) - from_s).clamp(0, span - 1);
+        usize::try_from(off * w / span).unwrap_or(0)
     };
     let label_w = rows.iter().map(|r| r.label.len()).max().unwrap_or(5).max(5);
     let pad = " ".repeat(label_w + 2);
@@ -107,9 +113,7 @@ pub fn render(rows: &[Row], from: UnixTime, to: UnixTime, now: UnixTime, width: 
     let mut ticks = pad.clone();
     let mut col = 0;
     while col < width {
-        let start_of_col = from.as_secs()
-            + span * i64::try_from(col).unwrap_or(0) / i64::try_from(width).unwrap_or(1);
-        let label = date(UnixTime::from_secs(start_of_col));
+        let label = date(instant(from_s + span * col as i128 / w));
         if col + label.len() <= width + 10 {
             axis.push_str(&format!("{label:<20}"));
             ticks.push_str(&format!("{:<20}", "|"));
@@ -142,24 +146,43 @@ pub fn render(rows: &[Row], from: UnixTime, to: UnixTime, now: UnixTime, width: 
     );
     let _ = writeln!(out);
     for row in rows {
-        let t = &row.timeline;
-        let mut line = format!(
-            "{:<label_w$}  published {}  signs {} .. {}",
-            row.label,
-            date(t.publish_at),
-            date(t.activate_at),
-            t.retire_at
-                .map(date)
-                .unwrap_or_else(|| "(until its successor)".into())
-        );
-        if let Some(r) = t.revoked_at {
-            line.push_str(&format!("  revoked {}", date(r)));
-        } else if let Some(r) = t.remove_at {
-            line.push_str(&format!("  leaves the JWKS {}", date(r)));
-        }
-        let _ = writeln!(out, "{}", line.trim_end());
+        let _ = writeln!(out, "{:<label_w$}  {}", row.label, describe(&row.timeline));
     }
     out
+}
+
+/// One key's dates in words. A revoked key signed only until its
+/// revocation, and a successor withdrawn before its activation never
+/// signed at all: neither is described as signing "until its successor".
+fn describe(t: &Timeline) -> String {
+    let published = format!("published {}", date(t.publish_at));
+    match t.revoked_at {
+        Some(r) if r <= t.activate_at => {
+            format!("{published}  never signed: revoked {}", date(r))
+        }
+        Some(r) => {
+            let until = t.retire_at.map_or(r, |retire| retire.min(r));
+            format!(
+                "{published}  signs {} .. {}  revoked {}",
+                date(t.activate_at),
+                date(until),
+                date(r)
+            )
+        }
+        None => {
+            let mut line = format!(
+                "{published}  signs {} .. {}",
+                date(t.activate_at),
+                t.retire_at
+                    .map(date)
+                    .unwrap_or_else(|| "(until its successor)".into())
+            );
+            if let Some(r) = t.remove_at {
+                line.push_str(&format!("  leaves the JWKS {}", date(r)));
+            }
+            line
+        }
+    }
 }
 
 /// The chart of a fresh ring under `policy` from `start`, for `days`.
@@ -277,4 +300,92 @@ pub async fn run(args: TimelineArgs) -> anyhow::Result<()> {
     );
     print!("{}", render(&rows, from, to, now, args.width));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: i64 = 86_400;
+
+    fn day(n: i64) -> UnixTime {
+        UnixTime::from_secs(1_767_225_600 + n * D) // 2026-01-01
+    }
+
+    fn chart(rows: &[Row]) -> String {
+        render(rows, day(0), day(40), day(20), 40)
+    }
+
+    fn bar<'a>(chart: &'a str, label: &str) -> &'a str {
+        chart
+            .lines()
+            .find(|l| l.starts_with(label) && !l.contains("published"))
+            .unwrap_or_default()
+    }
+
+    /// A revoked Active key signed until its revocation and is drawn
+    /// revoked from then on; nothing says it signs "until its successor".
+    #[test]
+    fn a_revoked_key_stops_signing_when_revoked() {
+        let revoked = Timeline {
+            revoked_at: Some(day(10)),
+            ..Timeline::immediate(day(0))
+        };
+        let out = chart(&[Row {
+            label: "k1".into(),
+            timeline: revoked,
+            projected: false,
+        }]);
+        assert!(
+            out.contains(
+                "k1     published 2026-01-01  signs 2026-01-01 .. 2026-01-11  revoked 2026-01-11"
+            ),
+            "{out}"
+        );
+        assert!(!out.contains("until its successor"), "{out}");
+        let bar = bar(&out, "k1 ");
+        assert_eq!(bar.matches('#').count(), 10, "{bar}");
+        assert!(bar.trim_end().ends_with('x'), "{bar}");
+        assert!(!bar[bar.find('x').unwrap()..].contains('#'), "{bar}");
+    }
+
+    /// A successor withdrawn before it activated never signed: its row has
+    /// no signing column and its dates say so.
+    #[test]
+    fn a_withdrawn_successor_never_signed() {
+        let withdrawn = Timeline {
+            activate_at: day(16),
+            revoked_at: Some(day(12)),
+            ..Timeline::immediate(day(10))
+        };
+        let out = chart(&[Row {
+            label: "k2".into(),
+            timeline: withdrawn,
+            projected: false,
+        }]);
+        assert!(
+            out.contains("k2     published 2026-01-11  never signed: revoked 2026-01-13"),
+            "{out}"
+        );
+        assert!(!out.contains("signs"), "{out}");
+        assert!(!bar(&out, "k2 ").contains('#'), "{out}");
+    }
+
+    /// Absurd widths and spans draw without overflowing.
+    #[test]
+    fn extreme_inputs_do_not_overflow() {
+        let row = Row {
+            label: "k".into(),
+            timeline: Timeline::immediate(UnixTime::from_secs(i64::MIN)),
+            projected: false,
+        };
+        let out = render(
+            &[row],
+            UnixTime::from_secs(i64::MIN),
+            UnixTime::from_secs(i64::MAX),
+            UnixTime::from_secs(0),
+            usize::MAX,
+        );
+        assert!(out.contains("legend"));
+    }
 }

@@ -218,6 +218,16 @@ impl KeyManager {
         Ok(info(&ring, self.now()))
     }
 
+    /// Every ring's policy and keys, sorted by name.
+    pub fn ring_infos(&self) -> Vec<RingInfo> {
+        let now = self.now();
+        self.snapshot()
+            .rings()
+            .into_iter()
+            .map(|r| info(r, now))
+            .collect()
+    }
+
     /// The ring's JWKS and the keys in it.
     pub fn jwks(&self, name: &str, field: &str) -> Result<(JwkSet, Vec<KeyInfo>), Error> {
         let ring = self.ring(name, field)?;

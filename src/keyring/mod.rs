@@ -23,6 +23,6 @@ pub use keyset::{JwkSet, KeyInfo, KeySet, Ring};
 pub use lifecycle::{KeyState, Timeline, project};
 pub use manager::{KeyManager, RingInfo};
 pub use name::{RequestId, RingName};
-pub use policy::{Policy, PolicyError, Short, Warning, ttl_rule_of_thumb};
+pub use policy::{MAX_DURATION, Policy, PolicyError, Short, Warning, ttl_rule_of_thumb};
 pub use sign::{SignParams, Signed};
 pub use unseal::{Status, adopt_legacy_audit_key, rekey};

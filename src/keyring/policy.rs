@@ -98,11 +98,40 @@ impl fmt::Display for Warning {
 pub const ROTATION_BOUNDS: (Duration, Duration) =
     (Duration::from_secs(HOUR), Duration::from_secs(365 * DAY));
 
+/// The longest any policy duration may be: 10 years (of 365 days). Far above
+/// every sensible value, and low enough that sums of durations and instants
+/// plus a duration stay far from overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * DAY);
+
 impl Policy {
+    /// Every duration field with its name, in declaration order.
+    pub fn fields(&self) -> [(&'static str, Duration); 7] {
+        [
+            ("rotation_period", self.rotation_period),
+            ("publish_lead", self.publish_lead),
+            ("grace", self.grace),
+            ("max_token_ttl", self.max_token_ttl),
+            ("default_token_ttl", self.default_token_ttl),
+            ("jwks_max_age", self.jwks_max_age),
+            ("clock_skew", self.clock_skew),
+        ]
+    }
+
     /// Checks the hard rules; returns the advice for a valid policy.
     pub fn validate(&self) -> Result<Vec<Warning>, PolicyError> {
         let p = self;
         let fail = |s: String| Err(PolicyError(s));
+        for (name, d) in p.fields() {
+            if d > MAX_DURATION {
+                return fail(format!(
+                    "{name} ({}) must be at most 10 years ({} s)",
+                    Short(d),
+                    MAX_DURATION.as_secs()
+                ));
+            }
+        }
+        // Every field is at most MAX_DURATION from here on, so no sum below
+        // comes near saturating.
         let (lo, hi) = ROTATION_BOUNDS;
         if p.rotation_period < lo || p.rotation_period > hi {
             return fail(format!(
@@ -123,7 +152,10 @@ impl Policy {
                 Short(p.max_token_ttl)
             ));
         }
-        let min_grace = p.max_token_ttl + p.jwks_max_age + p.clock_skew;
+        let min_grace = p
+            .max_token_ttl
+            .saturating_add(p.jwks_max_age)
+            .saturating_add(p.clock_skew);
         if p.grace < min_grace {
             return fail(format!(
                 "grace ({}) must be >= max_token_ttl + jwks_max_age + clock_skew ({} + {} + {} = {}), \
@@ -135,7 +167,7 @@ impl Policy {
                 Short(min_grace)
             ));
         }
-        let min_lead = p.jwks_max_age + p.clock_skew;
+        let min_lead = p.jwks_max_age.saturating_add(p.clock_skew);
         if p.publish_lead < min_lead {
             return fail(format!(
                 "publish_lead ({}) must be >= jwks_max_age + clock_skew ({} + {} = {}), \
@@ -273,6 +305,55 @@ mod tests {
                 .unwrap_or_default();
             assert!(got.starts_with(want), "{got}\nwanted {want}");
         }
+    }
+
+    #[test]
+    fn every_duration_is_bounded_at_ten_years_without_overflow() {
+        assert_eq!(MAX_DURATION, Duration::from_secs(315_360_000));
+        let base = Policy::default();
+        let names = base.fields().map(|(name, _)| name);
+        for huge in [
+            MAX_DURATION + Duration::from_secs(1),
+            Duration::from_secs(u64::MAX),
+            Duration::MAX,
+        ] {
+            for (i, name) in names.iter().enumerate() {
+                let mut p = base;
+                let field = [
+                    &mut p.rotation_period,
+                    &mut p.publish_lead,
+                    &mut p.grace,
+                    &mut p.max_token_ttl,
+                    &mut p.default_token_ttl,
+                    &mut p.jwks_max_age,
+                    &mut p.clock_skew,
+                ];
+                *field.into_iter().nth(i).unwrap() = huge;
+                let e = p.validate().unwrap_err().to_string();
+                assert!(
+                    e.starts_with(&format!("policy: {name} ("))
+                        && e.ends_with(") must be at most 10 years (315360000 s)"),
+                    "{e}"
+                );
+            }
+            // Every field huge at once: refused, never an overflow panic.
+            let all = Policy {
+                rotation_period: huge,
+                publish_lead: huge,
+                grace: huge,
+                max_token_ttl: huge,
+                default_token_ttl: huge,
+                jwks_max_age: huge,
+                clock_skew: huge,
+            };
+            assert!(all.validate().is_err());
+        }
+        // Exactly ten years is allowed where the other rules allow it.
+        let p = Policy {
+            grace: MAX_DURATION,
+            ..base
+        };
+        assert!(p.validate().is_ok());
     }
 
     #[test]

@@ -128,8 +128,10 @@ fn route(path: &str) -> Option<Route> {
         "/signet.v1.KeyAdmin/UpdatePolicy" => r("policy", true),
         "/signet.v1.KeyAdmin/ListKeys" | "/signet.v1.KeyAdmin/GetKeyRing" => r("read", true),
         "/signet.v1.KeyAdmin/CreateKeyRing" => r("admin", true),
+        "/signet.v1.KeyAdmin/ListKeyRings" => r("read", false),
         "/signet.v1.Operator/Status" => r("read", false),
-        "/signet.v1.Operator/Seal" | "/signet.v1.Operator/Unseal" => r("seal", false),
+        "/signet.v1.Operator/Seal" => r("seal", false),
+        "/signet.v1.Operator/Unseal" => r("unseal", false),
         "/signet.v1.Operator/AuditHash" => r("admin", false),
         p if p.starts_with("/signet.") => r("admin", false),
         // Health checks and reflection carry no secrets and name no ring.

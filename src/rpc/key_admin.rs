@@ -1,4 +1,5 @@
-//! `signet.v1.KeyAdmin`: CreateKeyRing, Rotate, ListKeys.
+//! `signet.v1.KeyAdmin`: CreateKeyRing, Rotate, RevokeKey, GetKeyRing,
+//! UpdatePolicy, ListKeyRings, ListKeys.
 
 use tonic::{Request, Response, Status};
 
@@ -105,6 +106,20 @@ impl KeyAdmin for KeyAdminService {
         Ok(Response::new(pb::UpdatePolicyResponse {
             policy: Some(convert::policy(&policy)),
             warnings: warnings.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
+    async fn list_key_rings(
+        &self,
+        _request: Request<pb::ListKeyRingsRequest>,
+    ) -> Result<Response<pb::ListKeyRingsResponse>, Status> {
+        Ok(Response::new(pb::ListKeyRingsResponse {
+            rings: self
+                .keys
+                .ring_infos()
+                .iter()
+                .map(convert::ring_info)
+                .collect(),
         }))
     }
 

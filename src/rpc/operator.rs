@@ -2,6 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
+use super::status::invalid;
 use crate::{
     keyring::{self, KeyManager},
     pb::{self, operator_server::Operator},
@@ -60,7 +61,16 @@ impl Operator for OperatorService {
         request: Request<pb::SealRequest>,
     ) -> Result<Response<pb::SealResponse>, Status> {
         let reason = request.into_inner().reason;
-        tracing::warn!(reason = %reason, "seal requested");
+        if reason.trim().is_empty() {
+            return Err(invalid(
+                "reason",
+                "is required to seal (say why; it is logged and audited)",
+            ));
+        }
+        // A `&str` field, which the text log writes Debug-escaped (and the
+        // JSON log as a JSON string): a newline in the caller's reason
+        // cannot start a forged log line. (`%reason` would write it raw.)
+        tracing::warn!(reason = reason.as_str(), "seal requested");
         let s = self.keys.seal().await;
         Ok(Response::new(pb::SealResponse {
             status: Some(self.status(&s)),

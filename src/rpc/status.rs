@@ -26,11 +26,7 @@ impl From<Error> for Status {
             Error::DataLoss { .. } => Code::DataLoss,
             Error::Crypto(_) => Code::Internal,
         };
-        if let Error::Store(inner) = &e {
-            // The detail stays in the server log.
-            tracing::warn!(error = %inner, "store error");
-        }
-        let mut status = Status::new(code, e.to_string());
+        let mut status = Status::new(code, message(&e));
         if let Error::ClaimRule(v) = &e
             && let Ok(value) = format!("{} (rule {})", v.field, v.rule).parse()
         {
@@ -40,6 +36,32 @@ impl From<Error> for Status {
                 .insert(crate::rpc::guard::CLAIM_RULE_HEADER, value);
         }
         status
+    }
+}
+
+/// What the caller reads. Errors whose detail may hold a path, a KEK spec
+/// (`file:/...`, `pkcs11:module=...`), SQL or a driver message say which
+/// part failed and what to do; the detail goes to the server log only.
+fn message(e: &Error) -> String {
+    match e {
+        Error::Store(inner) => {
+            tracing::warn!(error = %inner, "store error");
+            e.to_string()
+        }
+        Error::Kek(inner) => {
+            tracing::error!(error = %inner, "KEK unavailable");
+            "KEK unavailable: the key-encryption key could not be opened or used; fix the KEK \
+             provider in the server's configuration, then retry (the server log says why)"
+                .to_owned()
+        }
+        Error::WrongKek(kek) => {
+            tracing::error!(kek = %kek, "the configured KEK is not this store's KEK");
+            "the configured KEK is not the key-encryption key of this store (its check value \
+             does not open); nothing was changed and Signet stays sealed: configure the KEK the \
+             store was sealed with (the server log names the one tried)"
+                .to_owned()
+        }
+        _ => e.to_string(),
     }
 }
 

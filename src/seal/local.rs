@@ -7,11 +7,20 @@ use std::{fs, os::unix::fs::PermissionsExt, path::Path};
 
 use async_trait::async_trait;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use base64::{Engine, engine::general_purpose::STANDARD};
+use base64::{
+    Engine, alphabet,
+    engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
+};
 use zeroize::Zeroizing;
 
 use super::{DataKey, Kek, KekError};
 use crate::crypto::random_bytes;
+
+/// Decoders for an `env:` KEK: either alphabet, with or without padding.
+const LENIENT: GeneralPurposeConfig =
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+const STANDARD: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, LENIENT);
+const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT);
 
 /// A KEK whose bytes are in this process.
 pub struct LocalKek {
@@ -82,17 +91,30 @@ impl LocalKek {
         let value = Zeroizing::new(std::env::var(var).map_err(|_| {
             KekError::Unavailable(format!("env KEK ${var}: the variable is not set"))
         })?);
-        let bytes = Zeroizing::new(
-            STANDARD
-                .decode(value.trim())
-                .map_err(|_| KekError::Unavailable(format!("env KEK ${var}: not valid base64")))?,
-        );
-        let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+        Self::from_base64(var, &value)
+    }
+
+    /// A KEK from `value`, the base64 of exactly 32 bytes: standard or
+    /// URL-safe alphabet, padded or not (surrounding whitespace ignored).
+    /// `var` names the variable in errors; the value never appears in one.
+    pub fn from_base64(var: &str, value: &str) -> Result<Self, KekError> {
+        let bad = |why: String| {
             KekError::Unavailable(format!(
-                "env KEK ${var}: must decode to exactly 32 bytes, found {}",
-                bytes.len()
+                "env KEK ${var}: {why}; it must hold the base64 (standard or URL-safe) of \
+                 exactly 32 random bytes, e.g. from `head -c 32 /dev/urandom | base64`"
             ))
-        })?;
+        };
+        let value = value.trim();
+        let bytes = Zeroizing::new(
+            [&STANDARD, &URL_SAFE]
+                .into_iter()
+                .find_map(|engine| engine.decode(value).ok())
+                .ok_or_else(|| bad("not valid base64".to_owned()))?,
+        );
+        let key: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| bad(format!("decodes to {} bytes, not 32", bytes.len())))?;
         Ok(Self {
             kind: "env",
             key: Zeroizing::new(key),
@@ -140,5 +162,69 @@ impl Kek for LocalKek {
             .map_err(|_| KekError::Integrity)?;
         let key: [u8; 32] = (&*plain).try_into().map_err(|_| KekError::Integrity)?;
         Ok(Zeroizing::new(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::engine::general_purpose as b64;
+
+    use super::*;
+
+    /// 32 bytes whose base64 uses `+` or `/` (so the URL-safe form differs).
+    const KEY: [u8; 32] = [
+        0xfb, 0xff, 0xbf, 0xfb, 0xef, 0xfe, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09,
+        0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18,
+        0xfb, 0xff,
+    ];
+
+    #[test]
+    fn env_kek_accepts_standard_and_url_safe_base64_padded_or_not() {
+        let forms = [
+            b64::STANDARD.encode(KEY),
+            b64::STANDARD_NO_PAD.encode(KEY),
+            b64::URL_SAFE.encode(KEY),
+            b64::URL_SAFE_NO_PAD.encode(KEY),
+            format!("  {}\n", b64::STANDARD.encode(KEY)),
+        ];
+        assert!(
+            forms[0].contains('+') || forms[0].contains('/'),
+            "{}",
+            forms[0]
+        );
+        assert!(
+            forms[2].contains('-') || forms[2].contains('_'),
+            "{}",
+            forms[2]
+        );
+        for form in forms {
+            let kek = LocalKek::from_base64("SIGNET_KEK", &form)
+                .unwrap_or_else(|e| panic!("{form:?}: {e}"));
+            assert_eq!(*kek.key, KEY, "{form:?}");
+        }
+    }
+
+    #[test]
+    fn env_kek_errors_name_the_variable_and_the_fix() {
+        let short = b64::STANDARD.encode([7u8; 31]);
+        let cases = [
+            ("not base64!", "env KEK $SIGNET_KEK: not valid base64; "),
+            (
+                short.as_str(),
+                "env KEK $SIGNET_KEK: decodes to 31 bytes, not 32; ",
+            ),
+        ];
+        for (value, want) in cases {
+            let e = LocalKek::from_base64("SIGNET_KEK", value)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.starts_with(want), "{e}");
+            assert!(
+                e.ends_with("e.g. from `head -c 32 /dev/urandom | base64`"),
+                "{e}"
+            );
+            assert!(!e.contains(value), "the value is not echoed: {e}");
+        }
     }
 }

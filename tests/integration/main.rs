@@ -23,6 +23,7 @@ mod grpc_errors;
 mod grpc_sign;
 mod lifecycle;
 mod lifecycle_props;
+mod ops;
 mod pkcs11;
 mod replicas;
 mod store_contract;
