@@ -20,6 +20,7 @@ mod cli;
 mod durable;
 mod grpc_errors;
 mod grpc_sign;
+mod http_abuse;
 mod lifecycle;
 mod lifecycle_props;
 mod pkcs11;

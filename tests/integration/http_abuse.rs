@@ -1,0 +1,108 @@
+//! The public HTTP surface under abuse and at its edges: slow and idle
+//! connections, the connection cap, shutdown with connections open, metric
+//! cardinality, the JWKS of a sealed server, and HTTPS on the listener.
+
+use crate::common;
+
+use signet::{crypto::Algorithm, pb};
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+async fn sign_unknown(
+    mut signer: signet::pb::signer_client::SignerClient<tonic::transport::Channel>,
+    ring: String,
+) {
+    let e = signer
+        .sign(pb::SignRequest {
+            key_ring: ring,
+            claims_json: b"{}".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+}
+
+/// Requests naming 10,000 rings that do not exist add no metric series:
+/// Sign, Verify and ReportVerificationFailures over gRPC, JWKS over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_ring_names_add_no_metric_series() {
+    let server = common::TestServer::start(&[("cardinality", Algorithm::EdDsa)]).await;
+    let series = || async {
+        let (status, _, body) = common::http_get(server.http, "/metrics").await;
+        assert_eq!(status, 200);
+        body.lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| l.rsplit_once(' ').unwrap().0.to_owned())
+            .collect::<std::collections::BTreeSet<String>>()
+    };
+    // One Sign to an unknown ring first, so its "-" series exists before
+    // the count.
+    let mut signer = server.signer();
+    sign_unknown(signer.clone(), "made-up-warmup".into()).await;
+    let before = series().await;
+
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let signer = signer.clone();
+            tokio::spawn(async move {
+                for i in (t..10_000).step_by(8) {
+                    sign_unknown(signer.clone(), format!("made-up-{i}")).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for i in 0..200 {
+        let ring = format!("made-up-v{i}");
+        let e = signer
+            .verify(pb::VerifyRequest {
+                key_ring: ring.clone(),
+                token: "x.y.z".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        let e = signer
+            .report_verification_failures(pb::ReportVerificationFailuresRequest {
+                key_ring: ring.clone(),
+                counts: vec![pb::FailureCount {
+                    reason: pb::VerifyFailure::UnknownKid.into(),
+                    count: 1,
+                }],
+                verifier: "v".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        let (status, _, _) =
+            common::http_get(server.http, &format!("/v1/rings/{ring}/jwks.json")).await;
+        assert_eq!(status, 404);
+    }
+    let after = series().await;
+    let new: Vec<_> = after.difference(&before).collect();
+    assert!(
+        new.iter().all(|s| !s.contains("made-up")),
+        "no series names a made-up ring: {new:?}"
+    );
+    // Other tests in this process may add a few series of their own rings
+    // meanwhile; 10,000 would show.
+    assert!(
+        new.len() < 50,
+        "{} new series after 10,000 Signs to unknown rings: {:?}",
+        new.len(),
+        &new[..new.len().min(10)]
+    );
+    let unknown = r#"signet_signs_total{ring="-",alg="-",outcome="error"}"#;
+    let body = common::http_get(server.http, "/metrics").await.2;
+    assert!(
+        metric(&body, unknown) >= 10_001.0,
+        "unknown rings are counted under \"-\""
+    );
+}
