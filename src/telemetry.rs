@@ -67,7 +67,7 @@ fn describe() {
     );
     describe_counter!(
         "signet_jwks_requests_total",
-        "HTTP JWKS requests by status (200, 304, 404)."
+        "HTTP JWKS requests by status (200, 304, 404, 503)."
     );
     describe_gauge!("signet_keys", "Keys per ring and state.");
     describe_gauge!(

@@ -118,7 +118,9 @@ async fn ring_jwks(
     jwks(&s, &ring, &headers)
 }
 
-fn prepare(s: &AppState, ring_name: &str) -> Result<(Arc<Prepared>, u64), Error> {
+/// The ring's prepared JWKS and the max-age to serve it with; `None` while
+/// the ring publishes no key at all.
+fn prepare(s: &AppState, ring_name: &str) -> Result<Option<(Arc<Prepared>, u64)>, Error> {
     let ring = s.keys.ring(ring_name, "ring")?;
     let now = s.keys.now();
     let kids: Vec<String> = ring
@@ -128,6 +130,9 @@ fn prepare(s: &AppState, ring_name: &str) -> Result<(Arc<Prepared>, u64), Error>
         .filter(|k| ring.is_published(k, now))
         .map(|k| k.kid.to_string())
         .collect();
+    if kids.is_empty() {
+        return Ok(None);
+    }
     let generation = ring.record().generation;
     let policy = ring.record().policy;
     // Never cache past the next lifecycle change, so no verifier holds a set
@@ -154,7 +159,7 @@ fn prepare(s: &AppState, ring_name: &str) -> Result<(Arc<Prepared>, u64), Error>
         && p.generation == generation
         && p.kids == kids
     {
-        return Ok((p.clone(), max_age));
+        return Ok(Some((p.clone(), max_age)));
     }
     let body = Bytes::from(serde_json::to_vec(&ring.jwks(now)).unwrap_or_default());
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body);
@@ -167,17 +172,36 @@ fn prepare(s: &AppState, ring_name: &str) -> Result<(Arc<Prepared>, u64), Error>
         etag,
     });
     cache.insert(ring_name.to_owned(), p.clone());
-    Ok((p, max_age))
+    Ok(Some((p, max_age)))
 }
 
 fn jwks(s: &AppState, ring: &str, headers: &HeaderMap) -> Response {
     let (p, max_age) = match prepare(s, ring) {
-        Ok(x) => x,
+        Ok(Some(x)) => x,
+        // An empty set would be cached by verifiers for max-age, and every
+        // token verified against it would fail: answer 503, not to be
+        // stored, so they keep their last good set and retry. A server that
+        // started sealed has verified no key yet, so it publishes none.
+        Ok(None) => {
+            counter!("signet_jwks_requests_total", "status" => "503").increment(1);
+            let message = if s.keys.is_sealed() {
+                format!(
+                    "sealed: no key of ring {ring} has been verified since the server started; \
+                     its JWKS is served once the server is unsealed"
+                )
+            } else {
+                format!("ring {ring} has no verified key to publish (the server log says why)")
+            };
+            return unavailable(&message);
+        }
         Err(e @ (Error::RingNotFound(_) | Error::InvalidArgument(_))) => {
             counter!("signet_jwks_requests_total", "status" => "404").increment(1);
             return error(StatusCode::NOT_FOUND, &e.to_string());
         }
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => {
+            counter!("signet_jwks_requests_total", "status" => "503").increment(1);
+            return unavailable(&e.to_string());
+        }
     };
     let cache_control = HeaderValue::from_str(&format!("public, max-age={max_age}"))
         .unwrap_or_else(|_| HeaderValue::from_static("no-cache"));
@@ -239,6 +263,15 @@ async fn metrics(State(s): State<AppState>) -> Response {
         telemetry::render(&s.keys),
     )
         .into_response()
+}
+
+/// 503 with `Cache-Control: no-store`, so no cache keeps the refusal.
+fn unavailable(message: &str) -> Response {
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, message);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

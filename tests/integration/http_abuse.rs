@@ -4,7 +4,17 @@
 
 use crate::common;
 
-use signet::{crypto::Algorithm, pb};
+use std::sync::Arc;
+
+use axum::Router;
+use signet::{
+    clock::SystemClock,
+    crypto::{Algorithm, KeySpec},
+    keyring::KeyManager,
+    pb,
+    seal::EphemeralKek,
+    store::MemoryStore,
+};
 
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()
@@ -105,4 +115,71 @@ async fn made_up_ring_names_add_no_metric_series() {
         metric(&body, unknown) >= 10_001.0,
         "unknown rings are counted under \"-\""
     );
+}
+
+/// One request through `router` without a listener: (status,
+/// Cache-Control, body).
+async fn oneshot_get(router: Router, path: &str) -> (u16, String, String) {
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let resp = router
+        .oneshot(axum::http::Request::get(path).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let cache = resp
+        .headers()
+        .get("cache-control")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, cache, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// A server that started sealed has verified no key: its JWKS endpoints
+/// answer 503 with no-store, never an empty set a verifier would cache;
+/// once unsealed they serve the keys, and sealing again keeps serving them.
+#[tokio::test]
+async fn a_sealed_server_serves_no_empty_jwks() {
+    let store = Arc::new(MemoryStore::new());
+    let kek = Arc::new(EphemeralKek::new().unwrap());
+    let first = KeyManager::open(store.clone(), Arc::new(SystemClock), kek.clone())
+        .await
+        .unwrap();
+    first.unseal().await.unwrap();
+    first
+        .create_ring("default", KeySpec::new(Algorithm::Es256, 0).unwrap())
+        .await
+        .unwrap();
+    drop(first);
+    // A restart: the records are there, the keys are sealed.
+    let keys = KeyManager::open(store, Arc::new(SystemClock), kek)
+        .await
+        .unwrap();
+    assert!(keys.is_sealed());
+
+    let get = |path: &'static str| oneshot_get(signet::http::router(keys.clone()), path);
+    for path in ["/.well-known/jwks.json", "/v1/rings/default/jwks.json"] {
+        let (status, cache, body) = get(path).await;
+        assert_eq!((status, cache.as_str()), (503, "no-store"), "{path}");
+        let err: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            err["error"].as_str().unwrap().starts_with("sealed: "),
+            "{body}"
+        );
+        assert!(!body.contains("\"keys\""));
+    }
+    assert_eq!(get("/v1/rings/nope/jwks.json").await.0, 404);
+
+    keys.unseal().await.unwrap();
+    let (status, cache, body) = get("/.well-known/jwks.json").await;
+    assert_eq!(status, 200);
+    assert!(cache.starts_with("public, max-age="), "{cache}");
+    let set: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(set["keys"].as_array().unwrap().len(), 1);
+
+    keys.seal().await;
+    let (status, _, again) = get("/.well-known/jwks.json").await;
+    assert_eq!((status, again), (200, body), "verified keys stay published");
 }
