@@ -142,10 +142,10 @@ pub struct Listen {
     /// HTTP address (JWKS for verifiers, health). Default `127.0.0.1:8080`.
     #[serde(default = "default_http")]
     pub http: SocketAddr,
-    /// A separate address for `/metrics` (then not served on `http`), so
-    /// the public JWKS listener does not expose them. Default: on `http`.
-    #[serde(default)]
-    pub metrics: Option<SocketAddr>,
+    /// The address of `/metrics`, a listener of its own: the public JWKS
+    /// listener never serves them. Default `127.0.0.1:9090`.
+    #[serde(default = "default_metrics")]
+    pub metrics: SocketAddr,
 }
 
 impl Default for Listen {
@@ -153,9 +153,13 @@ impl Default for Listen {
         Self {
             grpc: default_grpc(),
             http: default_http(),
-            metrics: None,
+            metrics: default_metrics(),
         }
     }
+}
+
+fn default_metrics() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
 }
 
 fn default_grpc() -> SocketAddr {
@@ -298,6 +302,14 @@ impl Config {
                 self.listen.grpc
             ));
         }
+        if self.listen.metrics.port() != 0 && self.listen.metrics.port() == self.listen.http.port()
+        {
+            return Err(format!(
+                "listen.metrics {}: must be another port than listen.http {}: /metrics is \
+                 never served on the public JWKS listener",
+                self.listen.metrics, self.listen.http
+            ));
+        }
         if let Some(url) = &self.store.url
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
@@ -391,5 +403,27 @@ mod tests {
         assert_eq!(c.config.listen, Listen::default());
         assert_eq!(c.config.store.data_dir, PathBuf::from("/var/lib/signet"));
         assert!(!c.config.seal.allow_unlocked_memory);
+    }
+
+    /// /metrics has a listener of its own by default, on loopback, and can
+    /// not be put on the public JWKS port.
+    #[test]
+    fn metrics_listen_on_their_own_loopback_port_by_default() {
+        let c = check("[seal]\nkek = \"env:K\"").unwrap();
+        assert_eq!(c.config.listen.metrics, "127.0.0.1:9090".parse().unwrap());
+        assert_ne!(c.config.listen.metrics.port(), c.config.listen.http.port());
+        let e = check("[listen]\nhttp = \"0.0.0.0:8080\"\nmetrics = \"127.0.0.1:8080\"\n[seal]\nkek = \"env:K\"")
+            .unwrap_err();
+        assert!(
+            e.starts_with(
+                "listen.metrics 127.0.0.1:8080: must be another port than listen.http 0.0.0.0:8080"
+            ),
+            "{e}"
+        );
+        // Port 0 (tests) picks two free ports.
+        check(
+            "[listen]\nhttp = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n[seal]\nkek = \"env:K\"",
+        )
+        .unwrap();
     }
 }

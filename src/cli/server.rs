@@ -58,7 +58,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let opts = ServerOptions {
         grpc_listen: c.listen.grpc,
         http_listen: c.listen.http,
-        metrics_listen: c.listen.metrics,
+        metrics_listen: Some(c.listen.metrics),
         data_dir: c.store.data_dir.clone(),
         store_url: c.store.url.clone().map(|u| (u, c.store.schema.clone())),
         refresh_interval: std::time::Duration::from_secs(c.store.refresh_interval_secs),

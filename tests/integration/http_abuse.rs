@@ -183,3 +183,29 @@ async fn a_sealed_server_serves_no_empty_jwks() {
     let (status, _, again) = get("/.well-known/jwks.json").await;
     assert_eq!((status, again), (200, body), "verified keys stay published");
 }
+
+async fn keys_with_default_ring() -> KeyManager {
+    let keys = KeyManager::ephemeral(Arc::new(SystemClock)).await.unwrap();
+    keys.create_ring("default", KeySpec::new(Algorithm::EdDsa, 0).unwrap())
+        .await
+        .unwrap();
+    keys
+}
+
+/// `signet server`'s HTTP listener serves the router without /metrics; its
+/// metrics listener serves only /metrics.
+#[tokio::test]
+async fn metrics_are_not_on_the_public_router() {
+    let keys = keys_with_default_ring().await;
+    let public = || signet::http::router_with(keys.clone(), false);
+    assert_eq!(oneshot_get(public(), "/metrics").await.0, 404);
+    assert_eq!(oneshot_get(public(), "/.well-known/jwks.json").await.0, 200);
+    let metrics = || signet::http::metrics_router(keys.clone());
+    let (status, _, body) = oneshot_get(metrics(), "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("signet_sealed"));
+    assert_eq!(
+        oneshot_get(metrics(), "/.well-known/jwks.json").await.0,
+        404
+    );
+}

@@ -172,7 +172,9 @@ fn addresses(text: &str) -> Option<(String, String)> {
     }
 }
 
-/// Writes a server config for `data_dir` with one ring per `(name, alg)`.
+/// Writes a server config for `data_dir` with one ring per `(name, alg)`,
+/// every listener on port 0 (the metrics listener's default port is fixed,
+/// and tests run side by side).
 pub fn write_config(
     dir: &Path,
     data_dir: &Path,
@@ -180,7 +182,7 @@ pub fn write_config(
     rings: &[(&str, &str)],
 ) -> std::path::PathBuf {
     let mut text = format!(
-        "[listen]\ngrpc = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n\n[store]\ndata_dir = {:?}\n\n[seal]\nkek = {kek:?}\nallow_unlocked_memory = true\n",
+        "[listen]\ngrpc = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n\n[store]\ndata_dir = {:?}\n\n[seal]\nkek = {kek:?}\nallow_unlocked_memory = true\n",
         data_dir.display().to_string()
     );
     for (name, alg) in rings {
