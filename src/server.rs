@@ -379,9 +379,10 @@ impl Prepared {
             Some(audit.clone()),
             stopped(),
         ));
-        let http_task = tokio::spawn(http::serve_router(
+        let http_task = tokio::spawn(http::serve_with(
             self.http,
             http::router_with(self.keys.clone(), self.metrics.is_none()),
+            http::HttpLimits::default(),
             stopped(),
         ));
         let metrics_task = self.metrics.map(|listener| {

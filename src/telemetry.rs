@@ -25,6 +25,9 @@ use crate::{
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// Connections an HTTP listener closed because it was full.
+pub const HTTP_CONNECTIONS_REFUSED: &str = "signet_http_connections_refused_total";
+
 /// The ring label for a request that named `ring`: the name if such a ring
 /// exists, else `-`.
 pub fn ring_label(keys: &KeyManager, ring: &str) -> String {
@@ -69,6 +72,10 @@ fn describe() {
         "signet_jwks_requests_total",
         "HTTP JWKS requests by status (200, 304, 404, 503)."
     );
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED,
+        "HTTP connections closed unserved because the listener had max_connections open."
+    );
     describe_gauge!("signet_keys", "Keys per ring and state.");
     describe_gauge!(
         "signet_next_transition_seconds",
@@ -98,6 +105,7 @@ fn describe() {
     counter!("signet_scheduler_runs_total").absolute(0);
     counter!("signet_scheduler_failures_total").absolute(0);
     counter!("signet_audit_failures_total").absolute(0);
+    counter!(HTTP_CONNECTIONS_REFUSED).absolute(0);
 }
 
 /// Counts a verification failure.

@@ -4,6 +4,9 @@
 //! Verifiers fetch keys here without credentials; nothing private is
 //! reachable from this router. JWKS bodies are served from prepared bytes,
 //! rebuilt only when a ring's published key set changes.
+//!
+//! - `serve`: our accept loop, with header and idle timeouts, a connection
+//!   cap and a shutdown deadline ([`HttpLimits`]).
 
 use std::{
     collections::HashMap,
@@ -25,6 +28,10 @@ use metrics::counter;
 use tokio::net::TcpListener;
 
 use crate::{Error, keyring::KeyManager, telemetry};
+
+mod serve;
+
+pub use serve::{HttpLimits, serve_with};
 
 /// The media type of a JWK Set (RFC 7517 section 8.5).
 pub const JWK_SET_CONTENT_TYPE: &str = "application/jwk-set+json";
@@ -95,15 +102,14 @@ pub async fn serve(
     serve_router(listener, router(keys), shutdown).await
 }
 
-/// Serves `router` on `listener` until `shutdown` completes.
+/// Serves `router` on `listener` in plain HTTP with the default
+/// [`HttpLimits`] until `shutdown` completes.
 pub async fn serve_router(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(listener, router, HttpLimits::default(), shutdown).await
 }
 
 async fn default_jwks(State(s): State<AppState>, headers: HeaderMap) -> Response {

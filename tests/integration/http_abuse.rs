@@ -2,18 +2,29 @@
 //! connections, the connection cap, shutdown with connections open, metric
 //! cardinality, the JWKS of a sealed server, and HTTPS on the listener.
 
-use crate::common;
+use crate::common::{self, process::Proc};
 
-use std::sync::Arc;
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use axum::Router;
+use axum::{Router, routing::get};
 use signet::{
     clock::SystemClock,
     crypto::{Algorithm, KeySpec},
+    http::HttpLimits,
     keyring::KeyManager,
     pb,
     seal::EphemeralKek,
     store::MemoryStore,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+    task::JoinHandle,
 };
 
 fn metric(text: &str, series: &str) -> f64 {
@@ -208,4 +219,360 @@ async fn metrics_are_not_on_the_public_router() {
         oneshot_get(metrics(), "/.well-known/jwks.json").await.0,
         404
     );
+}
+
+/// The start of a request whose header never ends.
+const HALF_HEADER: &[u8] = b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: test\r\nX-Slow: ";
+
+/// A listener serving `router` with `limits`; stops when the sender is
+/// used or dropped.
+struct Served {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+async fn serve(router: Router, limits: HttpLimits) -> Served {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(signet::http::serve_with(listener, router, limits, async {
+        let _ = stopped.await;
+    }));
+    Served { addr, stop, task }
+}
+
+async fn half_header(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(HALF_HEADER).await.unwrap();
+    s
+}
+
+/// Whether the peer has closed `s`: EOF or a reset within `limit`.
+async fn closes_within(s: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(limit, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {} // a response or an error page; keep reading
+        }
+    }
+}
+
+/// Open: nothing to read yet and no EOF.
+fn still_open(s: &TcpStream) -> bool {
+    let mut buf = [0u8; 1];
+    matches!(s.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// One GET on a fresh connection; `None` if the server closed it unanswered.
+async fn try_get(addr: SocketAddr, path: &str) -> Option<(u16, String, String)> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, head.to_ascii_lowercase(), body.to_owned()))
+}
+
+/// Polls `check` every 50 ms until it holds; fails with `what` after
+/// `limit`. The async twin of `common::eventually`.
+async fn eventually_async<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Raises the soft open-file limit to the hard one: 500 connections and
+/// their server ends exceed a default soft limit of 1024 in one process.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+}
+
+/// 500 clients that send half a request header hold 500 connections, and
+/// JWKS requests from another client are still answered, each while all
+/// 500 stay open (default limits: a 10 s header timeout, 1024 connections).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_headers_do_not_starve_jwks() {
+    raise_nofile_limit();
+    let keys = keys_with_default_ring().await;
+    let server = serve(signet::http::router(keys), HttpLimits::default()).await;
+    let opened = Instant::now();
+    let mut loris = Vec::new();
+    for _ in 0..500 {
+        loris.push(half_header(server.addr).await);
+    }
+    for i in 0..20 {
+        let (status, _, body) = try_get(server.addr, "/.well-known/jwks.json")
+            .await
+            .unwrap_or_else(|| panic!("JWKS request {i} was not answered"));
+        assert_eq!(status, 200, "JWKS request {i}");
+        assert!(body.contains("\"keys\""));
+    }
+    let open = loris.iter().filter(|s| still_open(s)).count();
+    assert!(
+        opened.elapsed() < HttpLimits::default().header_read_timeout,
+        "the check ran within the header timeout"
+    );
+    assert_eq!(open, 500, "every slow client was still connected");
+}
+
+/// A connection that sends nothing, or trickles a header a byte at a time,
+/// is closed at the header timeout; a keep-alive connection between
+/// requests lives until the idle timeout, then is closed.
+#[tokio::test]
+async fn slow_and_idle_connections_are_closed() {
+    let keys = keys_with_default_ring().await;
+    let limits = HttpLimits {
+        header_read_timeout: Duration::from_millis(500),
+        idle_timeout: Duration::from_millis(3000),
+        ..HttpLimits::default()
+    };
+    let server = serve(signet::http::router(keys), limits).await;
+
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    assert!(
+        closes_within(&mut silent, Duration::from_secs(5)).await,
+        "a silent connection is closed"
+    );
+    let silent_for = started.elapsed();
+    assert!(
+        silent_for >= Duration::from_millis(400) && silent_for < Duration::from_millis(2500),
+        "closed at the header timeout, not the idle one: {silent_for:?}"
+    );
+
+    // One byte every 100 ms keeps the socket busy but never ends the header.
+    let trickle = TcpStream::connect(server.addr).await.unwrap();
+    let (mut rd, mut wr) = trickle.into_split();
+    let writer = tokio::spawn(async move {
+        for b in HALF_HEADER.iter().cycle() {
+            if wr.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let started = Instant::now();
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a trickled header is cut off");
+    assert!(started.elapsed() < Duration::from_millis(2500));
+    writer.abort();
+
+    // Keep-alive: a complete request, then quiet.
+    let mut kept = TcpStream::connect(server.addr).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"ok\n") {
+        let n = kept.read(&mut buf).await.unwrap();
+        assert!(n > 0, "answered before close");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let answered = Instant::now();
+    assert!(
+        !closes_within(&mut kept, Duration::from_millis(1500)).await,
+        "idle keep-alive outlives the header timeout"
+    );
+    assert!(
+        closes_within(&mut kept, Duration::from_secs(10)).await,
+        "idle keep-alive is closed"
+    );
+    let idle_for = answered.elapsed();
+    assert!(
+        idle_for >= Duration::from_millis(2900),
+        "closed at the idle timeout: {idle_for:?}"
+    );
+    drop(server.stop);
+}
+
+/// Beyond max_connections a new connection waits briefly, is closed
+/// unserved and counted; a freed slot serves again.
+#[tokio::test]
+async fn connections_beyond_the_cap_are_refused_and_counted() {
+    let keys = keys_with_default_ring().await;
+    let limits = HttpLimits {
+        max_connections: 3,
+        over_limit_wait: Duration::from_millis(100),
+        ..HttpLimits::default()
+    };
+    let server = serve(signet::http::router(keys.clone()), limits).await;
+    let refused = || {
+        metric(
+            &signet::telemetry::render(&keys),
+            "signet_http_connections_refused_total",
+        )
+    };
+    let before = refused();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(half_header(server.addr).await);
+    }
+    let mut extra = TcpStream::connect(server.addr).await.unwrap();
+    assert!(
+        closes_within(&mut extra, Duration::from_secs(5)).await,
+        "the fourth connection is closed"
+    );
+    assert!(try_get(server.addr, "/healthz").await.is_none());
+    assert!(refused() - before >= 2.0, "refusals are counted");
+    assert!(held.iter().all(still_open), "the three held are untouched");
+
+    drop(held.pop());
+    eventually_async(Duration::from_secs(5), "a freed slot serves", || async {
+        try_get(server.addr, "/healthz").await.map(|r| r.0) == Some(200)
+    })
+    .await;
+}
+
+/// On shutdown, connections without a request in flight close at once, a
+/// request in flight finishes, and one that does not is dropped at the
+/// deadline: serving returns regardless.
+#[tokio::test]
+async fn shutdown_finishes_requests_then_drops_the_rest() {
+    let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    let (slow_tx, stuck_tx) = (entered_tx.clone(), entered_tx);
+    let router = Router::new()
+        .route(
+            "/slow",
+            get(move || {
+                let tx = slow_tx.clone();
+                async move {
+                    let _ = tx.send("slow");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    "done\n"
+                }
+            }),
+        )
+        .route(
+            "/stuck",
+            get(move || {
+                let tx = stuck_tx.clone();
+                async move {
+                    let _ = tx.send("stuck");
+                    std::future::pending::<&'static str>().await
+                }
+            }),
+        );
+    let limits = HttpLimits {
+        shutdown_deadline: Duration::from_secs(2),
+        ..HttpLimits::default()
+    };
+    let server = serve(router, limits).await;
+    let mut loris = half_header(server.addr).await;
+    let mut idle = TcpStream::connect(server.addr).await.unwrap();
+    let request = |path: &'static str| async move {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        s
+    };
+    let mut slow = request("/slow").await;
+    let mut stuck = request("/stuck").await;
+    let mut seen = vec![entered.recv().await.unwrap(), entered.recv().await.unwrap()];
+    seen.sort();
+    assert_eq!(seen, ["slow", "stuck"]);
+
+    let started = Instant::now();
+    server.stop.send(()).unwrap();
+    assert!(
+        closes_within(&mut loris, Duration::from_millis(1500)).await,
+        "a half-sent request is dropped at once"
+    );
+    assert!(closes_within(&mut idle, Duration::from_millis(1500)).await);
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("done\n"),
+        "{answer:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(5), server.task)
+        .await
+        .expect("serving ends at the shutdown deadline")
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_millis(4500),
+        "the stuck request held shutdown until the deadline only: {took:?}"
+    );
+    assert!(closes_within(&mut stuck, Duration::from_secs(1)).await);
+    assert!(
+        TcpStream::connect(server.addr).await.is_err(),
+        "the listener is closed"
+    );
+}
+
+/// The real binary with the default limits: 500 half-sent headers do not
+/// stop JWKS requests, and SIGTERM with the 500 still open exits well
+/// within the 10 s shutdown deadline, successfully.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signet_dev_under_slow_loris_serves_jwks_and_stops_on_sigterm() {
+    raise_nofile_limit();
+    let dir = tempfile::tempdir().unwrap();
+    let mut dev = Proc::dev(&dir.path().join("data"), &[], &[]).unwrap();
+    let addr = dev.http_addr();
+    let opened = Instant::now();
+    let mut loris = Vec::new();
+    for _ in 0..500 {
+        loris.push(half_header(addr).await);
+    }
+    for i in 0..20 {
+        let (status, headers, _) = try_get(addr, "/.well-known/jwks.json")
+            .await
+            .unwrap_or_else(|| panic!("JWKS request {i} was not answered"));
+        assert_eq!(status, 200, "JWKS request {i}");
+        assert!(headers.contains("application/jwk-set+json"));
+    }
+    assert!(opened.elapsed() < Duration::from_secs(10));
+    assert_eq!(loris.iter().filter(|s| still_open(s)).count(), 500);
+
+    let started = Instant::now();
+    let pid = dev.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = loop {
+        if let Some(status) = dev.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < HttpLimits::default().shutdown_deadline,
+            "signet dev still running {:?} after SIGTERM",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    eprintln!(
+        "signet dev exited {:?} after SIGTERM with 500 slow connections open",
+        started.elapsed()
+    );
+    for s in &mut loris {
+        assert!(closes_within(s, Duration::from_secs(1)).await);
+    }
 }
