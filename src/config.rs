@@ -40,6 +40,21 @@ pub struct Config {
     /// Where audit records go.
     #[serde(default)]
     pub audit: AuditSection,
+    /// HTTPS on the HTTP (JWKS, health) listener. Default: plain HTTP.
+    #[serde(default)]
+    pub http_tls: Option<HttpTlsSection>,
+}
+
+/// `[http_tls]`: PEM files for the HTTP listener, re-read on SIGHUP (a file
+/// that does not load keeps the old certificate). No client certificates:
+/// verifiers fetch the JWKS anonymously.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTlsSection {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
 }
 
 /// `[tls]`: PEM files, re-read on SIGHUP.
@@ -403,6 +418,7 @@ mod tests {
         assert_eq!(c.config.listen, Listen::default());
         assert_eq!(c.config.store.data_dir, PathBuf::from("/var/lib/signet"));
         assert!(!c.config.seal.allow_unlocked_memory);
+        assert_eq!(c.config.http_tls, None);
     }
 
     /// /metrics has a listener of its own by default, on loopback, and can
@@ -425,5 +441,25 @@ mod tests {
             "[listen]\nhttp = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n[seal]\nkek = \"env:K\"",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn http_tls_section() {
+        let c = check("[seal]\nkek = \"env:K\"\n[http_tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"")
+            .unwrap();
+        assert_eq!(
+            c.config.http_tls,
+            Some(HttpTlsSection {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into()
+            })
+        );
+        let e = check("[seal]\nkek = \"env:K\"\n[http_tls]\ncert = \"/c.pem\"").unwrap_err();
+        assert!(e.contains("missing field `key`"), "{e}");
+        let e = check(
+            "[seal]\nkek = \"env:K\"\n[http_tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"x\"",
+        )
+        .unwrap_err();
+        assert!(e.contains("unknown field `client_ca`"), "{e}");
     }
 }

@@ -43,7 +43,7 @@ pub struct PeerInfo {
 /// Why TLS could not be configured.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct TlsError(String);
+pub struct TlsError(pub(crate) String);
 
 /// The files the TLS configuration is read from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,7 +56,10 @@ pub struct TlsFiles {
     pub client_ca: PathBuf,
 }
 
-fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn read_certs(
+    path: &Path,
+    what: &str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
         .map_err(|e| TlsError(format!("{what} {}: {e}", path.display())))?
         .collect::<Result<_, _>>()

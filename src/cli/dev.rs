@@ -79,6 +79,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         audit: crate::audit::AuditConfig::new(vec![crate::audit::SinkConfig::file(
             data_dir.join("audit.log"),
         )]),
+        http_tls: None,
     };
     let prepared = server::prepare(&opts).await?;
     let (grpc_addr, http_addr) = (prepared.grpc_addr, prepared.http_addr);

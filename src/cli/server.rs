@@ -75,6 +75,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .audit
             .audit_config(&c.store.data_dir)
             .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?,
+        http_tls: c.http_tls.as_ref().map(|t| crate::http::HttpTlsFiles {
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+        }),
     };
     if opts.tls.is_none() {
         tracing::warn!("no [tls]: gRPC is plaintext on loopback, and the local caller is trusted");

@@ -7,6 +7,7 @@
 //!
 //! - `serve`: our accept loop, with header and idle timeouts, a connection
 //!   cap and a shutdown deadline ([`HttpLimits`]).
+//! - `tls`: HTTPS on the listener (`[http_tls]`), reloaded on SIGHUP.
 
 use std::{
     collections::HashMap,
@@ -30,8 +31,10 @@ use tokio::net::TcpListener;
 use crate::{Error, keyring::KeyManager, telemetry};
 
 mod serve;
+mod tls;
 
 pub use serve::{HttpLimits, serve_with};
+pub use tls::{HttpTlsFiles, HttpsAcceptor};
 
 /// The media type of a JWK Set (RFC 7517 section 8.5).
 pub const JWK_SET_CONTENT_TYPE: &str = "application/jwk-set+json";
@@ -109,7 +112,7 @@ pub async fn serve_router(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_with(listener, router, HttpLimits::default(), shutdown).await
+    serve_with(listener, router, HttpLimits::default(), None, shutdown).await
 }
 
 async fn default_jwks(State(s): State<AppState>, headers: HeaderMap) -> Response {

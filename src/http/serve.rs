@@ -6,7 +6,7 @@
 //! served by hyper's HTTP/1 connection under a watchdog that knows where
 //! the connection is:
 //!
-//! - from accept or from the first byte of a later
+//! - from accept (TLS handshake included) or from the first byte of a later
 //!   request until its header is complete: [`HttpLimits::header_read_timeout`];
 //! - between requests on a keep-alive connection: [`HttpLimits::idle_timeout`];
 //! - while a request is being answered: no limit, until shutdown.
@@ -39,13 +39,15 @@ use tokio::{
 };
 use tower::ServiceExt;
 
+use super::tls::HttpsAcceptor;
 use crate::telemetry;
 
 /// Limits of an HTTP listener. The defaults suit a public JWKS endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HttpLimits {
-    /// How long a client has, from connecting or from the first byte of a
-    /// request, to send the complete request header. Default 10 s.
+    /// How long a client has, from connecting (TLS handshake included) or
+    /// from the first byte of a request, to send the complete request
+    /// header. Default 10 s.
     pub header_read_timeout: Duration,
     /// How long a keep-alive connection may sit between requests. Default
     /// 60 s.
@@ -72,12 +74,14 @@ impl Default for HttpLimits {
     }
 }
 
-/// Serves `router` on `listener` with `limits` until `shutdown` completes; returns once every connection is closed or
+/// Serves `router` on `listener` with `limits`, over TLS if `tls` is given,
+/// until `shutdown` completes; returns once every connection is closed or
 /// dropped (at most [`HttpLimits::shutdown_deadline`] after `shutdown`).
 pub async fn serve_with(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
+    tls: Option<Arc<HttpsAcceptor>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let _ = telemetry::metrics_handle();
@@ -123,8 +127,9 @@ pub async fn serve_with(
             activity: Arc::new(Activity::new()),
             stop: stop_rx.clone(),
         };
+        let tls = tls.clone();
         conns.spawn(async move {
-            conn.run(tcp).await;
+            conn.run(tcp, tls).await;
             drop(slot);
         });
     }
@@ -147,7 +152,7 @@ pub async fn serve_with(
 /// Where a connection is, for its watchdog.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
-    /// Reading a request header since then.
+    /// Reading a request header (or the TLS handshake) since then.
     Head(Instant),
     /// Answering a request.
     Busy,
@@ -253,13 +258,35 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(self, tcp: TcpStream) {
+    async fn run(mut self, tcp: TcpStream, tls: Option<Arc<HttpsAcceptor>>) {
         let _ = tcp.set_nodelay(true);
         let io = Watched {
             inner: tcp,
             activity: self.activity.clone(),
         };
-        self.serve(io).await;
+        let Some(tls) = tls else {
+            return self.serve(io).await;
+        };
+        let handshake = tls.acceptor().accept(io);
+        let deadline = self
+            .activity
+            .deadline(&self.limits)
+            .unwrap_or_else(Instant::now);
+        let stream = tokio::select! {
+            r = tokio::time::timeout_at(deadline, handshake) => match r {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "HTTPS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("HTTPS handshake timed out");
+                    return;
+                }
+            },
+            _ = self.stop.wait_for(|stop| *stop) => return,
+        };
+        self.serve(stream).await;
     }
 
     async fn serve<S>(mut self, io: S)

@@ -2,10 +2,11 @@
 //! connections, the connection cap, shutdown with connections open, metric
 //! cardinality, the JWKS of a sealed server, and HTTPS on the listener.
 
-use crate::common::{self, process::Proc};
+use crate::common::{self, certs, process::Proc};
 
 use std::{
     net::SocketAddr,
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -14,11 +15,12 @@ use axum::{Router, routing::get};
 use signet::{
     clock::SystemClock,
     crypto::{Algorithm, KeySpec},
-    http::HttpLimits,
+    http::{HttpLimits, HttpTlsFiles, HttpsAcceptor},
     keyring::KeyManager,
     pb,
     seal::EphemeralKek,
     store::MemoryStore,
+    verifier::Verifier,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -233,12 +235,27 @@ struct Served {
 }
 
 async fn serve(router: Router, limits: HttpLimits) -> Served {
+    serve_on(router, limits, None).await
+}
+
+/// The same over HTTPS with `acceptor`.
+async fn serve_https(router: Router, acceptor: Arc<HttpsAcceptor>) -> Served {
+    serve_on(router, HttpLimits::default(), Some(acceptor)).await
+}
+
+async fn serve_on(router: Router, limits: HttpLimits, tls: Option<Arc<HttpsAcceptor>>) -> Served {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(signet::http::serve_with(listener, router, limits, async {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(signet::http::serve_with(
+        listener,
+        router,
+        limits,
+        tls,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     Served { addr, stop, task }
 }
 
@@ -575,4 +592,104 @@ async fn signet_dev_under_slow_loris_serves_jwks_and_stops_on_sigterm() {
     for s in &mut loris {
         assert!(closes_within(s, Duration::from_secs(1)).await);
     }
+}
+
+/// Writes a leaf for 127.0.0.1 signed by `ca` to `dir/cert.pem` and
+/// `dir/key.pem`.
+fn write_leaf(ca: &certs::Ca, dir: &Path) -> HttpTlsFiles {
+    let (cert, key) = certs::leaf(
+        ca,
+        "127.0.0.1",
+        vec![rcgen::SanType::IpAddress([127, 0, 0, 1].into())],
+    );
+    let files = HttpTlsFiles {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    std::fs::write(&files.cert, cert).unwrap();
+    std::fs::write(&files.key, key).unwrap();
+    files
+}
+
+async fn fetches_with(url: &str, ca: &certs::Ca) -> bool {
+    Verifier::new(url)
+        .unwrap()
+        .with_root_ca_pem(ca.pem.as_bytes())
+        .unwrap()
+        .refresh()
+        .await
+        .is_ok()
+}
+
+/// The HTTPS certificate is re-read on reload; a broken file keeps the old
+/// one, and the error names the field.
+#[tokio::test]
+async fn https_certificate_reloads_and_a_broken_file_keeps_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old_ca, new_ca) = (certs::ca("old CA"), certs::ca("new CA"));
+    let files = write_leaf(&old_ca, dir.path());
+    let acceptor = Arc::new(HttpsAcceptor::load(files.clone()).unwrap());
+    let keys = keys_with_default_ring().await;
+    let server = serve_https(signet::http::router(keys), acceptor.clone()).await;
+    let url = format!("https://{}/.well-known/jwks.json", server.addr);
+    assert!(fetches_with(&url, &old_ca).await);
+    assert!(!fetches_with(&url, &new_ca).await);
+    // Plain HTTP on the HTTPS port gets no answer.
+    assert!(try_get(server.addr, "/healthz").await.is_none());
+
+    std::fs::write(&files.cert, "not a certificate").unwrap();
+    let e = acceptor.reload().unwrap_err().to_string();
+    assert!(e.starts_with("http_tls.cert "), "{e}");
+    assert!(
+        fetches_with(&url, &old_ca).await,
+        "a broken file keeps the old certificate"
+    );
+
+    write_leaf(&new_ca, dir.path());
+    acceptor.reload().unwrap();
+    assert!(fetches_with(&url, &new_ca).await);
+    assert!(!fetches_with(&url, &old_ca).await);
+}
+
+/// `signet server` with `[http_tls]` serves its JWKS over HTTPS and picks
+/// up a new certificate on SIGHUP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signet_server_http_tls_reloads_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let kek = common::process::kek_file(&dir.path().join("kek"));
+    let config = common::process::write_config(
+        dir.path(),
+        &dir.path().join("data"),
+        &kek,
+        &[("r", "EdDSA")],
+    );
+    let (old_ca, new_ca) = (certs::ca("old CA"), certs::ca("new CA"));
+    let files = write_leaf(&old_ca, dir.path());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[http_tls]\ncert = {:?}\nkey = {:?}\n",
+        files.cert.display().to_string(),
+        files.key.display().to_string()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let server = Proc::spawn(&["server", "--config", config.to_str().unwrap()], &[]).unwrap();
+    let url = format!("https://{}/v1/rings/r/jwks.json", server.http_addr());
+    assert!(fetches_with(&url, &old_ca).await);
+
+    write_leaf(&new_ca, dir.path());
+    let pid = server.child.id().to_string();
+    let hup = || {
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+    };
+    assert!(hup().success());
+    eventually_async(
+        Duration::from_secs(10),
+        "the new certificate is served after SIGHUP",
+        || fetches_with(&url, &new_ca),
+    )
+    .await;
+    assert!(server.terminate().success());
 }
