@@ -41,6 +41,21 @@ pub struct Config {
     /// Where audit records go.
     #[serde(default)]
     pub audit: AuditSection,
+    /// HTTPS on the HTTP (JWKS, health) listener. Default: plain HTTP.
+    #[serde(default)]
+    pub http_tls: Option<HttpTlsSection>,
+}
+
+/// `[http_tls]`: PEM files for the HTTP listener, re-read on SIGHUP (a file
+/// that does not load keeps the old certificate). No client certificates:
+/// verifiers fetch the JWKS anonymously.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTlsSection {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
 }
 
 /// `[tls]`: PEM files, re-read on SIGHUP.
@@ -176,10 +191,10 @@ pub struct Listen {
     /// HTTP address (JWKS for verifiers, health). Default `127.0.0.1:8080`.
     #[serde(default = "default_http")]
     pub http: SocketAddr,
-    /// A separate address for `/metrics` (then not served on `http`), so
-    /// the public JWKS listener does not expose them. Default: on `http`.
-    #[serde(default)]
-    pub metrics: Option<SocketAddr>,
+    /// The address of `/metrics`, a listener of its own: the public JWKS
+    /// listener never serves them. Default `127.0.0.1:9090`.
+    #[serde(default = "default_metrics")]
+    pub metrics: SocketAddr,
 }
 
 impl Default for Listen {
@@ -191,7 +206,7 @@ impl Default for Listen {
             max_connection_age: default_max_connection_age(),
             max_connection_age_grace: default_max_connection_age_grace(),
             http: default_http(),
-            metrics: None,
+            metrics: default_metrics(),
         }
     }
 }
@@ -276,6 +291,10 @@ fn default_max_connection_age() -> std::time::Duration {
 
 fn default_max_connection_age_grace() -> std::time::Duration {
     std::time::Duration::from_secs(60)
+}
+
+fn default_metrics() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
 }
 
 fn default_http() -> SocketAddr {
@@ -456,6 +475,14 @@ impl Config {
         if self.listen.max_connection_age_grace > std::time::Duration::from_secs(3600) {
             return Err("listen.max_connection_age_grace: must be at most 1h".into());
         }
+        if self.listen.metrics.port() != 0 && self.listen.metrics.port() == self.listen.http.port()
+        {
+            return Err(format!(
+                "listen.metrics {}: must be another port than listen.http {}: /metrics is \
+                 never served on the public JWKS listener",
+                self.listen.metrics, self.listen.http
+            ));
+        }
         if let Some(url) = &self.store.url
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
@@ -570,5 +597,51 @@ mod tests {
         assert_eq!(socket_mode(&c.config.listen.grpc_socket_mode), Ok(0o660));
         assert_eq!(c.config.store.data_dir, PathBuf::from("/var/lib/signet"));
         assert!(!c.config.seal.allow_unlocked_memory);
+        assert_eq!(c.config.http_tls, None);
+    }
+
+    /// /metrics has a listener of its own by default, on loopback, and can
+    /// not be put on the public JWKS port.
+    #[test]
+    fn metrics_listen_on_their_own_loopback_port_by_default() {
+        let c = check("[seal]\nkek = \"env:K\"\n[authz]\npolicy = \"p\"").unwrap();
+        assert_eq!(c.config.listen.metrics, "127.0.0.1:9090".parse().unwrap());
+        assert_ne!(c.config.listen.metrics.port(), c.config.listen.http.port());
+        let e = check("[listen]\nhttp = \"0.0.0.0:8080\"\nmetrics = \"127.0.0.1:8080\"\n[seal]\nkek = \"env:K\"\n[authz]\npolicy = \"p\"")
+            .unwrap_err();
+        assert!(
+            e.starts_with(
+                "listen.metrics 127.0.0.1:8080: must be another port than listen.http 0.0.0.0:8080"
+            ),
+            "{e}"
+        );
+        // Port 0 (tests) picks two free ports.
+        check(
+            "[listen]\nhttp = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n[seal]\nkek = \"env:K\"\n[authz]\npolicy = \"p\"",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn http_tls_section() {
+        let c = check("[seal]\nkek = \"env:K\"\n[authz]\npolicy = \"p\"\n[http_tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"")
+            .unwrap();
+        assert_eq!(
+            c.config.http_tls,
+            Some(HttpTlsSection {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into()
+            })
+        );
+        let e = check(
+            "[seal]\nkek = \"env:K\"\n[authz]\npolicy = \"p\"\n[http_tls]\ncert = \"/c.pem\"",
+        )
+        .unwrap_err();
+        assert!(e.contains("missing field `key`"), "{e}");
+        let e = check(
+            "[seal]\nkek = \"env:K\"\n[authz]\npolicy = \"p\"\n[http_tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"x\"",
+        )
+        .unwrap_err();
+        assert!(e.contains("unknown field `client_ca`"), "{e}");
     }
 }

@@ -62,6 +62,8 @@ pub struct ServerOptions {
     pub authz_policy: Option<PathBuf>,
     /// The audit log.
     pub audit: crate::audit::AuditConfig,
+    /// HTTPS on the HTTP listener (`[http_tls]`); `None` for plain HTTP.
+    pub http_tls: Option<http::HttpTlsFiles>,
 }
 
 /// A server ready to serve: store open, keys unsealed (unless asked not
@@ -383,6 +385,10 @@ impl Prepared {
             Some(files) => Some(Arc::new(crate::tls::Acceptor::load(files.clone())?)),
             None => None,
         };
+        let http_tls = match &opts.http_tls {
+            Some(files) => Some(Arc::new(http::HttpsAcceptor::load(files.clone())?)),
+            None => None,
+        };
         let parts = crate::rpc::AuditParts {
             log: audit.clone(),
             key: audit_key,
@@ -390,8 +396,9 @@ impl Prepared {
         // SIGHUP: reload TLS files and the policy, reopen audit files.
         #[cfg(unix)]
         {
-            let (acceptor, authz, audit, policy) = (
+            let (acceptor, http_tls, authz, audit, policy) = (
                 acceptor.clone(),
+                http_tls.clone(),
                 authz.clone(),
                 audit.clone(),
                 opts.authz_policy.clone(),
@@ -406,6 +413,14 @@ impl Prepared {
                                 Ok(()) => tracing::info!("TLS certificates reloaded"),
                                 Err(e) => {
                                     tracing::error!(error = %e, "TLS reload failed; keeping the old certificates")
+                                }
+                            }
+                        }
+                        if let Some(a) = &http_tls {
+                            match a.reload() {
+                                Ok(()) => tracing::info!("HTTPS certificate reloaded"),
+                                Err(e) => {
+                                    tracing::error!(error = %e, "HTTPS reload failed; keeping the old certificate")
                                 }
                             }
                         }
@@ -482,9 +497,11 @@ impl Prepared {
             Some(audit.clone()),
             stopped(),
         ));
-        let http_task = tokio::spawn(http::serve_router(
+        let http_task = tokio::spawn(http::serve_with(
             self.http,
             http::router_with(self.keys.clone(), self.metrics.is_none()),
+            http::HttpLimits::default(),
+            http_tls,
             stopped(),
         ));
         let metrics_task = self.metrics.map(|listener| {

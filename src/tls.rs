@@ -81,7 +81,7 @@ impl PeerInfo {
 /// Why TLS could not be configured.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct TlsError(String);
+pub struct TlsError(pub(crate) String);
 
 /// The files the TLS configuration is read from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,7 +129,10 @@ fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, 
     }
 }
 
-fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn read_certs(
+    path: &Path,
+    what: &str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
         .map_err(|e| TlsError(format!("{what} {}: {e}", path.display())))?
         .collect::<Result<_, _>>()

@@ -84,6 +84,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         audit: crate::audit::AuditConfig::new(vec![crate::audit::SinkConfig::file(
             data_dir.join("audit.log"),
         )]),
+        http_tls: None,
     };
     let prepared = server::prepare(&opts).await?;
     let (grpc_addr, http_addr) = (prepared.grpc_addr.clone(), prepared.http_addr);
@@ -98,6 +99,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "signet dev: development server (plaintext, no access control, loopback only)\n\
          \x20 gRPC  http://{grpc_addr}   (reflection on: grpcurl -plaintext {grpc_addr} list)\n\
          \x20 JWKS  http://{http_addr}/.well-known/jwks.json\n\
+         \x20 metrics http://{http_addr}/metrics  (dev only: signet server keeps them off this listener)\n\
          \x20 data  {data}  (keys sealed under KEK {kek}; audit log in it)\n\
          \x20 ring  default  {spec}  active kid {active}\n\
          try:\n\

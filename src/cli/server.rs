@@ -65,7 +65,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             c.listen.max_connection_age_grace,
         ),
         http_listen: c.listen.http,
-        metrics_listen: c.listen.metrics,
+        metrics_listen: Some(c.listen.metrics),
         data_dir: c.store.data_dir.clone(),
         store_url: c.store.url.clone().map(|u| (u, c.store.schema.clone())),
         refresh_interval: std::time::Duration::from_secs(c.store.refresh_interval_secs),
@@ -84,6 +84,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .audit
             .audit_config(&c.store.data_dir)
             .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?,
+        http_tls: c.http_tls.as_ref().map(|t| crate::http::HttpTlsFiles {
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+        }),
     };
     let prepared = server::prepare(&opts).await?;
     tracing::info!(

@@ -4,6 +4,10 @@
 //! Verifiers fetch keys here without credentials; nothing private is
 //! reachable from this router. JWKS bodies are served from prepared bytes,
 //! rebuilt only when a ring's published key set changes.
+//!
+//! - `serve`: our accept loop, with header and idle timeouts, a connection
+//!   cap and a shutdown deadline ([`HttpLimits`]).
+//! - `tls`: HTTPS on the listener (`[http_tls]`), reloaded on SIGHUP.
 
 use std::{
     collections::HashMap,
@@ -25,6 +29,12 @@ use metrics::counter;
 use tokio::net::TcpListener;
 
 use crate::{Error, keyring::KeyManager, telemetry};
+
+mod serve;
+mod tls;
+
+pub use serve::{HttpLimits, serve_with};
+pub use tls::{HttpTlsFiles, HttpsAcceptor};
 
 /// The media type of a JWK Set (RFC 7517 section 8.5).
 pub const JWK_SET_CONTENT_TYPE: &str = "application/jwk-set+json";
@@ -95,15 +105,14 @@ pub async fn serve(
     serve_router(listener, router(keys), shutdown).await
 }
 
-/// Serves `router` on `listener` until `shutdown` completes.
+/// Serves `router` on `listener` in plain HTTP with the default
+/// [`HttpLimits`] until `shutdown` completes.
 pub async fn serve_router(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(listener, router, HttpLimits::default(), None, shutdown).await
 }
 
 async fn default_jwks(State(s): State<AppState>, headers: HeaderMap) -> Response {
@@ -118,7 +127,9 @@ async fn ring_jwks(
     jwks(&s, &ring, &headers)
 }
 
-fn prepare(s: &AppState, ring_name: &str) -> Result<(Arc<Prepared>, u64), Error> {
+/// The ring's prepared JWKS and the max-age to serve it with; `None` while
+/// the ring publishes no key at all.
+fn prepare(s: &AppState, ring_name: &str) -> Result<Option<(Arc<Prepared>, u64)>, Error> {
     let ring = s.keys.ring(ring_name, "ring")?;
     let now = s.keys.now();
     let kids: Vec<String> = ring
@@ -128,6 +139,9 @@ fn prepare(s: &AppState, ring_name: &str) -> Result<(Arc<Prepared>, u64), Error>
         .filter(|k| ring.is_published(k, now))
         .map(|k| k.kid.to_string())
         .collect();
+    if kids.is_empty() {
+        return Ok(None);
+    }
     let generation = ring.record().generation;
     let policy = ring.record().policy;
     // Never cache past the next lifecycle change, so no verifier holds a set
@@ -154,7 +168,7 @@ fn prepare(s: &AppState, ring_name: &str) -> Result<(Arc<Prepared>, u64), Error>
         && p.generation == generation
         && p.kids == kids
     {
-        return Ok((p.clone(), max_age));
+        return Ok(Some((p.clone(), max_age)));
     }
     let body = Bytes::from(serde_json::to_vec(&ring.jwks(now)).unwrap_or_default());
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body);
@@ -167,17 +181,36 @@ fn prepare(s: &AppState, ring_name: &str) -> Result<(Arc<Prepared>, u64), Error>
         etag,
     });
     cache.insert(ring_name.to_owned(), p.clone());
-    Ok((p, max_age))
+    Ok(Some((p, max_age)))
 }
 
 fn jwks(s: &AppState, ring: &str, headers: &HeaderMap) -> Response {
     let (p, max_age) = match prepare(s, ring) {
-        Ok(x) => x,
+        Ok(Some(x)) => x,
+        // An empty set would be cached by verifiers for max-age, and every
+        // token verified against it would fail: answer 503, not to be
+        // stored, so they keep their last good set and retry. A server that
+        // started sealed has verified no key yet, so it publishes none.
+        Ok(None) => {
+            counter!("signet_jwks_requests_total", "status" => "503").increment(1);
+            let message = if s.keys.is_sealed() {
+                format!(
+                    "sealed: no key of ring {ring} has been verified since the server started; \
+                     its JWKS is served once the server is unsealed"
+                )
+            } else {
+                format!("ring {ring} has no verified key to publish (the server log says why)")
+            };
+            return unavailable(&message);
+        }
         Err(e @ (Error::RingNotFound(_) | Error::InvalidArgument(_))) => {
             counter!("signet_jwks_requests_total", "status" => "404").increment(1);
             return error(StatusCode::NOT_FOUND, &e.to_string());
         }
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => {
+            counter!("signet_jwks_requests_total", "status" => "503").increment(1);
+            return unavailable(&e.to_string());
+        }
     };
     let cache_control = HeaderValue::from_str(&format!("public, max-age={max_age}"))
         .unwrap_or_else(|_| HeaderValue::from_static("no-cache"));
@@ -239,6 +272,15 @@ async fn metrics(State(s): State<AppState>) -> Response {
         telemetry::render(&s.keys),
     )
         .into_response()
+}
+
+/// 503 with `Cache-Control: no-store`, so no cache keeps the refusal.
+fn unavailable(message: &str) -> Response {
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, message);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

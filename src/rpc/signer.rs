@@ -78,7 +78,9 @@ impl Signer for SignerService {
             Err(crate::Error::InvalidArgument(_)) => ("-", "invalid"),
             Err(_) => ("-", "error"),
         };
-        counter!("signet_signs_total", "ring" => r.key_ring.clone(), "alg" => alg, "outcome" => outcome)
+        // Only existing rings become labels (see telemetry).
+        let ring = telemetry::ring_label(&self.keys, &r.key_ring);
+        counter!("signet_signs_total", "ring" => ring, "alg" => alg, "outcome" => outcome)
             .increment(1);
         let signed = result?;
         histogram!("signet_sign_duration_seconds", "alg" => alg)

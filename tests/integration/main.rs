@@ -21,6 +21,7 @@ mod closed;
 mod durable;
 mod grpc_errors;
 mod grpc_sign;
+mod http_abuse;
 mod lifecycle;
 mod lifecycle_props;
 mod ops;

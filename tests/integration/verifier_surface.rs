@@ -573,42 +573,8 @@ async fn verifier_library() {
     );
 }
 
-/// Terminates TLS on a loopback port of its own with `cert`/`key` and forwards each
-/// connection to the plain HTTP server at `to`, as a load balancer would.
-async fn tls_front(to: std::net::SocketAddr, cert: &str, key: &str) -> std::net::SocketAddr {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
-        PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-    )
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                // A client that refuses our certificate ends the handshake.
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let mut plain = tokio::net::TcpStream::connect(to).await.unwrap();
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-            });
-        }
-    });
-    addr
-}
-
-/// The verifier library over HTTPS: with the JWKS server's CA it fetches and
-/// verifies; trusting only the system store (which lacks that CA) the fetch
+/// The verifier library over HTTPS, served by Signet's own HTTP listener
+/// with `[http_tls]`: with the JWKS server's CA it fetches and verifies; trusting only the system store (which lacks that CA) the fetch
 /// fails on the certificate and no token verifies; plain http:// to a
 /// non-loopback host is refused up front.
 #[tokio::test]
@@ -622,8 +588,23 @@ async fn verifier_library_over_https() {
         "127.0.0.1",
         vec![rcgen::SanType::IpAddress([127, 0, 0, 1].into())],
     );
-    let front = tls_front(server.http, &cert, &key).await;
-    let url = format!("https://{front}/.well-known/jwks.json");
+    let dir = tempfile::tempdir().unwrap();
+    let files = signet::http::HttpTlsFiles {
+        cert: dir.path().join("cert.pem"),
+        key: dir.path().join("key.pem"),
+    };
+    std::fs::write(&files.cert, cert).unwrap();
+    std::fs::write(&files.key, key).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(signet::http::serve_with(
+        listener,
+        signet::http::router(server.keys.clone()),
+        signet::http::HttpLimits::default(),
+        Some(Arc::new(signet::http::HttpsAcceptor::load(files).unwrap())),
+        std::future::pending(),
+    ));
+    let url = format!("https://{addr}/.well-known/jwks.json");
     let token = server
         .keys
         .sign(SignParams {
