@@ -115,12 +115,12 @@ mod tests {
         let policy = crate::authz::Authz::from_toml(
             r#"
 [[rule]]
-identity = "ops-oncall.example.org"
+identity = "dns:ops-oncall.example.org"
 actions = ["seal"]
 rings = ["*"]
 
 [[rule]]
-identity = "security"
+identity = "cn:security"
 actions = ["admin"]
 rings = ["*"]
 "#,
@@ -128,14 +128,14 @@ rings = ["*"]
         .unwrap();
         assert!(
             policy
-                .check("ops-oncall.example.org", Action::Seal, "*")
+                .check("dns:ops-oncall.example.org", Action::Seal, "*")
                 .allowed
         );
         assert!(
             !policy
-                .check("ops-oncall.example.org", Action::Unseal, "*")
+                .check("dns:ops-oncall.example.org", Action::Unseal, "*")
                 .allowed
         );
-        assert!(policy.check("security", Action::Unseal, "*").allowed);
+        assert!(policy.check("cn:security", Action::Unseal, "*").allowed);
     }
 }
