@@ -93,6 +93,10 @@ pub enum Error {
         /// The key.
         kid: Kid,
     },
+    /// The audit log could not record the intent of an action, so the
+    /// action was not taken.
+    #[error("audit unavailable: the action's intent could not be recorded, so nothing was done")]
+    AuditUnavailable,
     /// The signing pool is gone (the server is shutting down).
     #[error("the service is shutting down")]
     ShuttingDown,

@@ -18,7 +18,8 @@
 //! - [`seal`]: KEK providers (file, env, PKCS#11) and the sealed-key format.
 //! - [`config`], [`server`], [`hardening`]: running a server.
 //! - [`telemetry`]: logs and Prometheus metrics.
-//! - [`audit`]: the hash-chained, fail-closed audit log.
+//! - [`audit`]: the hash-chained, fail-closed audit log with signed
+//!   checkpoints; [`anchor`]: its latest checkpoint kept in the store.
 //! - [`authz`]: the access policy: which identity may do what on which ring.
 //! - [`tls`]: mTLS acceptor and peer identities.
 //! - [`cli`]: the `signet` command: server, client subcommands, benchmark.
@@ -26,6 +27,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod anchor;
 pub mod audit;
 pub mod authz;
 pub mod cli;

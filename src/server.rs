@@ -84,6 +84,10 @@ pub struct Prepared {
     /// trigger refreshes.
     shared: Option<Arc<PostgresStore>>,
     /// Held for the life of the server: one process per data directory.
+    /// The audit log, open, its file checked against the store's anchor.
+    audit: crate::audit::AuditLog,
+    /// The primary audit file, anchored in the store.
+    anchored: Option<PathBuf>,
     _lock: File,
 }
 
@@ -254,6 +258,28 @@ pub async fn prepare(opts: &ServerOptions) -> anyhow::Result<Prepared> {
         ),
     };
     let keys = KeyManager::open(store, Arc::new(SystemClock), Arc::new(opts.kek.clone())).await?;
+    // The audit log before anything is served or created: a file cut short
+    // while the server was stopped (it ends before the checkpoint anchored
+    // in the store) is refused here.
+    let audit = match crate::audit::AuditLog::open(opts.audit.clone()).await {
+        Ok(audit) => audit,
+        Err(e) => {
+            keys.close().await;
+            return Err(anyhow::Error::new(e)
+                .context("cannot open the audit log; refusing to serve without one"));
+        }
+    };
+    let anchored = opts.audit.sinks.first().and_then(|s| match &s.spec {
+        crate::audit::SinkSpec::File(path) => Some(path.clone()),
+        crate::audit::SinkSpec::Stdout => None,
+    });
+    if let Some(path) = &anchored {
+        let (seq, hash) = audit.head();
+        if let Err(e) = crate::anchor::check(&keys, path, (seq, &hash)).await {
+            keys.close().await;
+            return Err(e);
+        }
+    }
     if shared.is_some() {
         let min = opts.refresh_interval * 10;
         keys.set_min_publish_lead(min);
@@ -331,6 +357,8 @@ pub async fn prepare(opts: &ServerOptions) -> anyhow::Result<Prepared> {
         http_addr: http.local_addr()?,
         grpc,
         http,
+        audit,
+        anchored,
         _lock: lock,
     })
 }
@@ -345,11 +373,13 @@ impl Prepared {
         use crate::rpc::guard::{AllowAll, Authorizer};
         // The recorder first: a metric set before it exists is lost.
         let _ = crate::telemetry::metrics_handle();
-        let audit = crate::audit::AuditLog::open(opts.audit.clone())
-            .await
-            .context("cannot open the audit log; refusing to serve without one")?;
+        let audit = self.audit.clone();
+        let anchored = self.anchored.clone();
         let audit_key = if self.keys.is_sealed() {
-            tracing::warn!("sealed at start: audit records carry no claim digests until restart");
+            tracing::warn!(
+                "sealed at start: audit records carry no claim digests and no signed \
+                 checkpoints until `signet unseal`"
+            );
             None
         } else {
             Some(Arc::new(
@@ -511,6 +541,14 @@ impl Prepared {
                 stopped(),
             ))
         });
+        if let Some(path) = &anchored {
+            tokio::spawn(crate::anchor::keep(
+                self.keys.clone(),
+                path.clone(),
+                audit.anchors(),
+                stopped(),
+            ));
+        }
         shutdown.await;
         tracing::info!("shutting down");
         drop(stop_tx);
@@ -523,6 +561,10 @@ impl Prepared {
             t.await?.context("metrics server failed")?;
         }
         scheduler.await?;
+        // The log ends signed, and the store knows where.
+        if let Some(path) = &anchored {
+            crate::anchor::finish(&self.keys, path, &audit).await;
+        }
         self.keys.close().await;
         tracing::info!("stopped");
         Ok(())

@@ -102,6 +102,10 @@ fn describe() {
         "signet_audit_failures_total",
         "Requests refused because no audit record could be written."
     );
+    describe_gauge!(
+        "signet_audit_up",
+        "0 while the scheduler cannot write audit intent or outcome records (it then changes nothing), else 1."
+    );
     counter!("signet_scheduler_runs_total").absolute(0);
     counter!("signet_scheduler_failures_total").absolute(0);
     counter!("signet_audit_failures_total").absolute(0);

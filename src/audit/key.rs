@@ -37,6 +37,12 @@ impl AuditKey {
         Self { key }
     }
 
+    /// The checkpoint signing key of this store, derived from this key
+    /// (see [`CheckpointSigner`](super::CheckpointSigner)).
+    pub fn checkpoint_signer(&self) -> super::CheckpointSigner {
+        super::CheckpointSigner::derive(&self.key)
+    }
+
     /// The lowercase hex HMAC-SHA256 of `value` under this key: stable for
     /// the same key and value, unrelated across keys.
     pub fn hmac_hex(&self, value: &[u8]) -> String {

@@ -6,10 +6,11 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     AuditError,
+    checkpoint::{CheckpointKey, CheckpointSigner},
     record::{AuditRecord, GENESIS_PREV},
     sink::SinkConfig,
     writer::{self, Msg},
@@ -32,6 +33,12 @@ pub struct AuditConfig {
     /// The wall clock that stamps `time` (the host's time of writing, not
     /// the service's lifecycle clock). Replaceable for tests.
     pub wall_clock: fn() -> SystemTime,
+    /// A signed checkpoint follows at most this many records (default
+    /// 1,000)...
+    pub checkpoint_every: u64,
+    /// ... or this long after the first unsigned record (default 1 s),
+    /// whichever comes first; also at reopen and when the log closes.
+    pub checkpoint_interval: Duration,
 }
 
 impl AuditConfig {
@@ -42,6 +49,8 @@ impl AuditConfig {
             timeout: Duration::from_secs(2),
             retry_interval: Duration::from_secs(1),
             wall_clock: SystemTime::now,
+            checkpoint_every: 1000,
+            checkpoint_interval: Duration::from_secs(1),
         }
     }
 }
@@ -97,6 +106,8 @@ struct Shared {
     tx: mpsc::Sender<Msg>,
     timeout: Duration,
     status: Arc<Mutex<Vec<SinkStatus>>>,
+    signer: writer::SignerSlot,
+    anchor: watch::Receiver<writer::Anchor>,
 }
 
 impl AuditLog {
@@ -127,7 +138,9 @@ impl AuditLog {
                 })
                 .collect(),
         ));
-        let (tx, ready) = writer::start(config, status.clone())?;
+        let signer: writer::SignerSlot = Arc::new(Mutex::new(None));
+        let (anchor_tx, anchor) = watch::channel(None);
+        let (tx, ready) = writer::start(config, status.clone(), signer.clone(), anchor_tx)?;
         // The sequencer answers once its first open round is over (bounded
         // by the timeout); if it died, appends will say so.
         let _ = ready.await;
@@ -136,6 +149,8 @@ impl AuditLog {
                 tx,
                 timeout,
                 status,
+                signer,
+                anchor,
             }),
         })
     }
@@ -186,6 +201,48 @@ impl AuditLog {
         tokio::time::timeout_at(deadline.into(), work)
             .await
             .unwrap_or(Err(AuditError::Unavailable))
+    }
+
+    /// Signs checkpoints (and resync and gap records) with `signer` from now
+    /// on; `None` (at Seal) leaves records unsigned until a key is set
+    /// again.
+    pub fn set_signer(&self, signer: Option<Arc<CheckpointSigner>>) {
+        // A poisoned lock only means a panic while swapping an Arc.
+        *self.shared.signer.lock().unwrap_or_else(|p| p.into_inner()) = signer;
+    }
+
+    /// The public key checkpoints are signed with, while one is set.
+    pub fn signing_key(&self) -> Option<CheckpointKey> {
+        self.shared
+            .signer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|s| s.public())
+    }
+
+    /// The primary sink's latest checkpoint `(seq, line hash)`, changing as
+    /// new ones are written: what the server anchors in the store.
+    pub fn anchors(&self) -> watch::Receiver<writer::Anchor> {
+        self.shared.anchor.clone()
+    }
+
+    /// Makes the next record's seq at least `seq`: `signet audit
+    /// accept-gap` declares the seqs a truncated file lost.
+    pub async fn skip_to(&self, seq: u64) -> Result<(), AuditError> {
+        self.shared
+            .tx
+            .send(Msg::SkipTo { seq })
+            .await
+            .map_err(|_| AuditError::Unavailable)
+    }
+
+    /// Signs what is unsigned now (at shutdown), within the timeout.
+    pub async fn checkpoint(&self) -> Result<(), AuditError> {
+        let deadline = Instant::now() + self.shared.timeout;
+        let (reply, answer) = oneshot::channel();
+        self.call(deadline, Msg::Checkpoint { deadline, reply }, answer)
+            .await
     }
 
     /// The chain head of the primary (first) sink: the seq and hash of the

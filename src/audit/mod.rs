@@ -32,6 +32,7 @@
 //! has no field for them. Sensitive values appear only as HMAC digests under
 //! the [`AuditKey`].
 
+mod checkpoint;
 mod key;
 mod log;
 mod record;
@@ -39,11 +40,14 @@ mod sink;
 mod verify;
 mod writer;
 
+pub use checkpoint::{
+    CHECKPOINT_RPC, CheckpointKey, CheckpointSigner, GAP_RPC, is_signed_kind, signed_bytes,
+};
 pub use key::AuditKey;
 pub use log::{AuditConfig, AuditLog, SinkStatus};
 pub use record::{AuditRecord, GENESIS_PREV, Outcome, RESYNC_RPC, code_name, line_hash};
 pub use sink::{FsyncPolicy, SinkConfig, SinkSpec};
-pub use verify::{ChainError, ResyncGap, VerifyReport, verify_file, verify_reader};
+pub use verify::{ChainError, ResyncGap, Verifier, VerifyReport, verify_file, verify_reader};
 
 /// Why an audit operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -21,6 +21,10 @@ pub enum Outcome {
     Invalid,
     /// The service failed (unavailable, internal, data loss, ...).
     Error,
+    /// Written before a mutating action runs (its code is `INTENT`): the
+    /// action happens only once this record is durable, and its outcome
+    /// record follows with the same request id.
+    Intent,
 }
 
 impl Outcome {
@@ -120,6 +124,16 @@ pub struct AuditRecord {
     /// [`GENESIS_PREV`] for the first line of a log. Set by the log.
     #[serde(default)]
     pub prev: String,
+    /// Signed records only (checkpoint, resync, gap): the hash of the
+    /// previous signed record of this file's chain; empty when the writer
+    /// found none. Set by the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_prev: Option<String>,
+    /// Signed records only: base64url Ed25519 signature under the audit
+    /// signing key over [`signed_bytes`](super::signed_bytes). Set by the
+    /// log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
 }
 
 impl AuditRecord {
@@ -144,6 +158,8 @@ impl AuditRecord {
             claims_hmac: None,
             sub_hmac: None,
             prev: String::new(),
+            checkpoint_prev: None,
+            sig: None,
         }
     }
 

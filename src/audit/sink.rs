@@ -19,6 +19,7 @@ use std::{
 
 use super::{
     AuditError,
+    checkpoint::{CheckpointSigner, is_signed_kind},
     record::{AuditRecord, line_hash},
 };
 
@@ -154,6 +155,9 @@ pub(super) enum Job {
     Write {
         base: String,
         records: Arc<Vec<AuditRecord>>,
+        /// Signs the checkpoint, resync and gap records among `records`;
+        /// without it they are written unsigned (sealed service).
+        signer: Option<Arc<CheckpointSigner>>,
     },
 }
 
@@ -180,6 +184,9 @@ pub(super) struct SinkWorker {
     /// A write to a stream failed part way: the next write starts a new
     /// line so the fragment stands alone (and `verify` reports it).
     torn: bool,
+    /// The hash of the last signed record this sink holds, for the next
+    /// one's `checkpoint_prev`.
+    last_signed: Option<String>,
 }
 
 enum Output {
@@ -200,6 +207,7 @@ impl SinkWorker {
             unsynced: false,
             last_sync: Instant::now(),
             torn: false,
+            last_signed: None,
         }
     }
 
@@ -226,7 +234,11 @@ impl SinkWorker {
             };
             let result = match work {
                 Job::Open => self.open(),
-                Job::Write { base, records } => self.write(&base, &records),
+                Job::Write {
+                    base,
+                    records,
+                    signer,
+                } => self.write(&base, &records, signer.as_deref()),
             };
             let result = result.map_err(|e| {
                 // Whatever state the handle is in, the next use reopens it.
@@ -258,6 +270,9 @@ impl SinkWorker {
                 // have, so the chain continues across files.
                 if let Some(head) = read_tail(&file, &path)? {
                     self.head = Some(head);
+                    if let Some(signed) = last_signed_line(&path)? {
+                        self.last_signed = Some(signed);
+                    }
                 }
                 self.out = Some(if file.metadata()?.is_file() {
                     Output::File(file)
@@ -269,21 +284,37 @@ impl SinkWorker {
         Ok(self.head.clone())
     }
 
-    fn write(&mut self, base: &str, records: &[AuditRecord]) -> io::Result<Option<Head>> {
+    fn write(
+        &mut self,
+        base: &str,
+        records: &[AuditRecord],
+        signer: Option<&CheckpointSigner>,
+    ) -> io::Result<Option<Head>> {
         let mut prev = self.head.as_ref().map_or(base, |h| &h.hash).to_owned();
         let mut buf = Vec::with_capacity(records.len() * 320 + 1);
         if self.torn {
             buf.push(b'\n');
         }
         let mut last = None;
+        let mut last_signed = self.last_signed.clone();
         for rec in records {
-            let line = AuditRecord {
+            let mut rec = AuditRecord {
                 prev,
                 ..rec.clone()
-            }
-            .to_line()
-            .map_err(io::Error::other)?;
+            };
+            let signed = match signer {
+                Some(signer) if is_signed_kind(&rec.rpc) => {
+                    rec.checkpoint_prev = Some(last_signed.clone().unwrap_or_default());
+                    rec.sig = Some(signer.sign(&rec));
+                    true
+                }
+                _ => false,
+            };
+            let line = rec.to_line().map_err(io::Error::other)?;
             prev = line_hash(&line);
+            if signed {
+                last_signed = Some(prev.clone());
+            }
             last = Some(rec.seq);
             buf.extend_from_slice(&line);
         }
@@ -311,6 +342,7 @@ impl SinkWorker {
         if let Some(seq) = last {
             self.head = Some(Head { seq, hash: prev });
         }
+        self.last_signed = last_signed;
         Ok(self.head.clone())
     }
 
@@ -443,6 +475,38 @@ pub(super) fn read_tail(writer: &File, path: &Path) -> io::Result<Option<Head>> 
         seq: rec.seq,
         hash: line_hash(&line),
     }))
+}
+
+/// How far back from the end of a file the last signed record is looked
+/// for: with a checkpoint at least every 1,000 records, it is within about
+/// 600 KiB unless the service sat sealed (nothing signed) for long.
+const SIGNED_WINDOW: u64 = 16 << 20;
+
+/// The hash of the last signed record (checkpoint, resync, gap) in the
+/// last [`SIGNED_WINDOW`] bytes of the file at `path`, if any.
+fn last_signed_line(path: &Path) -> io::Result<Option<String>> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(SIGNED_WINDOW);
+    let mut buf = vec![0u8; usize::try_from(len - start).map_err(io::Error::other)?];
+    file.read_exact_at(&mut buf, start)?;
+    // From the window's first line boundary on (the first may be partial).
+    let from = if start == 0 {
+        0
+    } else {
+        buf.iter()
+            .position(|b| *b == b'\n')
+            .map_or(buf.len(), |i| i + 1)
+    };
+    let lines = buf[from..].split_inclusive(|b| *b == b'\n');
+    Ok(lines
+        .rev()
+        .filter(|line| line.ends_with(b"\n") && line.windows(7).any(|w| w == b"\"sig\":\""))
+        .find(|line| {
+            serde_json::from_slice::<AuditRecord>(&line[..line.len() - 1])
+                .is_ok_and(|r| is_signed_kind(&r.rpc) && r.sig.is_some())
+        })
+        .map(line_hash))
 }
 
 fn invalid(path: &Path, what: &str) -> io::Error {

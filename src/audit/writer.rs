@@ -30,14 +30,21 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     AuditError,
+    checkpoint::{CHECKPOINT_RPC, CheckpointSigner},
     log::{AuditConfig, SinkStatus},
     record::{AuditRecord, GENESIS_PREV, Outcome, RESYNC_RPC},
     sink::{Done, Head, Job, SinkWorker},
 };
+
+/// The signing key the sequencer signs with, if any (none while sealed).
+pub(super) type SignerSlot = Arc<Mutex<Option<Arc<CheckpointSigner>>>>;
+
+/// The latest checkpoint of the primary sink: `(seq, line hash)`.
+pub(super) type Anchor = Option<(u64, String)>;
 
 /// Appends waiting for the sequencer; senders wait (within their timeout)
 /// when it is full.
@@ -58,6 +65,16 @@ pub(super) enum Msg {
         deadline: Instant,
         reply: oneshot::Sender<Result<(), AuditError>>,
     },
+    /// Write a checkpoint now if any record is unsigned (at shutdown).
+    Checkpoint {
+        deadline: Instant,
+        reply: oneshot::Sender<Result<(), AuditError>>,
+    },
+    /// Time passed: write a checkpoint if the interval is over.
+    Tick,
+    /// The next seq is at least `seq` (an accepted gap declares the seqs it
+    /// skips).
+    SkipTo { seq: u64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +111,16 @@ struct Sequencer {
     failing: bool,
     status: Arc<Mutex<Vec<SinkStatus>>>,
     timeout: Duration,
+    signer: SignerSlot,
+    /// Records written since the last checkpoint, and since when.
+    unsigned: u64,
+    unsigned_since: Option<Instant>,
+    checkpoint_every: u64,
+    checkpoint_interval: Duration,
+    anchor: watch::Sender<Anchor>,
+    /// The seq a declared gap (`SkipTo`) starts at: the record taking it
+    /// is the gap record itself, so no resync marker goes before it.
+    declared_gap: Option<u64>,
 }
 
 /// Starts the sink threads and the sequencer. The receiver answers once the
@@ -101,6 +128,8 @@ struct Sequencer {
 pub(super) fn start(
     config: AuditConfig,
     status: Arc<Mutex<Vec<SinkStatus>>>,
+    signer: SignerSlot,
+    anchor: watch::Sender<Anchor>,
 ) -> Result<(mpsc::Sender<Msg>, oneshot::Receiver<()>), AuditError> {
     let (done_tx, done) = std_mpsc::channel();
     let mut slots = Vec::with_capacity(config.sinks.len());
@@ -132,10 +161,33 @@ pub(super) fn start(
         failing: false,
         status,
         timeout: config.timeout,
+        signer,
+        unsigned: 0,
+        unsigned_since: None,
+        checkpoint_every: config.checkpoint_every.max(1),
+        checkpoint_interval: config.checkpoint_interval,
+        anchor,
+        declared_gap: None,
     };
     thread::Builder::new()
         .name("signet-audit".into())
         .spawn(move || sequencer.run(rx, ready_tx))
+        .map_err(AuditError::Start)?;
+    // Ticks for the time-based checkpoint. A weak sender, so the ticker
+    // never keeps the log alive: it ends once every handle is gone.
+    let weak = tx.downgrade();
+    let every = (config.checkpoint_interval / 4).max(Duration::from_millis(50));
+    thread::Builder::new()
+        .name("signet-audit-tick".into())
+        .spawn(move || {
+            loop {
+                thread::sleep(every);
+                let Some(tx) = weak.upgrade() else { return };
+                // A full queue means appends are flowing: their rounds
+                // check the interval too.
+                let _ = tx.try_send(Msg::Tick);
+            }
+        })
         .map_err(AuditError::Start)?;
     Ok((tx, ready))
 }
@@ -156,13 +208,34 @@ impl Sequencer {
             // Ends when every `AuditLog` handle is gone; dropping the slots
             // then ends the sink threads.
             let Some(msg) = pending.take().or_else(|| rx.blocking_recv()) else {
+                // Every handle is gone: sign what is unsigned, then stop.
+                // A failed checkpoint is tried again: the records stay unsigned.
+                let _ = self.checkpoint(Instant::now() + self.timeout);
                 return;
             };
             match msg {
                 Msg::Reopen { deadline, reply } => {
+                    // The files about to be closed (rotated away) end signed.
+                    let _ = self.checkpoint(deadline);
                     let result = self.reopen(deadline);
                     self.publish();
                     let _ = reply.send(result);
+                }
+                Msg::Checkpoint { deadline, reply } => {
+                    let _ = reply.send(self.checkpoint(deadline));
+                }
+                Msg::SkipTo { seq } => {
+                    self.next_seq = self.next_seq.max(seq);
+                    self.declared_gap = Some(self.next_seq);
+                }
+                Msg::Tick => {
+                    if self
+                        .unsigned_since
+                        .is_some_and(|t| t.elapsed() >= self.checkpoint_interval)
+                    {
+                        // A failed checkpoint is tried again: the records stay unsigned.
+                        let _ = self.checkpoint(Instant::now() + self.timeout);
+                    }
                 }
                 Msg::Append {
                     rec,
@@ -190,6 +263,27 @@ impl Sequencer {
         }
     }
 
+    /// Writes a checkpoint now if any record since the last is unsigned
+    /// and a signing key is held.
+    fn checkpoint(&mut self, deadline: Instant) -> Result<(), AuditError> {
+        if self.unsigned == 0 || self.signer().is_none() {
+            return Ok(());
+        }
+        if self.write_round(Vec::new(), true, deadline) {
+            Ok(())
+        } else {
+            Err(AuditError::Unavailable)
+        }
+    }
+
+    fn signer(&self) -> Option<Arc<CheckpointSigner>> {
+        // A poisoned lock only means a panic while swapping an Arc.
+        self.signer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Writes one batch and answers its callers.
     fn commit(&mut self, batch: Vec<Waiting>) {
         let now = Instant::now();
@@ -202,17 +296,39 @@ impl Sequencer {
         let Some(deadline) = batch.iter().map(|w| w.1).min() else {
             return;
         };
+        self.write_round(batch, false, deadline);
+    }
+
+    /// Writes `batch` (and a checkpoint after it when one is due, or when
+    /// `force_checkpoint`), answers the callers; returns whether the round
+    /// met the sink rule.
+    fn write_round(
+        &mut self,
+        batch: Vec<Waiting>,
+        force_checkpoint: bool,
+        deadline: Instant,
+    ) -> bool {
         self.collect_late();
         self.open_round(deadline, false);
 
         let time = humantime::format_rfc3339_millis((self.wall_clock)()).to_string();
-        let mut records = Vec::with_capacity(batch.len() + 1);
+        let signer = self.signer();
+        let mut records = Vec::with_capacity(batch.len() + 2);
+        // Records since the last checkpoint, counting this round's; a
+        // checkpoint follows every `checkpoint_every`-th, even mid-batch.
+        let mut unsigned = self.unsigned;
+        let checkpoint = |seq: u64| AuditRecord {
+            time: time.clone(),
+            seq,
+            ..AuditRecord::new(CHECKPOINT_RPC, Outcome::Ok, "OK")
+        };
         if let Some(marker) = self.resync_marker() {
             records.push(AuditRecord {
                 time: time.clone(),
                 seq: self.take_seq(),
                 ..marker
             });
+            unsigned += 1;
         }
         let mut replies = Vec::with_capacity(batch.len());
         for (rec, _, reply) in batch {
@@ -224,7 +340,17 @@ impl Sequencer {
                 ..*rec
             });
             replies.push((seq, reply));
+            unsigned += 1;
+            if signer.is_some() && unsigned >= self.checkpoint_every {
+                records.push(checkpoint(self.take_seq()));
+                unsigned = 0;
+            }
         }
+        if signer.is_some() && unsigned > 0 && force_checkpoint {
+            records.push(checkpoint(self.take_seq()));
+            unsigned = 0;
+        }
+        let ends_signed = records.last().is_some_and(|r| r.rpc == CHECKPOINT_RPC);
 
         let base = self.base_hash();
         let records = Arc::new(records);
@@ -234,6 +360,7 @@ impl Sequencer {
                 let job = Job::Write {
                     base: base.clone(),
                     records: records.clone(),
+                    signer: signer.clone(),
                 };
                 if let Some(id) = self.send(i, job) {
                     jobs.push((i, id));
@@ -253,6 +380,23 @@ impl Sequencer {
             }
             self.failing = !ok;
         }
+        if ok {
+            self.unsigned = unsigned;
+            if unsigned == 0 {
+                self.unsigned_since = None;
+            } else {
+                self.unsigned_since.get_or_insert_with(Instant::now);
+            }
+            // The primary sink's new checkpoint, for the store's anchor (one
+            // mid-batch is followed within the interval by one at the end).
+            if ends_signed
+                && wrote.contains(&0)
+                && let Some(head) = &self.slots[0].head
+            {
+                self.anchor
+                    .send_replace(Some((head.seq, head.hash.clone())));
+            }
+        }
         // Before answering, so a caller that reads the head sees its line.
         self.publish();
         for (seq, reply) in replies {
@@ -262,11 +406,15 @@ impl Sequencer {
                 Err(AuditError::Unavailable)
             });
         }
+        ok
     }
 
     /// The marker to write first if a ready sink holds fewer lines than the
     /// log has sequenced (it failed, or started, behind the others).
     fn resync_marker(&self) -> Option<AuditRecord> {
+        if self.declared_gap == Some(self.next_seq) {
+            return None;
+        }
         let behind: Vec<String> = self
             .slots
             .iter()

@@ -86,6 +86,9 @@ fn print_status(s: &pb::StatusResponse, json: bool) -> anyhow::Result<()> {
             "broken_keys": s.broken_keys,
             "audit_head_seq": s.audit_head_seq,
             "audit_head_hash": s.audit_head_hash,
+            "audit_checkpoint_seq": s.audit_checkpoint_seq,
+            "audit_checkpoint_hash": s.audit_checkpoint_hash,
+            "audit_public_key_jwk": serde_json::from_str::<serde_json::Value>(&s.audit_public_key_jwk).ok(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -105,6 +108,14 @@ fn print_status(s: &pb::StatusResponse, json: bool) -> anyhow::Result<()> {
                 "audit:   head seq {} hash {}",
                 s.audit_head_seq, s.audit_head_hash
             );
+            if s.audit_checkpoint_seq > 0 {
+                println!(
+                    "signed:  checkpoint seq {} hash {} (anchored in the store)",
+                    s.audit_checkpoint_seq, s.audit_checkpoint_hash
+                );
+            } else {
+                println!("signed:  no checkpoint yet");
+            }
         }
     }
     Ok(())
@@ -155,6 +166,28 @@ pub async fn operator(cmd: OperatorCommand) -> anyhow::Result<()> {
     }
 }
 
+/// Opens the store a stopped server uses: the shared PostgreSQL store, or
+/// the data directory's SQLite file.
+pub(super) async fn open_store(
+    data_dir: &std::path::Path,
+    shared: Option<(String, Option<String>)>,
+) -> anyhow::Result<Box<dyn KeyStore>> {
+    Ok(match &shared {
+        Some((url, schema)) => {
+            let pg = match schema {
+                Some(schema) => PostgresStore::open_in_schema(url, schema).await,
+                None => PostgresStore::open(url).await,
+            };
+            Box::new(pg.context("store.url: cannot open the PostgreSQL store")?)
+        }
+        None => Box::new(
+            SqliteStore::open(&server::store_path(data_dir))
+                .await
+                .context("cannot open the store")?,
+        ),
+    })
+}
+
 async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
     // The data dir, the current KEK, and the shared store if configured.
     let (data_dir, old, shared): (PathBuf, KekSpec, Option<(String, Option<String>)>) =
@@ -187,24 +220,13 @@ async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
     }
     let _lock = server::lock_data_dir(&data_dir)
         .context("stop the server before re-keying its data directory")?;
-    let store: Box<dyn KeyStore> = match &shared {
-        Some((url, schema)) => {
-            eprintln!(
-                "re-keying the shared PostgreSQL store: every replica must be stopped \
-                 (one still running would hold the old KEK and fail to read new keys)"
-            );
-            let pg = match schema {
-                Some(schema) => PostgresStore::open_in_schema(url, schema).await,
-                None => PostgresStore::open(url).await,
-            };
-            Box::new(pg.context("store.url: cannot open the PostgreSQL store")?)
-        }
-        None => Box::new(
-            SqliteStore::open(&server::store_path(&data_dir))
-                .await
-                .context("cannot open the store")?,
-        ),
-    };
+    if shared.is_some() {
+        eprintln!(
+            "re-keying the shared PostgreSQL store: every replica must be stopped \
+             (one still running would hold the old KEK and fail to read new keys)"
+        );
+    }
+    let store = open_store(&data_dir, shared).await?;
     let old_kek = old
         .open()
         .await

@@ -89,6 +89,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             key: t.key.clone(),
         }),
     };
+    // Before anything says "listening": a SIGTERM from then on stops the
+    // server cleanly.
+    let shutdown = shutdown_signal();
     let prepared = server::prepare(&opts).await?;
     tracing::info!(
         grpc = %prepared.grpc_addr,
@@ -101,5 +104,5 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tls = opts.tls.is_some(),
         "signet server listening"
     );
-    prepared.serve(&opts, shutdown_signal()).await
+    prepared.serve(&opts, shutdown).await
 }

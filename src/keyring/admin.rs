@@ -295,6 +295,14 @@ impl KeyManager {
     /// generates successors that are due and destroys the material of
     /// removed keys. Never blocks signing (writes swap in a new snapshot).
     pub async fn tick(&self) -> TickReport {
+        self.tick_audited(None).await
+    }
+
+    /// [`KeyManager::tick`], writing to `audit` an intent record for each
+    /// action (generate, destroy) before it is committed: a ring whose
+    /// intent cannot be recorded is left as it is this pass (reported as
+    /// failed) and tried again at the next.
+    pub async fn tick_audited(&self, audit: Option<&crate::audit::AuditLog>) -> TickReport {
         let mut report = TickReport::default();
         let names: Vec<RingName> = self
             .snapshot()
@@ -303,7 +311,7 @@ impl KeyManager {
             .map(|r| r.name().clone())
             .collect();
         for name in names {
-            match self.tick_ring(&name, &mut report).await {
+            match self.tick_ring(&name, &mut report, audit).await {
                 Ok(()) => {}
                 // Another replica's scheduler wrote first: nothing to do but
                 // take in its change.
@@ -322,7 +330,12 @@ impl KeyManager {
         report
     }
 
-    async fn tick_ring(&self, name: &RingName, report: &mut TickReport) -> Result<(), Error> {
+    async fn tick_ring(
+        &self,
+        name: &RingName,
+        report: &mut TickReport,
+        audit: Option<&crate::audit::AuditLog>,
+    ) -> Result<(), Error> {
         let _writer = self.shared.writer.lock().await;
         let Some(kek) = self.kek() else {
             return Ok(()); // sealed: nothing can be generated or re-sealed
@@ -357,6 +370,7 @@ impl KeyManager {
                 "no active key at this time (was the clock set back?); not rotating"
             ),
         }
+        let mut destroyed = Vec::new();
         for key in &ring.record.keys {
             let state = key.timeline.state_at(now);
             if key.sealed.is_some() && matches!(state, KeyState::Removed | KeyState::Revoked) {
@@ -365,14 +379,33 @@ impl KeyManager {
                     timeline: key.timeline,
                     reason: None,
                 });
-                report.destroyed.push((name.clone(), key.kid.clone()));
-                tracing::info!(ring = %name, kid = %key.kid, "removed key destroyed (kid kept as a tombstone)");
+                destroyed.push(key.kid.clone());
             }
         }
         if changes.is_empty() {
             return Ok(());
         }
+        // Intent before action: nothing is committed that the audit log
+        // does not know is about to happen.
+        if let Some(log) = audit {
+            let intents = generated
+                .iter()
+                .map(|kid| ("scheduler/generate", kid))
+                .chain(destroyed.iter().map(|kid| ("scheduler/destroy", kid)));
+            for (action, kid) in intents {
+                let mut rec =
+                    crate::audit::AuditRecord::new(action, crate::audit::Outcome::Intent, "INTENT");
+                (rec.ring, rec.kid) = (name.to_string(), kid.to_string());
+                if log.append(rec).await.is_err() {
+                    return Err(Error::AuditUnavailable);
+                }
+            }
+        }
         self.commit(&ring, &*kek, changes, None).await?;
+        for kid in destroyed {
+            tracing::info!(ring = %name, kid = %kid, "removed key destroyed (kid kept as a tombstone)");
+            report.destroyed.push((name.clone(), kid));
+        }
         if let Some(kid) = generated {
             tracing::info!(
                 ring = %name,

@@ -191,6 +191,27 @@ impl KeyManager {
             .map_err(Error::from)
     }
 
+    /// The audit checkpoint anchored in the store for the audit file
+    /// `log`: `(seq, line hash)`.
+    pub async fn audit_anchor(&self, log: &str) -> Result<Option<(u64, String)>, Error> {
+        let value = self.shared.store.audit_anchor(log).await?;
+        Ok(value.and_then(|v| {
+            let text = String::from_utf8(v).ok()?;
+            let (seq, hash) = text.split_once(' ')?;
+            Some((seq.parse().ok()?, hash.to_owned()))
+        }))
+    }
+
+    /// Anchors the checkpoint `(seq, line hash)` of the audit file `log`
+    /// in the store.
+    pub async fn set_audit_anchor(&self, log: &str, seq: u64, hash: &str) -> Result<(), Error> {
+        self.shared
+            .store
+            .set_audit_anchor(log, format!("{seq} {hash}").as_bytes())
+            .await
+            .map_err(Error::from)
+    }
+
     /// Closes the store; call once at shutdown, after serving stopped.
     pub async fn close(&self) {
         self.shared.store.close().await;

@@ -94,7 +94,7 @@ pub async fn run(
         if let Err(e) = keys.refresh().await {
             tracing::warn!(error = %e, "could not refresh from the store");
         }
-        let report = keys.tick().await;
+        let report = keys.tick_audited(audit.as_ref()).await;
         counter!("signet_scheduler_runs_total").increment(1);
         if let Some(log) = &audit {
             record(log, &report).await;
@@ -131,10 +131,22 @@ async fn record(log: &crate::audit::AuditLog, report: &super::TickReport) {
         r.reason = Some(why.clone());
         records.push(r);
     }
+    let mut up = true;
     for r in records {
         if let Err(e) = log.append(r).await {
             counter!("signet_audit_failures_total").increment(1);
             tracing::error!(error = %e, "scheduler action not audited");
+            up = false;
         }
     }
+    // Down while intents or outcomes cannot be written: the scheduler then
+    // changes nothing and tries again at the next tick.
+    if report
+        .failed
+        .iter()
+        .any(|(_, why)| why.starts_with("audit unavailable"))
+    {
+        up = false;
+    }
+    metrics::gauge!("signet_audit_up").set(if up { 1.0 } else { 0.0 });
 }

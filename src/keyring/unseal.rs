@@ -236,9 +236,17 @@ impl KeyManager {
         &self,
         legacy_file: &std::path::Path,
     ) -> Result<crate::audit::AuditKey, Error> {
-        use crate::audit::AuditKey;
         let kek = self.kek().ok_or(Error::Sealed)?;
         adopt_legacy_audit_key(self.store(), &*kek, legacy_file).await?;
+        self.load_audit_key().await
+    }
+
+    /// The store's audit HMAC key (made on first use, see
+    /// [`KeyManager::audit_key`]), without looking for a legacy file: what
+    /// Unseal loads again. Needs the service unsealed.
+    pub async fn load_audit_key(&self) -> Result<crate::audit::AuditKey, Error> {
+        use crate::audit::AuditKey;
+        let kek = self.kek().ok_or(Error::Sealed)?;
         let wrapped = match self.store().audit_key().await? {
             Some(wrapped) => wrapped,
             None => {

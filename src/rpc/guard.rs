@@ -102,6 +102,9 @@ struct Route {
     /// action is service-wide (ring `*`).
     ring_field: bool,
     streaming: bool,
+    /// Whether it changes state: an intent record is written first, and
+    /// the action does not run if it cannot be.
+    mutating: bool,
 }
 
 fn route(path: &str) -> Option<Route> {
@@ -110,6 +113,15 @@ fn route(path: &str) -> Option<Route> {
             action,
             ring_field,
             streaming: false,
+            mutating: false,
+        })
+    };
+    let m = |action, ring_field| {
+        Some(Route {
+            action,
+            ring_field,
+            streaming: false,
+            mutating: true,
         })
     };
     match path {
@@ -122,16 +134,17 @@ fn route(path: &str) -> Option<Route> {
             action: "read",
             ring_field: true,
             streaming: true,
+            mutating: false,
         }),
-        "/signet.v1.KeyAdmin/Rotate" => r("rotate", true),
-        "/signet.v1.KeyAdmin/RevokeKey" => r("revoke", true),
-        "/signet.v1.KeyAdmin/UpdatePolicy" => r("policy", true),
+        "/signet.v1.KeyAdmin/Rotate" => m("rotate", true),
+        "/signet.v1.KeyAdmin/RevokeKey" => m("revoke", true),
+        "/signet.v1.KeyAdmin/UpdatePolicy" => m("policy", true),
         "/signet.v1.KeyAdmin/ListKeys" | "/signet.v1.KeyAdmin/GetKeyRing" => r("read", true),
-        "/signet.v1.KeyAdmin/CreateKeyRing" => r("admin", true),
+        "/signet.v1.KeyAdmin/CreateKeyRing" => m("admin", true),
         "/signet.v1.KeyAdmin/ListKeyRings" => r("read", false),
         "/signet.v1.Operator/Status" => r("read", false),
-        "/signet.v1.Operator/Seal" => r("seal", false),
-        "/signet.v1.Operator/Unseal" => r("unseal", false),
+        "/signet.v1.Operator/Seal" => m("seal", false),
+        "/signet.v1.Operator/Unseal" => m("unseal", false),
         "/signet.v1.Operator/AuditHash" => r("admin", false),
         p if p.starts_with("/signet.") => r("admin", false),
         // Health checks and reflection carry no secrets and name no ring.
@@ -151,7 +164,8 @@ struct RingField {
 pub struct Guard {
     authz: Arc<dyn Authorizer>,
     audit: Option<AuditLog>,
-    audit_key: Option<Arc<AuditKey>>,
+    /// Loaded at Unseal, dropped at Seal.
+    audit_key: Option<Arc<arc_swap::ArcSwapOption<AuditKey>>>,
 }
 
 impl Guard {
@@ -161,7 +175,7 @@ impl Guard {
     pub fn new(
         authz: Arc<dyn Authorizer>,
         audit: Option<AuditLog>,
-        audit_key: Option<Arc<AuditKey>>,
+        audit_key: Option<Arc<arc_swap::ArcSwapOption<AuditKey>>>,
     ) -> Self {
         Self {
             authz,
@@ -263,10 +277,22 @@ where
             let bytes = match Limited::new(body, limit).collect().await {
                 Ok(c) => c.to_bytes(),
                 Err(_) => {
-                    return Ok(status_response(
-                        Status::out_of_range(format!("request larger than {limit} bytes")),
-                        &request_id,
-                    ));
+                    // Recorded too: who sent what (no ring: the message was
+                    // not read).
+                    let status = Status::out_of_range(format!("request larger than {limit} bytes"));
+                    let mut rec = AuditRecord::new(
+                        path.trim_start_matches('/'),
+                        Outcome::Invalid,
+                        code_name(status.code() as i32),
+                    );
+                    rec.request_id = request_id.clone();
+                    rec.peer = identity.clone();
+                    rec.peer_addr = peer_addr.clone();
+                    rec.reason = Some(format!("request larger than {limit} bytes"));
+                    if let Err(s) = record(&guard, rec).await {
+                        return Ok(status_response(s, &request_id));
+                    }
+                    return Ok(status_response(status, &request_id));
                 }
             };
             let msg = message(&bytes);
@@ -280,7 +306,8 @@ where
             rec.peer = identity.clone();
             rec.peer_addr = peer_addr;
             rec.ring = ring.clone();
-            detail_request(&path, msg, &mut rec, guard.audit_key.as_deref());
+            let audit_key = guard.audit_key.as_ref().and_then(|k| k.load_full());
+            detail_request(&path, msg, &mut rec, audit_key.as_deref());
 
             // Deny by default: a caller with no identity gets nothing.
             let decision = match &peer {
@@ -309,6 +336,18 @@ where
                 }
             };
 
+            // Intent before action: a change the log cannot announce does
+            // not happen.
+            if route.mutating && guard.audit.is_some() {
+                let intent = AuditRecord {
+                    outcome: Outcome::Intent,
+                    code: "INTENT".to_owned(),
+                    ..rec.clone()
+                };
+                if let Err(s) = record(&guard, intent).await {
+                    return Ok(status_response(s, &request_id));
+                }
+            }
             let mut parts = parts;
             if let Some(grant) = grant {
                 parts.extensions.insert(grant);
@@ -347,10 +386,14 @@ where
             let collected = match body.collect().await {
                 Ok(c) => c,
                 Err(_) => {
-                    return Ok(status_response(
-                        Status::internal("response failed"),
-                        &request_id,
-                    ));
+                    let status = Status::internal("response failed");
+                    rec.outcome = Outcome::Error;
+                    rec.code = code_name(status.code() as i32).to_owned();
+                    rec.reason = Some("the response could not be read".to_owned());
+                    if let Err(s) = record(&guard, rec).await {
+                        return Ok(status_response(s, &request_id));
+                    }
+                    return Ok(status_response(status, &request_id));
                 }
             };
             let trailers = collected.trailers().cloned();
@@ -366,7 +409,7 @@ where
                 rec.reason = Some(format!("claim rule: {rule}"));
             }
             if code == 0 {
-                detail_response(&path, message(&data), &mut rec, guard.audit_key.as_deref());
+                detail_response(&path, message(&data), &mut rec, audit_key.as_deref());
             }
             if let Err(s) = record(&guard, rec).await {
                 // Fail closed: the caller gets no token and no result.

@@ -40,6 +40,40 @@ pub struct AuditParts {
     pub key: Option<std::sync::Arc<crate::audit::AuditKey>>,
 }
 
+/// The audit log and its key as the running services share them: the key
+/// is dropped at Seal and loaded again at Unseal (with the checkpoint
+/// signer derived from it).
+#[derive(Clone)]
+pub struct AuditSlots {
+    /// The log.
+    pub log: crate::audit::AuditLog,
+    /// The HMAC key, while unsealed.
+    pub key: std::sync::Arc<arc_swap::ArcSwapOption<crate::audit::AuditKey>>,
+}
+
+impl AuditSlots {
+    fn new(parts: AuditParts) -> Self {
+        if let Some(key) = &parts.key {
+            parts
+                .log
+                .set_signer(Some(std::sync::Arc::new(key.checkpoint_signer())));
+        }
+        Self {
+            log: parts.log,
+            key: std::sync::Arc::new(arc_swap::ArcSwapOption::new(parts.key)),
+        }
+    }
+
+    /// Loads the store's audit key (after Unseal) and signs with it.
+    pub async fn load_key(&self, keys: &KeyManager) -> Result<(), tonic::Status> {
+        let key = std::sync::Arc::new(keys.load_audit_key().await?);
+        self.log
+            .set_signer(Some(std::sync::Arc::new(key.checkpoint_signer())));
+        self.key.store(Some(key));
+        Ok(())
+    }
+}
+
 /// Serves the gRPC API on `listener` in plaintext, every caller being the
 /// identity `local` with every grant and no audit log: for tests and
 /// in-process benchmarks. Servers use [`serve_with`].
@@ -85,10 +119,11 @@ pub async fn serve_configured(
     max_connection_age: Option<(std::time::Duration, std::time::Duration)>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    let audit = audit.map(AuditSlots::new);
     let guard = guard::Guard::new(
         authz,
         audit.as_ref().map(|a| a.log.clone()),
-        audit.as_ref().and_then(|a| a.key.clone()),
+        audit.as_ref().map(|a| a.key.clone()),
     );
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SignerServer<SignerService>>().await;

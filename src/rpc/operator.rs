@@ -11,12 +11,12 @@ use crate::{
 /// The Operator service over a [`KeyManager`].
 pub struct OperatorService {
     keys: KeyManager,
-    audit: Option<super::AuditParts>,
+    audit: Option<super::AuditSlots>,
 }
 
 impl OperatorService {
     /// Serves `keys`, reporting on `audit`.
-    pub fn new(keys: KeyManager, audit: Option<super::AuditParts>) -> Self {
+    pub fn new(keys: KeyManager, audit: Option<super::AuditSlots>) -> Self {
         Self { keys, audit }
     }
 
@@ -26,6 +26,14 @@ impl OperatorService {
             let (seq, hash) = a.log.head();
             out.audit_head_seq = seq;
             out.audit_head_hash = hash;
+            if let Some(key) = a.log.signing_key() {
+                out.audit_public_key_pem = key.to_pem();
+                out.audit_public_key_jwk = key.to_jwk().to_string();
+            }
+            if let Some((seq, hash)) = a.log.anchors().borrow().clone() {
+                out.audit_checkpoint_seq = seq;
+                out.audit_checkpoint_hash = hash;
+            }
         }
         out
     }
@@ -42,8 +50,7 @@ fn status(s: &keyring::Status) -> pb::StatusResponse {
         keys: n(s.keys),
         loaded_keys: n(s.loaded_keys),
         broken_keys: n(s.broken_keys),
-        audit_head_seq: 0,
-        audit_head_hash: String::new(),
+        ..Default::default()
     }
 }
 
@@ -72,6 +79,12 @@ impl Operator for OperatorService {
         // cannot start a forged log line. (`%reason` would write it raw.)
         tracing::warn!(reason = reason.as_str(), "seal requested");
         let s = self.keys.seal().await;
+        // The audit keys go with the others: digests and checkpoint
+        // signatures wait for the next Unseal.
+        if let Some(a) = &self.audit {
+            a.key.store(None);
+            a.log.set_signer(None);
+        }
         Ok(Response::new(pb::SealResponse {
             status: Some(self.status(&s)),
         }))
@@ -82,6 +95,9 @@ impl Operator for OperatorService {
         _request: Request<pb::UnsealRequest>,
     ) -> Result<Response<pb::UnsealResponse>, Status> {
         let s = self.keys.unseal().await?;
+        if let Some(a) = &self.audit {
+            a.load_key(&self.keys).await?;
+        }
         Ok(Response::new(pb::UnsealResponse {
             status: Some(self.status(&s)),
         }))
@@ -94,7 +110,7 @@ impl Operator for OperatorService {
         let key = self
             .audit
             .as_ref()
-            .and_then(|a| a.key.as_ref())
+            .and_then(|a| a.key.load_full())
             .ok_or_else(|| {
                 Status::unavailable(
                     "no audit key: the service started sealed or without an audit log",

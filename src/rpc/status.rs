@@ -20,6 +20,7 @@ impl From<Error> for Status {
             Error::KeyUnavailable { .. }
             | Error::Store(_)
             | Error::ShuttingDown
+            | Error::AuditUnavailable
             | Error::Sealed
             | Error::Kek(_)
             | Error::WrongKek(_) => Code::Unavailable,

@@ -24,6 +24,7 @@ pub async fn run_all(store: &dyn KeyStore) {
     policy_and_reason_change_with_the_generation(store).await;
     kek_check_is_written_once(store).await;
     audit_key_is_written_once(store).await;
+    audit_anchors_are_replaced_per_log(store).await;
     rekey_replaces_blobs_and_check_atomically(store).await;
 }
 
@@ -38,6 +39,40 @@ async fn audit_key_is_written_once(store: &dyn KeyStore) {
     assert_eq!(
         store.audit_key().await.unwrap().as_deref(),
         Some(&b"first"[..])
+    );
+}
+
+async fn audit_anchors_are_replaced_per_log(store: &dyn KeyStore) {
+    assert_eq!(store.audit_anchor("host-a:/a.log").await.unwrap(), None);
+    store
+        .set_audit_anchor("host-a:/a.log", b"7 aa")
+        .await
+        .unwrap();
+    store
+        .set_audit_anchor("host-b:/a.log", b"3 bb")
+        .await
+        .unwrap();
+    store
+        .set_audit_anchor("host-a:/a.log", b"9 cc")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .audit_anchor("host-a:/a.log")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"9 cc"[..]),
+        "the latest anchor replaces the one before"
+    );
+    assert_eq!(
+        store
+            .audit_anchor("host-b:/a.log")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"3 bb"[..]),
+        "each log has its own"
     );
 }
 

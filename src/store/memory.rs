@@ -22,6 +22,7 @@ struct Inner {
     rings: BTreeMap<RingName, RingRecord>,
     kek_check: Option<Vec<u8>>,
     audit_key: Option<Vec<u8>>,
+    anchors: BTreeMap<String, Vec<u8>>,
 }
 
 impl MemoryStore {
@@ -116,6 +117,15 @@ impl KeyStore for MemoryStore {
 
     async fn audit_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.lock().audit_key.clone())
+    }
+
+    async fn audit_anchor(&self, log: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().anchors.get(log).cloned())
+    }
+
+    async fn set_audit_anchor(&self, log: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.lock().anchors.insert(log.to_owned(), value.to_vec());
+        Ok(())
     }
 
     async fn init_audit_key(&self, wrapped: &[u8]) -> Result<Vec<u8>, StoreError> {

@@ -197,6 +197,16 @@ pub trait KeyStore: Send + Sync + 'static {
     /// write wins and all of them use it.
     async fn init_audit_key(&self, wrapped: &[u8]) -> Result<Vec<u8>, StoreError>;
 
+    /// The audit checkpoint anchored for the audit file `log` (see
+    /// [`KeyStore::set_audit_anchor`]), if any.
+    async fn audit_anchor(&self, log: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Records `value` (the latest signed checkpoint of the audit file
+    /// `log`: `"SEQ HASH"`) in place of the one before, so that a restart,
+    /// or an auditor, can tell the file was cut short. Durable when it
+    /// returns. Not sealed: it holds a seq and a public line hash.
+    async fn set_audit_anchor(&self, log: &str, value: &[u8]) -> Result<(), StoreError>;
+
     /// Replaces the KEK check value, the audit key and the sealed blobs (and
     /// timelines) of the listed keys in one transaction: re-wrapping under a
     /// new KEK. `audit_key` is the re-wrapped audit key, given exactly when

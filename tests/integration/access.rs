@@ -324,7 +324,19 @@ async fn permission_matrix_over_mtls_and_every_call_audited() {
         handshakes >= 2,
         "refused handshakes are audited: {handshakes}"
     );
-    assert_eq!(lines.len() - handshakes, expected, "one record per RPC");
+    // Besides one outcome per RPC: an intent before each mutating RPC that
+    // was allowed (the team's rotation), and signed checkpoints.
+    let intents = lines.iter().filter(|l| l["outcome"] == "intent").count();
+    assert_eq!(intents, 1, "the allowed rotation announced itself");
+    let signed = lines
+        .iter()
+        .filter(|l| signet::audit::is_signed_kind(l["rpc"].as_str().unwrap()))
+        .count();
+    assert_eq!(
+        lines.len() - handshakes - intents - signed,
+        expected,
+        "one outcome record per RPC"
+    );
     let denied = lines
         .iter()
         .filter(|l| l["outcome"] == "denied" && l["rpc"] != "tls.handshake")
@@ -432,8 +444,19 @@ async fn ten_thousand_concurrent_signs_verify() {
     }
     let report = signet::audit::verify_file(&f.audit_path).unwrap();
     assert!(report.is_valid(), "{:?}", report.first_error);
-    assert_eq!(report.lines, 10_000);
-    assert_eq!(report.head_seq, 10_000);
+    let log = std::fs::read_to_string(&f.audit_path).unwrap();
+    let signs = log.lines().filter(|l| l.contains("Signer/Sign")).count();
+    let checkpoints = log
+        .lines()
+        .filter(|l| l.contains("audit.checkpoint"))
+        .count();
+    assert_eq!(signs, 10_000);
+    assert!(
+        checkpoints >= 10,
+        "a checkpoint at least every 1,000 records: {checkpoints}"
+    );
+    assert_eq!(report.lines, 10_000 + checkpoints as u64);
+    assert_eq!(report.head_seq, report.lines);
 }
 
 /// SIGHUP's TLS reload: the acceptor serves new certificates on the next

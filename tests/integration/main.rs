@@ -14,6 +14,7 @@ mod common;
 
 mod access;
 mod audit;
+mod audit_trail;
 mod authz_cli;
 mod canary;
 mod cli;

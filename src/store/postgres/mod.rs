@@ -84,6 +84,8 @@ const MAX_CONNECTIONS: u32 = 4;
 const KEK_CHECK: &str = "kek_check";
 /// The `meta` row holding the wrapped audit key.
 const AUDIT_KEY: &str = "audit_key";
+/// `meta` rows `audit_anchor:LOG`: the latest checkpoint of each audit file.
+const ANCHOR_PREFIX: &str = "audit_anchor:";
 
 /// The `NOTIFY` channel of a store in the default schema; a store in a named
 /// schema uses `signet_changes_<schema>`.
@@ -450,6 +452,20 @@ impl KeyStore for PostgresStore {
 
     async fn audit_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
         self.meta(AUDIT_KEY).await
+    }
+
+    async fn audit_anchor(&self, log: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.meta(&format!("{ANCHOR_PREFIX}{log}")).await
+    }
+
+    async fn set_audit_anchor(&self, log: &str, value: &[u8]) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value")
+            .bind(format!("{ANCHOR_PREFIX}{log}"))
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
     }
 
     async fn init_audit_key(&self, wrapped: &[u8]) -> Result<Vec<u8>, StoreError> {

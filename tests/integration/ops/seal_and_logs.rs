@@ -46,7 +46,7 @@ async fn seal_requires_a_reason() {
     let records = audit_records(dir.path());
     let seals: Vec<_> = records
         .iter()
-        .filter(|r| r["rpc"] == "signet.v1.Operator/Seal")
+        .filter(|r| r["rpc"] == "signet.v1.Operator/Seal" && r["outcome"] != "intent")
         .map(|r| r["code"].as_str().unwrap())
         .collect();
     assert_eq!(seals, ["INVALID_ARGUMENT", "INVALID_ARGUMENT", "OK"]);
