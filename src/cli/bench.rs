@@ -62,6 +62,12 @@ pub struct BenchArgs {
     /// (aud allow-list, sub glob, max_ttl) checked on every Sign.
     #[arg(long, value_enum, default_value = "none", requires = "in_process")]
     authz: BenchAuthz,
+    /// With --in-process: record every request in an audit log (a file in a
+    /// temporary directory, fsync per group of records, signed checkpoints,
+    /// claims digests): the production configuration. Without it the server
+    /// records nothing.
+    #[arg(long, requires = "in_process")]
+    audit: bool,
     /// Print the results as one JSON object.
     #[arg(long)]
     json: bool,
@@ -102,6 +108,10 @@ pub struct BenchReport {
     pub alg: String,
     /// The access layer of an in-process server.
     pub authz: BenchAuthz,
+    /// Whether the in-process server wrote an audit log.
+    pub audited: bool,
+    /// Audit bytes written per Sign (the file's size over its records).
+    pub audit_bytes_per_sign: Option<f64>,
     /// Requests in flight.
     pub concurrency: usize,
     /// Successful Signs per second over gRPC.
@@ -136,13 +146,34 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let stopped = async {
             let _ = stopped.await;
         };
+        let dir = tempfile_dir()?;
+        let audit = if args.audit {
+            let log = crate::audit::AuditLog::open(crate::audit::AuditConfig::new(vec![
+                crate::audit::SinkConfig::file(dir.join("audit.log")),
+            ]))
+            .await?;
+            let key = crate::audit::AuditKey::from_bytes(zeroize::Zeroizing::new(
+                crate::crypto::random_bytes::<32>()?,
+            ));
+            Some(rpc::AuditParts {
+                log,
+                key: Some(Arc::new(key)),
+            })
+        } else {
+            None
+        };
         if args.authz == BenchAuthz::None {
             let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
             let addr = format!("http://{}", listener.local_addr()?);
-            let task = tokio::spawn(rpc::serve(listener, keys, stopped));
-            (addr, Some((stop, task, None)))
+            let task = tokio::spawn(rpc::serve_with(
+                crate::tls::plaintext_incoming(listener),
+                keys,
+                Arc::new(rpc::guard::AllowAll),
+                audit,
+                stopped,
+            ));
+            (addr, Some((stop, task, dir)))
         } else {
-            let dir = tempfile_dir()?;
             let path = dir.join("grpc.sock");
             let listener = tokio::net::UnixListener::bind(&path)?;
             let authz = crate::authz::SharedAuthz::new(bench_policy(&args.ring, args.authz)?);
@@ -150,13 +181,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 crate::tls::unix_incoming(listener),
                 keys,
                 Arc::new(authz),
-                None,
+                audit,
                 stopped,
             ));
-            (
-                format!("unix:{}", path.display()),
-                Some((stop, task, Some(dir))),
-            )
+            (format!("unix:{}", path.display()), Some((stop, task, dir)))
         }
     } else {
         let addr = args
@@ -180,12 +208,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let spec = spec_of(&jwks.jwks_json)?;
 
     let grpc = grpc_phase(&args, &channels, &claims).await?;
+    drop(channels);
+    let mut audit_bytes_per_sign = None;
     if let Some((stop, task, dir)) = server {
         let _ = stop.send(());
         task.await??;
-        if let Some(dir) = dir {
-            let _ = std::fs::remove_dir_all(dir);
+        let log = dir.join("audit.log");
+        if let Ok(text) = std::fs::read_to_string(&log) {
+            let signs = text.lines().filter(|l| l.contains("Signer/Sign")).count();
+            if signs > 0 {
+                audit_bytes_per_sign = Some(text.len() as f64 / signs as f64);
+            }
         }
+        let _ = std::fs::remove_dir_all(dir);
     }
     let raw_threads = thread::available_parallelism().map_or(2, |n| n.get());
     let raw_per_sec = raw_phase(spec, raw_threads, args.duration, &claims).await?;
@@ -193,6 +228,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report = BenchReport {
         alg: spec.alg().name().to_owned(),
         authz: args.authz,
+        audited: args.audit,
+        audit_bytes_per_sign,
         concurrency: args.concurrency,
         grpc_per_sec: grpc.per_sec,
         p50_ms: grpc.percentile(0.50),
@@ -220,7 +257,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 (true, BenchAuthz::ClaimRule) => {
                     " (in-process, policy grant with a 3-constraint claim rule)".to_owned()
                 }
-            },
+            } + if args.audit { ", audited" } else { "" },
             args.concurrency,
             args.connections,
             humantime::format_duration(args.duration),
@@ -234,6 +271,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             report.raw_per_sec, report.raw_threads
         );
         println!("  ratio      {:>9.1} % of raw", report.ratio * 100.0);
+        if let Some(bytes) = report.audit_bytes_per_sign {
+            println!("  audit      {bytes:>9.0} bytes per Sign (checkpoints included)");
+        }
     }
     if let Some(e) = grpc.first_error {
         eprintln!(

@@ -306,6 +306,39 @@ fn bench_through_a_policy_and_a_claim_rule() {
         assert_eq!(r["errors"], 0, "{r}");
         assert!(r["grpc_per_sec"].as_f64().unwrap() > 0.0);
     }
+    // The production configuration: every Sign audited before it answers.
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "--in-process",
+            "--alg",
+            "EdDSA",
+            "--duration",
+            "1s",
+        ])
+        .args([
+            "--concurrency",
+            "4",
+            "--json",
+            "--authz",
+            "grant",
+            "--audit",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (r["audited"].as_bool(), r["errors"].as_u64()),
+        (Some(true), Some(0)),
+        "{r}"
+    );
+    let bytes = r["audit_bytes_per_sign"].as_f64().unwrap();
+    assert!((200.0..1000.0).contains(&bytes), "{r}");
     let (r, stderr) = bench("claim-rule", r#"{"sub":"root","aud":"api.example"}"#);
     assert_eq!(r["grpc_per_sec"], 0.0, "{r}");
     assert!(
