@@ -47,12 +47,14 @@ pub async fn check(keys: &KeyManager, file: &Path, head: (u64, &str)) -> anyhow:
     Ok(())
 }
 
-/// Writes each new checkpoint of `anchors` to the store until `shutdown`;
-/// a failed write is logged and retried with the next checkpoint.
+/// Writes each new checkpoint of `anchors` to the store, and one JSON line
+/// to each of `sinks`, until `shutdown`; a failed write is logged and
+/// retried with the next checkpoint.
 pub async fn keep(
     keys: KeyManager,
     file: std::path::PathBuf,
     mut anchors: watch::Receiver<Option<(u64, String)>>,
+    sinks: Vec<crate::audit::SinkSpec>,
     shutdown: impl Future<Output = ()>,
 ) {
     let name = log_name(&file);
@@ -63,23 +65,74 @@ pub async fn keep(
             changed = anchors.changed() => if changed.is_err() { return },
         }
         let latest = anchors.borrow_and_update().clone();
-        if let Some((seq, hash)) = latest
-            && let Err(e) = keys.set_audit_anchor(&name, seq, &hash).await
-        {
+        let Some((seq, hash)) = latest else { continue };
+        if let Err(e) = keys.set_audit_anchor(&name, seq, &hash).await {
             tracing::warn!(error = %e, seq, "cannot anchor the audit checkpoint in the store; retrying with the next one");
+        }
+        if !sinks.is_empty() {
+            let line = checkpoint_line(&name, seq, &hash);
+            let sinks = sinks.clone();
+            // Blocking file I/O, off the runtime's workers.
+            let written = tokio::task::spawn_blocking(move || ship(&sinks, &line)).await;
+            if let Ok(Err(e)) = written {
+                tracing::warn!(error = %e, seq, "cannot ship the audit checkpoint to a checkpoint sink");
+            }
         }
     }
 }
 
-/// Signs what is unsigned (a final checkpoint) and anchors it: at shutdown.
-pub async fn finish(keys: &KeyManager, file: &Path, audit: &crate::audit::AuditLog) {
+/// `{"time":…,"log":"HOST:PATH","seq":N,"hash":"…"}` and a newline.
+fn checkpoint_line(log: &str, seq: u64, hash: &str) -> String {
+    let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let mut line =
+        serde_json::json!({ "time": time, "log": log, "seq": seq, "hash": hash }).to_string();
+    line.push('\n');
+    line
+}
+
+/// Appends `line` to every sink (a file is opened, written, fsynced).
+fn ship(sinks: &[crate::audit::SinkSpec], line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    for sink in sinks {
+        match sink {
+            crate::audit::SinkSpec::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(line.as_bytes())?;
+                out.flush()?;
+            }
+            crate::audit::SinkSpec::File(path) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .mode(0o600)
+                    .open(path)?;
+                f.write_all(line.as_bytes())?;
+                f.sync_data()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Signs what is unsigned (a final checkpoint), anchors it and ships it to
+/// `sinks`: at shutdown.
+pub async fn finish(
+    keys: &KeyManager,
+    file: &Path,
+    audit: &crate::audit::AuditLog,
+    sinks: &[crate::audit::SinkSpec],
+) {
     if let Err(e) = audit.checkpoint().await {
         tracing::warn!(error = %e, "no final audit checkpoint");
     }
     let latest = audit.anchors().borrow().clone();
-    if let Some((seq, hash)) = latest
-        && let Err(e) = keys.set_audit_anchor(&log_name(file), seq, &hash).await
-    {
+    let Some((seq, hash)) = latest else { return };
+    let name = log_name(file);
+    if let Err(e) = keys.set_audit_anchor(&name, seq, &hash).await {
         tracing::warn!(error = %e, seq, "cannot anchor the final audit checkpoint");
+    }
+    if let Err(e) = ship(sinks, &checkpoint_line(&name, seq, &hash)) {
+        tracing::warn!(error = %e, seq, "cannot ship the final audit checkpoint");
     }
 }

@@ -104,6 +104,12 @@ pub struct AuditSection {
     /// UNAVAILABLE, in seconds. Default 2.
     #[serde(default = "default_audit_timeout")]
     pub timeout_secs: u64,
+    /// Where each new signed checkpoint is also sent, as one JSON line
+    /// (`{"time","log","seq","hash"}`), to get it off the host: `stdout` (for
+    /// journald or a log agent) or `file:PATH` on another volume. Compare
+    /// with `signet audit verify FILE --anchor SEQ:HASH`. Default: none.
+    #[serde(default)]
+    pub checkpoint_sinks: Vec<String>,
 }
 
 impl Default for AuditSection {
@@ -112,6 +118,7 @@ impl Default for AuditSection {
             sinks: Vec::new(),
             fsync: default_fsync(),
             timeout_secs: default_audit_timeout(),
+            checkpoint_sinks: Vec::new(),
         }
     }
 }
@@ -125,6 +132,18 @@ fn default_audit_timeout() -> u64 {
 }
 
 impl AuditSection {
+    /// The checkpoint sinks, parsed.
+    pub fn checkpoint_sinks(&self) -> Result<Vec<crate::audit::SinkSpec>, String> {
+        self.checkpoint_sinks
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.parse()
+                    .map_err(|e| format!("audit.checkpoint_sinks[{i}]: {e}"))
+            })
+            .collect()
+    }
+
     /// The audit configuration, with the default sink under `data_dir`.
     pub fn audit_config(&self, data_dir: &Path) -> Result<crate::audit::AuditConfig, String> {
         use crate::audit::{AuditConfig, FsyncPolicy, SinkConfig, SinkSpec};
@@ -441,6 +460,7 @@ impl Config {
         self.audit
             .audit_config(&self.store.data_dir)
             .map_err(|e| e.to_string())?;
+        self.audit.checkpoint_sinks()?;
         if self.authz.is_none() {
             return Err(
                 "[authz] is missing: signet server grants nothing without a policy; add \

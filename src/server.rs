@@ -62,6 +62,8 @@ pub struct ServerOptions {
     pub authz_policy: Option<PathBuf>,
     /// The audit log.
     pub audit: crate::audit::AuditConfig,
+    /// Where each signed checkpoint is also sent, off the host.
+    pub checkpoint_sinks: Vec<crate::audit::SinkSpec>,
     /// HTTPS on the HTTP listener (`[http_tls]`); `None` for plain HTTP.
     pub http_tls: Option<http::HttpTlsFiles>,
 }
@@ -546,6 +548,7 @@ impl Prepared {
                 self.keys.clone(),
                 path.clone(),
                 audit.anchors(),
+                opts.checkpoint_sinks.clone(),
                 stopped(),
             ));
         }
@@ -563,7 +566,7 @@ impl Prepared {
         scheduler.await?;
         // The log ends signed, and the store knows where.
         if let Some(path) = &anchored {
-            crate::anchor::finish(&self.keys, path, &audit).await;
+            crate::anchor::finish(&self.keys, path, &audit, &opts.checkpoint_sinks).await;
         }
         self.keys.close().await;
         tracing::info!("stopped");

@@ -84,6 +84,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         audit: crate::audit::AuditConfig::new(vec![crate::audit::SinkConfig::file(
             data_dir.join("audit.log"),
         )]),
+        checkpoint_sinks: Vec::new(),
         http_tls: None,
     };
     // Before anything says "listening": a SIGTERM from then on stops the

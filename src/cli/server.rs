@@ -84,6 +84,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .audit
             .audit_config(&c.store.data_dir)
             .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?,
+        checkpoint_sinks: c
+            .audit
+            .checkpoint_sinks()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?,
         http_tls: c.http_tls.as_ref().map(|t| crate::http::HttpTlsFiles {
             cert: t.cert.clone(),
             key: t.key.clone(),

@@ -500,14 +500,42 @@ async fn record(guard: &Guard, rec: AuditRecord) -> Result<(), Status> {
 
 /// Request fields worth recording: digests of claims and `sub`, admin
 /// reasons, the kid acted on. Never raw claims.
+/// The one claim a record needs from a claims set, read without building
+/// a JSON tree of the rest (this runs on every audited Sign). A non-string
+/// value reads as absent, as before.
+#[derive(serde::Deserialize)]
+struct OneClaim<'a> {
+    #[serde(default, borrow, deserialize_with = "string_or_none")]
+    sub: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "string_or_none")]
+    jti: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn string_or_none<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::borrow::Cow<'de, str>>, D::Error> {
+    use serde::Deserialize;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Any<'a> {
+        #[serde(borrow)]
+        Text(std::borrow::Cow<'a, str>),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(match Any::deserialize(d)? {
+        Any::Text(s) => Some(s),
+        Any::Other(_) => None,
+    })
+}
+
 fn detail_request(path: &str, msg: &[u8], rec: &mut AuditRecord, key: Option<&AuditKey>) {
     match path {
         "/signet.v1.Signer/Sign" => {
             if let (Ok(r), Some(key)) = (pb::SignRequest::decode(msg), key) {
                 rec.claims_hmac = Some(key.hmac_hex(&r.claims_json));
-                let sub = serde_json::from_slice::<serde_json::Value>(&r.claims_json)
+                let sub = serde_json::from_slice::<OneClaim<'_>>(&r.claims_json)
                     .ok()
-                    .and_then(|v| v.get("sub").and_then(|s| s.as_str()).map(str::to_owned));
+                    .and_then(|c| c.sub);
                 rec.sub_hmac = sub.map(|s| key.hmac_hex(s.as_bytes()));
             }
         }
@@ -544,9 +572,12 @@ fn detail_response(path: &str, msg: &[u8], rec: &mut AuditRecord, _key: Option<&
                 rec.kid = r.kid;
                 rec.exp = r.expires_at.map(|t| t.seconds);
                 let payload = r.token.split('.').nth(1).and_then(|p| B64.decode(p).ok());
-                rec.jti = payload
-                    .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
-                    .and_then(|v| v.get("jti").and_then(|j| j.as_str()).map(str::to_owned));
+                rec.jti = payload.and_then(|p| {
+                    serde_json::from_slice::<OneClaim<'_>>(&p)
+                        .ok()?
+                        .jti
+                        .map(std::borrow::Cow::into_owned)
+                });
             }
         }
         "/signet.v1.KeyAdmin/Rotate" => {

@@ -286,6 +286,14 @@ fn truncated_log_refuses_start_until_the_gap_is_accepted() {
     let data = dir.path().join("data");
     let kek = kek_file(&dir.path().join("kek"));
     let config = write_config(dir.path(), &data, &kek, &[("t", "EdDSA")]);
+    // Checkpoints also go to a second file, as to another volume.
+    let shipped = dir.path().join("checkpoints.log");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[audit]\ncheckpoint_sinks = [\"file:{}\"]\n",
+        shipped.display()
+    ));
+    std::fs::write(&config, text).unwrap();
     let cfg = config.to_str().unwrap();
     let log_path = data.join("audit.log");
     let server = Proc::spawn(&["server", "--config", cfg], &[]).unwrap();
@@ -300,6 +308,26 @@ fn truncated_log_refuses_start_until_the_gap_is_accepted() {
         "the log ends signed at shutdown"
     );
     let end = last["seq"].as_u64().unwrap();
+
+    // The shipped copy of the last checkpoint proves the cut offline too.
+    let shipped = std::fs::read_to_string(&shipped).unwrap();
+    let last_shipped: serde_json::Value =
+        serde_json::from_str(shipped.lines().last().unwrap()).unwrap();
+    assert_eq!(last_shipped["seq"].as_u64(), Some(end));
+    let anchor = format!("{end}:{}", last_shipped["hash"].as_str().unwrap());
+    let verify_anchor = || {
+        std::process::Command::new(BIN)
+            .args([
+                "audit",
+                "verify",
+                log_path.to_str().unwrap(),
+                "--anchor",
+                &anchor,
+            ])
+            .output()
+            .unwrap()
+    };
+    assert!(verify_anchor().status.success());
 
     let text = std::fs::read_to_string(&log_path).unwrap();
     let kept: Vec<&str> = text.lines().collect();
