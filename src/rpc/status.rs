@@ -21,6 +21,7 @@ impl From<Error> for Status {
             | Error::Store(_)
             | Error::ShuttingDown
             | Error::Sealed
+            | Error::Stale(_)
             | Error::Kek(_)
             | Error::WrongKek(_) => Code::Unavailable,
             Error::DataLoss { .. } => Code::DataLoss,
