@@ -112,8 +112,10 @@ impl Hsm {
             ("other-kek", false, true),
             ("leaky", true, true),
             ("exposed", false, false),
+            ("was-leaky", true, true),
+            ("was-exposed", false, false),
         ] {
-            session
+            let handle = session
                 .generate_key(
                     &Mechanism::AesKeyGen,
                     &[
@@ -130,6 +132,18 @@ impl Hsm {
                     ],
                 )
                 .unwrap();
+            // Locked down after creation: CKA_EXTRACTABLE false and
+            // CKA_SENSITIVE true now, but the token remembers that the key
+            // was once readable (NEVER_EXTRACTABLE / ALWAYS_SENSITIVE false).
+            match label {
+                "was-leaky" => session
+                    .update_attributes(handle, &[Attribute::Extractable(false)])
+                    .unwrap(),
+                "was-exposed" => session
+                    .update_attributes(handle, &[Attribute::Sensitive(true)])
+                    .unwrap(),
+                _ => {}
+            }
         }
         session.logout().unwrap();
     }
@@ -360,6 +374,68 @@ hsm_test!(a_non_sensitive_key_is_refused, |hsm| {
     assert!(message.contains("\"exposed\""), "{message}");
     assert!(message.contains("not sensitive"), "{message}");
     assert!(message.contains("never leave the HSM"), "{message}");
+});
+
+hsm_test!(
+    a_key_that_was_ever_extractable_or_readable_is_refused,
+    |hsm| {
+        let message = unavailable(Pkcs11Kek::open(&hsm.spec("was-leaky")));
+        assert!(message.contains("\"was-leaky\""), "{message}");
+        assert!(
+            message.contains("CKA_NEVER_EXTRACTABLE is not true"),
+            "{message}"
+        );
+        let message = unavailable(Pkcs11Kek::open(&hsm.spec("was-exposed")));
+        assert!(message.contains("\"was-exposed\""), "{message}");
+        assert!(
+            message.contains("CKA_ALWAYS_SENSITIVE is not true"),
+            "{message}"
+        );
+        hsm.open("kek");
+    }
+);
+
+// The token goes away under an open KEK (the module is finalised, as when
+// an HSM client restarts, and the token's directory is gone, as when the
+// device is pulled) and comes back: the same KEK object fails meanwhile,
+// with back-off between reopen attempts, then reopens its session and logs
+// in again by itself; what it wrapped before still opens.
+hsm_test!(the_session_is_reopened_when_the_token_returns, |hsm| {
+    let kek = hsm.open("kek");
+    let wrapped = kek.wrap(&DEK, b"aad").await.unwrap();
+    let dir = PathBuf::from(env::var_os(DIR).unwrap());
+    let (tokens, away) = (dir.join("tokens"), dir.join("tokens.away"));
+
+    std::fs::rename(&tokens, &away).unwrap();
+    Pkcs11::new(&hsm.module).unwrap().finalize().unwrap();
+    let first = kek.wrap(&DEK, b"aad").await.unwrap_err().to_string();
+    // SoftHSM2 without its token directory fails C_Initialize itself.
+    assert!(first.starts_with("pkcs11 KEK: "), "{first}");
+    let second = kek.unwrap(&wrapped, b"aad").await.unwrap_err().to_string();
+    assert!(
+        second.contains("the next attempt to reopen a session is in"),
+        "back-off: {second}"
+    );
+
+    std::fs::rename(&away, &tokens).unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        match kek.unwrap(&wrapped, b"aad").await {
+            Ok(dek) => {
+                assert_eq!(*dek, DEK);
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    start.elapsed() < std::time::Duration::from_secs(10),
+                    "never recovered: {e}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let again = kek.wrap(&DEK, b"aad2").await.unwrap();
+    assert_eq!(*kek.unwrap(&again, b"aad2").await.unwrap(), DEK);
 });
 
 hsm_test!(debug_shows_where_not_secrets, |hsm| {
