@@ -403,7 +403,19 @@ impl Inner {
                     ))
                 )));
             }
-            match open_session(&self.ctx, &self.spec) {
+            // A token that went away stays broken in some modules (SoftHSM2
+            // keeps a token it lost as failing until C_Initialize scans
+            // again): if a plain reopen fails, start the module afresh. This
+            // also ends sessions other KEKs in this process hold on the same
+            // module; they reopen theirs the same way on their next call.
+            let reopened = open_session(&self.ctx, &self.spec).or_else(|first| {
+                if self.ctx.clone().finalize().is_ok() {
+                    open_session(&self.ctx, &self.spec)
+                } else {
+                    Err(first)
+                }
+            });
+            match reopened {
                 Ok(open) => {
                     tracing::info!(
                         token = %self.spec.token,
