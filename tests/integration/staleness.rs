@@ -157,6 +157,146 @@ async fn a_refresh_applies_what_it_can_read_when_a_key_does_not_open() {
     assert_eq!(b.status().broken_keys, 0, "nothing was marked lost");
 }
 
+/// One key row corrupted in the store (SQLite, two managers on one file):
+/// the refresh marks that kid alone broken (Sign on its ring DATA_LOSS
+/// naming the ring) and still applies a revocation on another ring and the
+/// rotation's other timeline changes. (Integrity failures never aborted a
+/// refresh; this pins that down next to the KEK case above.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_with_one_corrupt_row_applies_the_other_changes() {
+    use signet::store::SqliteStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("signet.db");
+    let clock = Arc::new(ManualClock::new(UnixTime::from_secs(1_767_225_600)));
+    let kek = EphemeralKek::new().unwrap().open().await.unwrap();
+    let provider = || {
+        Arc::new(FlakyProvider(Arc::new(Flaky {
+            inner: kek.clone(),
+            down: Arc::new(AtomicBool::new(false)),
+        })))
+    };
+    let a = KeyManager::open(
+        Arc::new(SqliteStore::open(&path).await.unwrap()),
+        clock.clone(),
+        provider(),
+    )
+    .await
+    .unwrap();
+    a.unseal().await.unwrap();
+    let spec = KeySpec::new(Algorithm::EdDsa, 0).unwrap();
+    a.create_ring("r", spec).await.unwrap();
+    a.create_ring("s", spec).await.unwrap();
+    let b = KeyManager::open(
+        Arc::new(SqliteStore::open(&path).await.unwrap()),
+        clock,
+        provider(),
+    )
+    .await
+    .unwrap();
+    b.unseal().await.unwrap();
+    let leaked = published(&b, "r")[0].clone();
+    let s_old = published(&b, "s")[0].clone();
+
+    let (s_new, _) = a.rotate("s", true, "scheduled", None).await.unwrap();
+    let raw =
+        sqlx::SqlitePool::connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(&path))
+            .await
+            .unwrap();
+    let changed = sqlx::query("UPDATE keys SET sealed = zeroblob(length(sealed)) WHERE kid = ?")
+        .bind(s_new.kid.to_string())
+        .execute(&raw)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!(changed, 1);
+    a.revoke("r", &leaked, "leaked").await.unwrap();
+
+    assert_eq!(b.refresh().await.unwrap(), 2);
+    assert!(!published(&b, "r").contains(&leaked));
+    b.sign(sign_params("r")).await.unwrap();
+    let s_now = published(&b, "s");
+    assert!(
+        s_now.contains(&s_old) && !s_now.contains(&s_new.kid.to_string()),
+        "{s_now:?}"
+    );
+    let status = tonic::Status::from(b.sign(sign_params("s")).await.err().unwrap());
+    assert_eq!(status.code(), tonic::Code::DataLoss);
+    assert!(status.message().contains("ring s"), "{}", status.message());
+    assert_eq!(b.status().broken_keys, 1);
+}
+
+/// A sealed replica opens no key, but its refresh still takes in the
+/// store's public records: a key revoked elsewhere leaves its JWKS (before,
+/// a sealed replica did not read the store and kept publishing it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_replica_still_drops_a_revoked_key_from_its_jwks() {
+    let store: Arc<dyn KeyStore> = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(UnixTime::from_secs(1_767_225_600)));
+    let kek: Arc<dyn KekProvider> = Arc::new(EphemeralKek::new().unwrap());
+    let a = KeyManager::open(store.clone(), clock.clone(), kek.clone())
+        .await
+        .unwrap();
+    a.unseal().await.unwrap();
+    a.create_ring("r", KeySpec::new(Algorithm::EdDsa, 0).unwrap())
+        .await
+        .unwrap();
+    let b = KeyManager::open(store, clock, kek).await.unwrap();
+    b.unseal().await.unwrap();
+    let leaked = published(&b, "r")[0].clone();
+    b.seal().await;
+    assert_eq!(
+        published(&b, "r"),
+        vec![leaked.clone()],
+        "sealed, still published"
+    );
+
+    let (fresh, _) = a.rotate("r", true, "leak", None).await.unwrap();
+    a.revoke("r", &leaked, "leaked").await.unwrap();
+    assert_eq!(b.refresh().await.unwrap(), 1);
+    assert!(b.is_sealed());
+    let now = published(&b, "r");
+    assert!(!now.contains(&leaked), "{now:?}");
+    assert!(
+        !now.contains(&fresh.kid.to_string()),
+        "a key never opened here is not published before unseal: {now:?}"
+    );
+    b.unseal().await.unwrap();
+    assert_eq!(published(&b, "r"), [fresh.kid.to_string()]);
+}
+
+/// At start, a ring whose grace or publish_lead is not longer than
+/// max_staleness is named with the fix.
+#[tokio::test]
+async fn rings_whose_grace_or_lead_do_not_exceed_the_bound_are_named() {
+    let keys = KeyManager::ephemeral(Arc::new(ManualClock::new(UnixTime::from_secs(
+        1_767_225_600,
+    ))))
+    .await
+    .unwrap();
+    keys.create_ring("r", KeySpec::new(Algorithm::EdDsa, 0).unwrap())
+        .await
+        .unwrap();
+    assert!(keys.staleness_warnings().is_empty(), "no bound, no warning");
+    keys.set_max_staleness(Some(Duration::from_secs(300)));
+    assert!(keys.staleness_warnings().is_empty(), "defaults: 7d and 6d");
+    // Above the default publish_lead (6 days), under the grace (7 days).
+    keys.set_max_staleness(Some(Duration::from_secs(6 * 86_400 + 1)));
+    let w = keys.staleness_warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with(
+            "ring r: publish_lead 6days is not longer than store.max_staleness 6days 1s"
+        ),
+        "{}",
+        w[0]
+    );
+    assert!(
+        w[0].contains("raise publish_lead with `signet policy set`"),
+        "{}",
+        w[0]
+    );
+}
+
 /// Within the bound a replica signs; past it Sign and the JWKS answer
 /// UNAVAILABLE with the reason; a successful refresh lifts it.
 #[tokio::test]
