@@ -340,6 +340,18 @@ pub struct Store {
     /// notification, in seconds. Default 5.
     #[serde(default = "default_refresh")]
     pub refresh_interval_secs: u64,
+    /// Why `url` uses `sslmode=verify-ca` (the server's certificate chains
+    /// to the CA but its name is not checked) instead of `verify-full`.
+    /// Required with `verify-ca` to a host that is not loopback.
+    #[serde(default)]
+    pub tls_reason: Option<String>,
+    /// A replica on a shared store whose last successful refresh is older
+    /// than this stops signing and serving its JWKS, rather than use keys
+    /// that may have been revoked elsewhere; it resumes on the first
+    /// refresh that succeeds. Must be less than every ring's `grace` and
+    /// `publish_lead`. Between 10s and 1h; default `"5m"`.
+    #[serde(default = "default_max_staleness", with = "humantime_serde_compat")]
+    pub max_staleness: std::time::Duration,
 }
 
 impl Default for Store {
@@ -349,8 +361,82 @@ impl Default for Store {
             url: None,
             schema: None,
             refresh_interval_secs: default_refresh(),
+            tls_reason: None,
+            max_staleness: default_max_staleness(),
         }
     }
+}
+
+fn default_max_staleness() -> std::time::Duration {
+    std::time::Duration::from_secs(300)
+}
+
+/// The bounds of `store.max_staleness`.
+pub const MAX_STALENESS_BOUNDS: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_secs(10),
+    std::time::Duration::from_secs(3600),
+);
+
+/// Checks that a PostgreSQL `url` to a host that is not loopback verifies
+/// the server's certificate: `sslmode=verify-full`, or `verify-ca` with a
+/// `tls_reason`, and a root certificate (`sslrootcert=`). A URL without
+/// them would connect with sqlx's default (`prefer`): no certificate check
+/// and downgradable, so a network attacker could read and replay rows.
+pub fn check_store_tls(url: &str, tls_reason: Option<&str>) -> Result<(), String> {
+    let parsed = url::Url::parse(url)
+        .map_err(|e| format!("store.url: not a valid URL ({e}); e.g. postgres://user@host/db"))?;
+    let query = |names: &[&str]| {
+        parsed
+            .query_pairs()
+            .filter(|(k, _)| names.contains(&k.as_ref()))
+            .map(|(_, v)| v.into_owned())
+            .last()
+    };
+    // sqlx connects to a Unix socket when the host (in the authority or a
+    // `host=` parameter) is a path.
+    let host = match query(&["host"]) {
+        Some(h) => h,
+        None => parsed.host_str().unwrap_or_default().to_owned(),
+    };
+    let decoded = url::form_urlencoded::parse(format!("h={host}").as_bytes())
+        .map(|(_, v)| v.into_owned())
+        .next()
+        .unwrap_or_default();
+    let local = decoded.is_empty()
+        || decoded.starts_with('/')
+        || decoded.eq_ignore_ascii_case("localhost")
+        || decoded
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if local {
+        return Ok(());
+    }
+    let fix = "add sslmode=verify-full&sslrootcert=/etc/signet/db-ca.pem (or verify-ca with \
+               store.tls_reason)";
+    let mode = query(&["sslmode", "ssl-mode"]).unwrap_or_default();
+    match mode.as_str() {
+        "verify-full" => {}
+        "verify-ca" if tls_reason.is_some_and(|r| !r.trim().is_empty()) => {}
+        "verify-ca" => {
+            return Err(format!(
+                "store.url: host {decoded} is not loopback and sslmode=verify-ca does not check \
+                 the server's name: use sslmode=verify-full, or state why not in \
+                 store.tls_reason = \"...\""
+            ));
+        }
+        _ => {
+            return Err(format!("store.url: host {decoded} is not loopback: {fix}"));
+        }
+    }
+    if query(&["sslrootcert", "ssl-root-cert", "ssl-ca"]).is_none_or(|c| c.is_empty()) {
+        return Err(format!(
+            "store.url: host {decoded} is not loopback: add sslrootcert=/etc/signet/db-ca.pem \
+             (the CA the database's certificate must chain to)"
+        ));
+    }
+    Ok(())
 }
 
 fn default_refresh() -> u64 {
@@ -508,6 +594,27 @@ impl Config {
         {
             return Err("store.url: must be a postgres:// URL".into());
         }
+        if let Some(url) = &self.store.url {
+            check_store_tls(url, self.store.tls_reason.as_deref())?;
+        }
+        let (lo, hi) = MAX_STALENESS_BOUNDS;
+        if self.store.max_staleness < lo || self.store.max_staleness > hi {
+            return Err(format!(
+                "store.max_staleness: {} is outside 10s..1h",
+                humantime::format_duration(self.store.max_staleness)
+            ));
+        }
+        if self.store.url.is_some()
+            && self.store.max_staleness
+                <= std::time::Duration::from_secs(self.store.refresh_interval_secs)
+        {
+            return Err(format!(
+                "store.max_staleness: {} must be longer than store.refresh_interval_secs ({}s), \
+                 or every replica would stop signing between two refreshes",
+                humantime::format_duration(self.store.max_staleness),
+                self.store.refresh_interval_secs
+            ));
+        }
         if self.store.refresh_interval_secs == 0 || self.store.refresh_interval_secs > 300 {
             return Err("store.refresh_interval_secs: must be between 1 and 300".into());
         }
@@ -663,5 +770,120 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("unknown field `client_ca`"), "{e}");
+    }
+
+    /// A PostgreSQL URL to a host that is not loopback must verify the
+    /// server's certificate against a CA the URL names.
+    #[test]
+    fn store_url_to_another_host_needs_verified_tls() {
+        let with = |url: &str, reason: Option<&str>| {
+            let mut text = format!(
+                "[seal]\nkek = \"env:K\"\n[authz]\npolicy = \"p\"\n[store]\nurl = {url:?}\n"
+            );
+            if let Some(r) = reason {
+                text.push_str(&format!("tls_reason = {r:?}\n"));
+            }
+            check(&text).map(|_| ())
+        };
+        let fix = "add sslmode=verify-full&sslrootcert=/etc/signet/db-ca.pem (or verify-ca with store.tls_reason)";
+        let refused = [
+            (
+                "postgres://signet@db.internal/signet",
+                "host db.internal is not loopback: ",
+            ),
+            (
+                "postgres://signet@db.internal/signet?sslmode=require",
+                "host db.internal is not loopback: ",
+            ),
+            (
+                "postgres://signet@db.internal/signet?sslmode=prefer&sslrootcert=/ca.pem",
+                "host db.internal is not loopback: ",
+            ),
+            (
+                "postgresql://10.0.0.5:5432/signet?sslmode=disable",
+                "host 10.0.0.5 is not loopback: ",
+            ),
+            (
+                "postgres://[2001:db8::1]/signet",
+                "host [2001:db8::1] is not loopback: ",
+            ),
+        ];
+        for (url, want) in refused {
+            let e = with(url, None).unwrap_err();
+            assert_eq!(e, format!("store.url: {want}{fix}"), "{url}");
+        }
+        // verify-full without a root certificate: the fix names it.
+        let e = with("postgres://db.internal/signet?sslmode=verify-full", None).unwrap_err();
+        assert!(
+            e.starts_with("store.url: host db.internal is not loopback: add sslrootcert="),
+            "{e}"
+        );
+        // verify-ca needs a stated reason, and a root certificate.
+        let ca = "postgres://db.internal/signet?sslmode=verify-ca&sslrootcert=/ca.pem";
+        let e = with(ca, None).unwrap_err();
+        assert!(
+            e.contains("sslmode=verify-ca does not check the server's name"),
+            "{e}"
+        );
+        assert!(with(ca, Some("  ")).is_err(), "a blank reason is no reason");
+        with(
+            ca,
+            Some("the database certificate is issued for an IP address"),
+        )
+        .unwrap();
+        let e = with("postgres://db.internal/signet?sslmode=verify-ca", Some("x")).unwrap_err();
+        assert!(e.contains("add sslrootcert="), "{e}");
+        // Accepted: verify-full with a CA, in either spelling.
+        with("postgres://signet@db.internal/signet?sslmode=verify-full&sslrootcert=/etc/signet/db-ca.pem", None).unwrap();
+        with(
+            "postgres://db.internal/signet?ssl-mode=verify-full&ssl-root-cert=/ca.pem",
+            None,
+        )
+        .unwrap();
+        // Loopback and Unix sockets need no TLS.
+        for url in [
+            "postgres://postgres@127.0.0.1:5432/test",
+            "postgres://127.0.0.9/test",
+            "postgres://localhost/test",
+            "postgres://[::1]:5432/test",
+            "postgres:///test",
+            "postgres://%2Fvar%2Frun%2Fpostgresql/test",
+            "postgres://db.internal/test?host=/var/run/postgresql",
+        ] {
+            with(url, None).unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+        // A `host=` parameter overrides the authority: a remote one counts.
+        let e = with("postgres://localhost/test?host=db.internal", None).unwrap_err();
+        assert!(e.contains("host db.internal is not loopback"), "{e}");
+    }
+
+    #[test]
+    fn max_staleness_bounds_and_default() {
+        let base = "[seal]\nkek = \"env:K\"\n[authz]\npolicy = \"p\"\n[store]\n";
+        let c = check(base).unwrap();
+        assert_eq!(
+            c.config.store.max_staleness,
+            std::time::Duration::from_secs(300)
+        );
+        for bad in ["\"9s\"", "\"2h\"", "0"] {
+            let e = check(&format!("{base}max_staleness = {bad}\n")).unwrap_err();
+            assert!(
+                e.starts_with("store.max_staleness: ") && e.ends_with("is outside 10s..1h"),
+                "{bad}: {e}"
+            );
+        }
+        let c = check(&format!("{base}max_staleness = \"10s\"\n")).unwrap();
+        assert_eq!(
+            c.config.store.max_staleness,
+            std::time::Duration::from_secs(10)
+        );
+        let e = check(&format!(
+            "{base}url = \"postgres://127.0.0.1/t\"\nmax_staleness = \"10s\"\nrefresh_interval_secs = 10\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("must be longer than store.refresh_interval_secs (10s)"),
+            "{e}"
+        );
     }
 }

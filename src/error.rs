@@ -97,6 +97,15 @@ pub enum Error {
     /// action was not taken.
     #[error("audit unavailable: the action's intent could not be recorded, so nothing was done")]
     AuditUnavailable,
+    /// A replica of a shared store has not read it for longer than
+    /// `store.max_staleness` (the bound): keys revoked elsewhere may still
+    /// be held here, so it neither signs nor publishes until a refresh
+    /// succeeds.
+    #[error(
+        "key store unreachable for {}: refusing to sign with keys that may have been revoked",
+        humantime::format_duration(*.0)
+    )]
+    Stale(std::time::Duration),
     /// The signing pool is gone (the server is shutting down).
     #[error("the service is shutting down")]
     ShuttingDown,

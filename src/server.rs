@@ -48,6 +48,9 @@ pub struct ServerOptions {
     pub store_url: Option<(String, Option<String>)>,
     /// How often to re-read a shared store without a notification.
     pub refresh_interval: std::time::Duration,
+    /// A replica on a shared store stops signing and serving its JWKS when
+    /// its last successful refresh is older than this (`store.max_staleness`).
+    pub max_staleness: std::time::Duration,
     /// KEK provider.
     pub kek: KekSpec,
     /// Rings to create when missing.
@@ -292,6 +295,12 @@ pub async fn prepare(opts: &ServerOptions) -> anyhow::Result<Prepared> {
                     "publish_lead is under 10 x refresh_interval: a replica could sign with a key another has not published yet; raise it with `signet policy set`"
                 );
             }
+        }
+        // Only a replica on a shared store can miss a change made
+        // elsewhere; the embedded store is its own truth and never stale.
+        keys.set_max_staleness(Some(opts.max_staleness));
+        for warning in keys.staleness_warnings() {
+            tracing::warn!("{warning}");
         }
     }
     if opts.start_sealed {
@@ -586,7 +595,9 @@ async fn refresh_loop(
     tokio::pin!(shutdown);
     let mut listener = None;
     let mut store_up = true;
+    let mut stale = false;
     metrics::gauge!("signet_store_up").set(1.0);
+    metrics::gauge!("signet_store_stale").set(0.0);
     loop {
         if listener.is_none() {
             listener = match store.subscribe().await {
@@ -610,7 +621,18 @@ async fn refresh_loop(
             },
             () = tokio::time::sleep(every) => {}
         }
-        match keys.refresh().await {
+        // A refresh can hang on a dead connection for a while: staleness
+        // is reported as it sets in, not when the refresh gives up.
+        let refresh = keys.refresh();
+        tokio::pin!(refresh);
+        let result = loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                r = &mut refresh => break r,
+                () = tokio::time::sleep(every) => report_staleness(&keys, &mut stale),
+            }
+        };
+        match result {
             Ok(_) => {
                 if !store_up {
                     tracing::info!("the shared store answers again; key set refreshed");
@@ -623,9 +645,11 @@ async fn refresh_loop(
                 if store_up {
                     tracing::warn!(
                         error = %e,
+                        max_staleness = %keys.max_staleness().map(humantime::format_duration).map(|d| d.to_string()).unwrap_or_default(),
                         "the shared store does not answer: signing with the keys held and \
-                         serving their JWKS; rotation and admin writes answer UNAVAILABLE; \
-                         revocations made elsewhere are not seen until it returns"
+                         serving their JWKS until max_staleness passes, then refusing both; \
+                         rotation and admin writes answer UNAVAILABLE; revocations made \
+                         elsewhere are not seen until it returns"
                     );
                 } else {
                     tracing::warn!(error = %e, "the shared store still does not answer");
@@ -633,6 +657,27 @@ async fn refresh_loop(
                 store_up = false;
             }
         }
+        report_staleness(&keys, &mut stale);
         metrics::gauge!("signet_store_up").set(if store_up { 1.0 } else { 0.0 });
     }
+}
+
+/// Logs when the key set goes stale (past `store.max_staleness`) and when
+/// it is current again, once per change (the refusal itself is on every
+/// Sign), and sets `signet_store_stale`.
+fn report_staleness(keys: &KeyManager, stale: &mut bool) {
+    match (keys.check_fresh(), *stale) {
+        (Err(e), false) => {
+            tracing::error!(
+                "{e}; Sign answers UNAVAILABLE and /readyz and the JWKS 503 until the store answers"
+            );
+            *stale = true;
+        }
+        (Ok(()), true) => {
+            tracing::info!("the key set is current again: signing and serving the JWKS");
+            *stale = false;
+        }
+        _ => {}
+    }
+    metrics::gauge!("signet_store_stale").set(if *stale { 1.0 } else { 0.0 });
 }

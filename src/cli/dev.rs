@@ -73,6 +73,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         data_dir: data_dir.clone(),
         store_url: None,
         refresh_interval: std::time::Duration::from_secs(5),
+        max_staleness: std::time::Duration::from_secs(300),
         kek: kek.clone(),
         rings: vec![(
             RingName::parse("default", "ring")?,

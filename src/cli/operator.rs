@@ -71,6 +71,10 @@ pub struct RekeyArgs {
     /// The new KEK spec.
     #[arg(long)]
     new_kek: String,
+    /// Run even if memory cannot be locked (the data keys it handles could
+    /// then be swapped to disk); also `seal.allow_unlocked_memory`.
+    #[arg(long)]
+    allow_unlocked_memory: bool,
 }
 
 fn print_status(s: &pb::StatusResponse, json: bool) -> anyhow::Result<()> {
@@ -190,30 +194,41 @@ pub(super) async fn open_store(
 
 async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
     // The data dir, the current KEK, and the shared store if configured.
-    let (data_dir, old, shared): (PathBuf, KekSpec, Option<(String, Option<String>)>) =
-        match (&args.config, &args.data_dir) {
-            (Some(path), _) => {
-                let checked = Config::load(path)?;
-                let old = match &args.kek {
-                    Some(s) => s.parse().context("--kek")?,
-                    None => checked.kek,
-                };
-                let store = checked.config.store;
-                (
-                    store.data_dir,
-                    old,
-                    store.url.map(|url| (url, store.schema)),
-                )
-            }
-            (None, Some(dir)) => {
-                let old = args
-                    .kek
-                    .as_deref()
-                    .context("--kek is required with --data-dir")?;
-                (dir.clone(), old.parse().context("--kek")?, None)
-            }
-            (None, None) => bail!("give --config FILE, or --data-dir DIR with --kek SPEC"),
-        };
+    let (data_dir, old, shared, config_allows_unlocked): (
+        PathBuf,
+        KekSpec,
+        Option<(String, Option<String>)>,
+        bool,
+    ) = match (&args.config, &args.data_dir) {
+        (Some(path), _) => {
+            let checked = Config::load(path)?;
+            let old = match &args.kek {
+                Some(s) => s.parse().context("--kek")?,
+                None => checked.kek,
+            };
+            let allow = checked.config.seal.allow_unlocked_memory;
+            let store = checked.config.store;
+            (
+                store.data_dir,
+                old,
+                store.url.map(|url| (url, store.schema)),
+                allow,
+            )
+        }
+        (None, Some(dir)) => {
+            let old = args
+                .kek
+                .as_deref()
+                .context("--kek is required with --data-dir")?;
+            (dir.clone(), old.parse().context("--kek")?, None, false)
+        }
+        (None, None) => bail!("give --config FILE, or --data-dir DIR with --kek SPEC"),
+    };
+    // Every data key and the audit key pass through this process in the
+    // clear: the same hardening as the server (no core dump, no ptrace
+    // attach, memory locked), before any KEK is opened.
+    crate::hardening::harden_process(args.allow_unlocked_memory || config_allows_unlocked)
+        .context("operator rekey: cannot harden the process")?;
     let new: KekSpec = args.new_kek.parse().context("--new-kek")?;
     if new == old {
         bail!("--new-kek is the current KEK ({old}); give a different one");

@@ -69,6 +69,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         data_dir: c.store.data_dir.clone(),
         store_url: c.store.url.clone().map(|u| (u, c.store.schema.clone())),
         refresh_interval: std::time::Duration::from_secs(c.store.refresh_interval_secs),
+        max_staleness: c.store.max_staleness,
         kek,
         rings: checked.rings.clone(),
         start_sealed: args.start_sealed,

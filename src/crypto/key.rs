@@ -31,7 +31,11 @@ use super::{
 enum Inner {
     Rsa(RsaKeyPair, &'static dyn RsaEncoding),
     P256(EcdsaKeyPair),
-    Ed25519(ed25519_dalek::SigningKey),
+    // Boxed: the dalek key holds its seed inline, so every move of a
+    // `SigningKey` through a heap slot (a task's output, a future's state)
+    // would leave a copy of the seed behind in memory freed unwiped. Boxed,
+    // only the pointer moves, and dalek wipes the one copy on drop.
+    Ed25519(Box<ed25519_dalek::SigningKey>),
 }
 
 /// A parsed private key, ready to sign, with its public JWK.
@@ -61,7 +65,7 @@ impl SigningKey {
             }
             Algorithm::EdDsa | Algorithm::Ed25519 => {
                 let seed = Zeroizing::new(random_bytes::<32>()?);
-                Inner::Ed25519(ed25519_dalek::SigningKey::from_bytes(&seed))
+                Inner::Ed25519(Box::new(ed25519_dalek::SigningKey::from_bytes(&seed)))
             }
         };
         Self::with_inner(alg, inner)
@@ -77,9 +81,9 @@ impl SigningKey {
                 &ECDSA_P256_SHA256_FIXED_SIGNING,
                 der,
             )?),
-            Algorithm::EdDsa | Algorithm::Ed25519 => Inner::Ed25519(
+            Algorithm::EdDsa | Algorithm::Ed25519 => Inner::Ed25519(Box::new(
                 ed25519_dalek::SigningKey::from_pkcs8_der(der).map_err(|_| CryptoError)?,
-            ),
+            )),
         };
         Self::with_inner(alg, inner)
     }

@@ -185,6 +185,13 @@ fn prepare(s: &AppState, ring_name: &str) -> Result<Option<(Arc<Prepared>, u64)>
 }
 
 fn jwks(s: &AppState, ring: &str, headers: &HeaderMap) -> Response {
+    // A replica that lost the store for longer than its bound may publish a
+    // key revoked elsewhere: 503, not to be stored, so verifiers keep the
+    // set they had (or fetch from a replica that is current).
+    if let Err(e) = s.keys.check_fresh() {
+        counter!("signet_jwks_requests_total", "status" => "503").increment(1);
+        return unavailable(&e.to_string());
+    }
     let (p, max_age) = match prepare(s, ring) {
         Ok(Some(x)) => x,
         // An empty set would be cached by verifiers for max-age, and every
@@ -243,17 +250,21 @@ fn jwks(s: &AppState, ring: &str, headers: &HeaderMap) -> Response {
 /// database must read as "degraded", not as a hung replica.
 const READY_STORE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Readiness: 503 while sealed (nothing to sign with); 200 `ready` with the
-/// store answering; 200 `degraded: ...` without it, because the replica
-/// still signs with the keys it holds and serves their JWKS, and taking
-/// every replica out of a load balancer during a database outage would turn
-/// it into a signing outage.
+/// Readiness: 503 while sealed (nothing to sign with) or stale (the store
+/// unread for longer than `store.max_staleness`); 200 `ready` with the
+/// store answering; 200 `degraded: ...` without it within the bound,
+/// because the replica still signs with the keys it holds and serves their
+/// JWKS, and taking every replica out of a load balancer during a short
+/// database outage would turn it into a signing outage.
 async fn readyz(State(s): State<AppState>) -> Response {
     if s.keys.is_sealed() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "sealed: run `signet unseal`",
         );
+    }
+    if let Err(e) = s.keys.check_fresh() {
+        return unavailable(&format!("stale: {e}"));
     }
     // The cause (host, driver error) is for the server log, not for an
     // unauthenticated endpoint.

@@ -58,13 +58,43 @@ pub struct TickReport {
 impl KeyManager {
     /// Creates a ring with one key that is published and active at once.
     pub async fn create_ring(&self, name: &str, spec: KeySpec) -> Result<RingInfo, Error> {
+        self.create_ring_from(name, spec, None).await
+    }
+
+    /// Creates a ring whose first key is `key`, imported rather than
+    /// generated. Only for tests that must know a key's bytes (the memory
+    /// test's canary key); not part of the service's API: a ring's keys are
+    /// generated inside the process, never brought in.
+    #[doc(hidden)]
+    pub async fn create_ring_with_key(
+        &self,
+        name: &str,
+        spec: KeySpec,
+        key: crate::crypto::SigningKey,
+    ) -> Result<RingInfo, Error> {
+        if key.alg() != spec.alg() {
+            return Err(crate::crypto::CryptoError.into());
+        }
+        self.create_ring_from(name, spec, Some(LoadedKey::new(key)))
+            .await
+    }
+
+    async fn create_ring_from(
+        &self,
+        name: &str,
+        spec: KeySpec,
+        key: Option<LoadedKey>,
+    ) -> Result<RingInfo, Error> {
         let name = RingName::parse(name, "name")?;
         let _writer = self.shared.writer.lock().await;
         let kek = self.kek().ok_or(Error::Sealed)?;
         if self.shared.snapshot.load().ring(&name).is_some() {
             return Err(Error::RingExists(name));
         }
-        let loaded = self.generate(spec).await?;
+        let loaded = match key {
+            Some(key) => key,
+            None => self.generate(spec).await?,
+        };
         let now = self.now();
         let record = sealed_record(&*kek, &name, &loaded, Timeline::immediate(now), None).await?;
         let ring = RingRecord {

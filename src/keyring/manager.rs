@@ -54,6 +54,36 @@ pub(super) struct Shared {
     /// Bumped whenever a new snapshot is installed, so watchers (WatchJwks,
     /// the HTTP JWKS cache) learn of writes at once.
     changes: tokio::sync::watch::Sender<u64>,
+    /// How current the snapshot is, for a replica of a shared store.
+    freshness: Freshness,
+}
+
+/// When this process last read the whole store, and how old that may get
+/// before it stops signing (`store.max_staleness`). Atomics, not a lock:
+/// Sign reads them on every call.
+struct Freshness {
+    /// The zero of the two clocks below; monotonic, so a wall-clock jump
+    /// neither hides nor fakes an outage.
+    base: std::time::Instant,
+    /// Milliseconds since `base` of the last successful refresh.
+    last_ok_ms: std::sync::atomic::AtomicU64,
+    /// The bound in milliseconds; 0 = never stale (a single process that
+    /// is its own store).
+    max_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Freshness {
+    fn new() -> Self {
+        Self {
+            base: std::time::Instant::now(),
+            last_ok_ms: std::sync::atomic::AtomicU64::new(0),
+            max_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 /// The public view of a ring.
@@ -107,6 +137,7 @@ impl KeyManager {
                 pool,
                 min_publish_lead: std::sync::atomic::AtomicU64::new(0),
                 changes: tokio::sync::watch::Sender::new(0),
+                freshness: Freshness::new(),
             }),
         })
     }
@@ -131,6 +162,86 @@ impl KeyManager {
         self.shared
             .min_publish_lead
             .store(lead.as_secs(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Makes this manager a replica of a shared store: once its last
+    /// successful [`KeyManager::refresh`] (or unseal) is older than `max`,
+    /// Sign and the JWKS answer [`Error::Stale`] until a refresh succeeds.
+    /// `None` turns the bound off (a store only this process writes). The
+    /// clock starts now: the records were just read by [`KeyManager::open`].
+    pub fn set_max_staleness(&self, max: Option<std::time::Duration>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let f = &self.shared.freshness;
+        f.last_ok_ms.store(f.now_ms(), Relaxed);
+        let ms = max.map_or(0, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
+        f.max_ms.store(ms, Relaxed);
+    }
+
+    /// The configured staleness bound, if any.
+    pub fn max_staleness(&self) -> Option<std::time::Duration> {
+        match self
+            .shared
+            .freshness
+            .max_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => None,
+            ms => Some(std::time::Duration::from_millis(ms)),
+        }
+    }
+
+    /// Records that the whole store was just read.
+    pub(super) fn mark_fresh(&self) {
+        let f = &self.shared.freshness;
+        f.last_ok_ms
+            .store(f.now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long since the store was last read in full.
+    pub fn since_refresh(&self) -> std::time::Duration {
+        let f = &self.shared.freshness;
+        let last = f.last_ok_ms.load(std::sync::atomic::Ordering::Relaxed);
+        std::time::Duration::from_millis(f.now_ms().saturating_sub(last))
+    }
+
+    /// `Err(Error::Stale)` once the last successful refresh is older than
+    /// the bound: keys revoked on another replica since then may still be
+    /// held here, so this replica must not sign or publish.
+    pub fn check_fresh(&self) -> Result<(), Error> {
+        match self.max_staleness() {
+            Some(max) if self.since_refresh() > max => Err(Error::Stale(max)),
+            _ => Ok(()),
+        }
+    }
+
+    /// One line per ring whose `grace` or `publish_lead` is not longer than
+    /// the staleness bound: a replica could then keep signing with, or keep
+    /// publishing, a key past the point where the others dropped it.
+    pub fn staleness_warnings(&self) -> Vec<String> {
+        let Some(max) = self.max_staleness() else {
+            return Vec::new();
+        };
+        let show = |d: std::time::Duration| humantime::format_duration(d).to_string();
+        let mut out = Vec::new();
+        for ring in self.snapshot().rings() {
+            let p = ring.record().policy;
+            for (field, value) in [("grace", p.grace), ("publish_lead", p.publish_lead)] {
+                if value <= max {
+                    out.push(format!(
+                        "ring {}: {field} {} is not longer than store.max_staleness {}: a \
+                         replica cut off from the store could act on a key the others have \
+                         already moved past; raise {field} with `signet policy set` or lower \
+                         store.max_staleness",
+                        ring.name(),
+                        show(value),
+                        show(max)
+                    ));
+                }
+            }
+        }
+        out
     }
 
     /// The smallest publish_lead a policy may have.
@@ -252,6 +363,7 @@ impl KeyManager {
     /// The ring's JWKS and the keys in it.
     pub fn jwks(&self, name: &str, field: &str) -> Result<(JwkSet, Vec<KeyInfo>), Error> {
         let ring = self.ring(name, field)?;
+        self.check_fresh()?;
         let now = self.now();
         let infos = ring
             .record

@@ -53,6 +53,7 @@ impl KeyManager {
     /// caller gave none, so every token can be told apart in audit records.
     pub async fn sign(&self, p: SignParams<'_>) -> Result<Signed, Error> {
         let ring = self.ring(p.ring, "key_ring")?;
+        self.check_fresh()?;
         let policy = ring.record().policy;
         let mut ttl = match p.ttl {
             None => policy.default_token_ttl,

@@ -35,14 +35,30 @@ pub struct Status {
     pub broken_keys: usize,
 }
 
+/// What [`open_ring`] does when the KEK itself fails on a key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum OnKekError {
+    /// Fail the whole ring (unseal: all or nothing, the service stays sealed).
+    Abort,
+    /// Leave that key unopened and go on (refresh: the ring's tombstones and
+    /// timeline changes must apply even while the KEK hiccups; the key is
+    /// retried on the next refresh).
+    Skip,
+}
+
 /// Builds a ring from its stored record, opening every sealed key under
-/// `kek`. Keys whose record is unchanged from `previous` are reused, not
-/// opened again. A record that fails its integrity check is marked broken
-/// (never loaded or published); a KEK failure aborts.
+/// `kek` (`None` while sealed: nothing is opened). Keys whose record is
+/// unchanged from `previous` are reused, not opened again. A record that
+/// fails its integrity check is marked broken (never loaded or published).
+/// A KEK failure aborts or skips that key, as `on_kek_error` says; a key
+/// left unopened is neither loaded nor broken, so Sign answers UNAVAILABLE
+/// for it, and it stays published only if this process verified the same
+/// public key before.
 pub(super) async fn open_ring(
-    kek: &dyn Kek,
+    kek: Option<&dyn Kek>,
     record: crate::store::RingRecord,
     previous: Option<&Ring>,
+    on_kek_error: OnKekError,
 ) -> Result<Ring, Error> {
     let mut ring = Ring {
         record,
@@ -54,8 +70,8 @@ pub(super) async fn open_ring(
         let Some(blob) = &key.sealed else {
             continue; // destroyed: a tombstone
         };
-        if let Some(prev) = previous
-            && let Some(old) = prev.record.keys.iter().find(|k| k.kid == key.kid)
+        let old = previous.and_then(|p| p.record.keys.iter().find(|k| k.kid == key.kid));
+        if let (Some(prev), Some(old)) = (previous, old)
             && old.sealed.as_ref() == Some(blob)
             && old.timeline == key.timeline
         {
@@ -69,6 +85,15 @@ pub(super) async fn open_ring(
                 continue;
             }
         }
+        // The public key was proven by opening its sealed record before.
+        let verified_before = previous.is_some_and(|p| p.verified.contains(&key.kid))
+            && old.is_some_and(|o| o.jwk == key.jwk);
+        let Some(kek) = kek else {
+            if verified_before {
+                ring.verified.insert(key.kid.clone());
+            }
+            continue;
+        };
         let ctx = KeyContext {
             ring: &ring.record.name,
             kid: &key.kid,
@@ -89,10 +114,32 @@ pub(super) async fn open_ring(
                 );
                 ring.broken.insert(key.kid.clone());
             }
-            Err(SealError::Kek(e)) => return Err(Error::Kek(e)),
+            Err(SealError::Kek(e)) if on_kek_error == OnKekError::Abort => {
+                return Err(Error::Kek(e));
+            }
+            Err(SealError::Kek(e)) => {
+                tracing::warn!(
+                    ring = %ring.record.name,
+                    kid = %key.kid,
+                    error = %e,
+                    "cannot open this key now (KEK unavailable); the ring's other changes apply, \
+                     and the key is retried on the next refresh"
+                );
+                if verified_before {
+                    ring.verified.insert(key.kid.clone());
+                }
+            }
         }
     }
     Ok(ring)
+}
+
+/// Whether `ring` holds a sealed key that is neither loaded nor broken: one
+/// a KEK failure left unopened, to retry.
+fn has_unopened(ring: &Ring) -> bool {
+    ring.record.keys.iter().any(|k| {
+        k.sealed.is_some() && !ring.loaded.contains_key(&k.kid) && !ring.broken.contains(&k.kid)
+    })
 }
 
 /// Maps a sealing failure for one key to the service error.
@@ -164,11 +211,12 @@ impl KeyManager {
 
         let mut rings = HashMap::new();
         for record in self.store().load().await? {
-            let ring = open_ring(&*kek, record, None).await?;
+            let ring = open_ring(Some(&*kek), record, None, OnKekError::Abort).await?;
             rings.insert(ring.record.name.clone(), Arc::new(ring));
         }
         self.install_all(KeySet { rings });
         self.set_kek(Some(kek));
+        self.mark_fresh();
         let status = self.status();
         tracing::info!(
             kek = %describe,
@@ -317,21 +365,27 @@ impl KeyManager {
     /// Re-reads the store and takes in whatever other writers (replicas
     /// sharing the store) changed: new keys, new timelines, destroyed
     /// material, new rings. Unchanged rings and keys are kept as they are.
-    /// Returns how many rings changed. Does nothing while sealed.
+    /// A key whose sealed record cannot be opened now (the KEK fails) is
+    /// left unopened and retried on the next refresh, and every other
+    /// change, tombstones and timelines included, applies regardless. While
+    /// sealed, public records are still taken in (a revoked key leaves the
+    /// JWKS) and nothing is opened. Returns how many rings changed; a
+    /// successful read resets the staleness clock.
     pub async fn refresh(&self) -> Result<usize, Error> {
         let _writer = self.shared.writer.lock().await;
-        let Some(kek) = self.kek() else {
-            return Ok(0);
-        };
+        let kek = self.kek();
         let current = self.snapshot();
         let mut rings = current.rings.clone();
         let mut changed = 0;
         for record in self.store().load().await? {
             let prev = current.ring(&record.name);
-            if prev.is_some_and(|p| p.record.generation == record.generation) {
+            if prev.is_some_and(|p| {
+                p.record.generation == record.generation && (kek.is_none() || !has_unopened(p))
+            }) {
                 continue;
             }
-            let ring = open_ring(&*kek, record, prev.map(|p| &**p)).await?;
+            let ring =
+                open_ring(kek.as_deref(), record, prev.map(|p| &**p), OnKekError::Skip).await?;
             tracing::info!(ring = %ring.record.name, generation = ring.record.generation, "ring refreshed from the store");
             rings.insert(ring.record.name.clone(), Arc::new(ring));
             changed += 1;
@@ -339,6 +393,7 @@ impl KeyManager {
         if changed > 0 {
             self.install_all(KeySet { rings });
         }
+        self.mark_fresh();
         Ok(changed)
     }
 }

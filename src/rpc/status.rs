@@ -22,6 +22,7 @@ impl From<Error> for Status {
             | Error::ShuttingDown
             | Error::AuditUnavailable
             | Error::Sealed
+            | Error::Stale(_)
             | Error::Kek(_)
             | Error::WrongKek(_) => Code::Unavailable,
             Error::DataLoss { .. } => Code::DataLoss,

@@ -126,7 +126,12 @@ pub async fn seal(
     let nonce = random_bytes::<NONCE_LEN>().map_err(no_rng)?;
     let pkcs8 = key.to_pkcs8().map_err(|_| SealError::Integrity)?;
     // The buffer holds plaintext until sealed in place; wipe it either way.
-    let mut body = Zeroizing::new(pkcs8.to_vec());
+    // Room for the tag from the start: appending it to a full Vec would
+    // reallocate and free the plaintext copy unwiped.
+    let tag_len = AES_256_GCM.tag_len();
+    let mut body = Zeroizing::new(Vec::with_capacity(pkcs8.len() + tag_len));
+    body.extend_from_slice(&pkcs8);
+    drop(pkcs8);
     aead(&dek)?
         .seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),

@@ -105,16 +105,27 @@ impl LocalKek {
             ))
         };
         let value = value.trim();
-        let bytes = Zeroizing::new(
-            [&STANDARD, &URL_SAFE]
-                .into_iter()
-                .find_map(|engine| engine.decode(value).ok())
-                .ok_or_else(|| bad("not valid base64".to_owned()))?,
-        );
-        let key: [u8; 32] = bytes
-            .as_slice()
+        // Decoded into a wiped buffer on the stack: `decode` would return a
+        // heap Vec, and the attempt in the wrong alphabet frees a partly
+        // decoded key unwiped.
+        let mut buf = Zeroizing::new([0u8; 64]);
+        let mut decoded = None;
+        for engine in [&STANDARD, &URL_SAFE] {
+            match engine.decode_slice(value, &mut *buf) {
+                Ok(n) => {
+                    decoded = Some(n);
+                    break;
+                }
+                Err(base64::DecodeSliceError::OutputSliceTooSmall) => {
+                    return Err(bad("decodes to more than 32 bytes".to_owned()));
+                }
+                Err(base64::DecodeSliceError::DecodeError(_)) => {}
+            }
+        }
+        let n = decoded.ok_or_else(|| bad("not valid base64".to_owned()))?;
+        let key: [u8; 32] = buf[..n]
             .try_into()
-            .map_err(|_| bad(format!("decodes to {} bytes, not 32", bytes.len())))?;
+            .map_err(|_| bad(format!("decodes to {n} bytes, not 32")))?;
         Ok(Self {
             kind: "env",
             key: Zeroizing::new(key),
@@ -137,17 +148,26 @@ impl Kek for LocalKek {
     async fn wrap(&self, dek: &[u8; 32], aad: &[u8]) -> Result<Vec<u8>, KekError> {
         let nonce = random_bytes::<NONCE_LEN>()
             .map_err(|_| KekError::Unavailable("no randomness".into()))?;
-        let mut out = nonce.to_vec();
-        let mut body = dek.to_vec();
-        self.aead()?
-            .seal_in_place_append_tag(
+        // Sealed in place in the buffer returned, made with room for the
+        // tag: appending it to a full Vec would reallocate and free a
+        // plaintext copy of the data key unwiped. Until sealed the buffer
+        // holds the data key, so it is wiped if sealing fails.
+        let mut out = Zeroizing::new(Vec::with_capacity(
+            NONCE_LEN + dek.len() + AES_256_GCM.tag_len(),
+        ));
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(dek);
+        let tag = self
+            .aead()?
+            .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(aad),
-                &mut body,
+                &mut out[NONCE_LEN..],
             )
             .map_err(|_| KekError::Unavailable("AES-256-GCM seal failed".into()))?;
-        out.extend_from_slice(&body);
-        Ok(out)
+        out.extend_from_slice(tag.as_ref());
+        // Sealed: ciphertext only from here on.
+        Ok(std::mem::take(&mut *out))
     }
 
     async fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<DataKey, KekError> {

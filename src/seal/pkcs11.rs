@@ -173,18 +173,41 @@ fn is_env_name(s: &str) -> bool {
 /// Holds one logged-in session. Clones are not offered: share it behind an
 /// `Arc<dyn Kek>`. Calls are serialised on the session (PKCS#11 sessions
 /// run one operation at a time) and run on tokio's blocking pool.
+///
+/// After a session or device error (the session closed, the token pulled,
+/// the module finalised, the login lost) it opens a new session and logs
+/// in again, reading the PIN variable afresh, and says so in the log; a
+/// reopen that fails is retried no sooner than a back-off that doubles
+/// from 1 s to 30 s, so a dead HSM is not hammered. Callers see
+/// UNAVAILABLE meanwhile and never need a Seal/Unseal.
 pub struct Pkcs11Kek {
     inner: Arc<Inner>,
 }
 
 struct Inner {
     spec: Pkcs11Spec,
+    ctx: Pkcs11,
     // A PKCS#11 session runs one operation at a time and cryptoki's
     // `Session` is `Send` but not `Sync`. Each call holds the lock only for
-    // one single-part encrypt or decrypt, so a std `Mutex` is enough.
-    session: Mutex<Session>,
-    key: ObjectHandle,
+    // one single-part encrypt or decrypt (or one reopen), so a std `Mutex`
+    // is enough.
+    state: Mutex<State>,
 }
+
+/// The session and the key handle in it (handles are per session on some
+/// tokens, so a reopen looks the key up again).
+struct State {
+    open: Option<(Session, ObjectHandle)>,
+    /// Failed reopen attempts in a row.
+    failures: u32,
+    /// No reopen before this.
+    next_attempt: Option<std::time::Instant>,
+}
+
+/// The first wait after a failed reopen; doubled per failure up to
+/// [`MAX_BACKOFF`].
+const FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Pkcs11Kek {
     /// Loads the module, logs in to the token and finds the key.
@@ -200,34 +223,16 @@ impl Pkcs11Kek {
                 "cannot load module {module}: {e}; check the \"module\" path"
             ))
         })?;
-        // The module is process-global: a second KEK on the same module (or
-        // a test harness) finds it initialised already, which is fine.
-        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(e) => {
-                return Err(unavailable(format!(
-                    "cannot initialise module {module}: {}",
-                    describe(&e)
-                )));
-            }
-        }
-        let slot = find_token(&ctx, spec)?;
-        let pin = read_pin(&spec.pin_env)?;
-        let session = ctx.open_ro_session(slot).map_err(|e| {
-            unavailable(format!(
-                "cannot open a session on token \"{}\": {}",
-                spec.token,
-                describe(&e)
-            ))
-        })?;
-        login(&session, &pin, spec)?;
-        drop(pin);
-        let key = find_key(&session, spec)?;
+        let open = open_session(&ctx, spec)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 spec: spec.clone(),
-                session: Mutex::new(session),
-                key,
+                ctx,
+                state: Mutex::new(State {
+                    open: Some(open),
+                    failures: 0,
+                    next_attempt: None,
+                }),
             }),
         })
     }
@@ -279,15 +284,184 @@ impl Kek for Pkcs11Kek {
     }
 }
 
+/// Initialises the module (if needed), finds the token, opens a session,
+/// logs in with the PIN read from its variable now, and finds the key.
+fn open_session(ctx: &Pkcs11, spec: &Pkcs11Spec) -> Result<(Session, ObjectHandle), KekError> {
+    let module = spec.module.display();
+    // The module is process-global: a second KEK on the same module (or
+    // a test harness) finds it initialised already, which is fine.
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => {
+            return Err(unavailable(format!(
+                "cannot initialise module {module}: {}",
+                describe(&e)
+            )));
+        }
+    }
+    let slot = find_token(ctx, spec)?;
+    let pin = read_pin(&spec.pin_env)?;
+    let session = ctx.open_ro_session(slot).map_err(|e| {
+        unavailable(format!(
+            "cannot open a session on token \"{}\": {}",
+            spec.token,
+            describe(&e)
+        ))
+    })?;
+    login(&session, &pin, spec)?;
+    drop(pin);
+    let key = find_key(&session, spec)?;
+    Ok((session, key))
+}
+
+/// Whether `e` means the session or the device is gone (rather than a bad
+/// request or a bad tag): worth a new session and a new login.
+fn session_lost(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::SessionHandleInvalid
+                | RvError::SessionClosed
+                | RvError::DeviceError
+                | RvError::DeviceMemory
+                | RvError::DeviceRemoved
+                | RvError::TokenNotPresent
+                | RvError::TokenNotRecognized
+                | RvError::UserNotLoggedIn
+                | RvError::CryptokiNotInitialized
+                | RvError::KeyHandleInvalid
+                | RvError::ObjectHandleInvalid
+                | RvError::GeneralError
+                | RvError::FunctionFailed,
+            _
+        )
+    )
+}
+
+/// What one operation on the session returned.
+enum OpError {
+    /// The wrapped key did not verify: no reopen helps.
+    Integrity,
+    /// The token failed; `lost` if the session or device is gone.
+    Token { error: KekError, lost: bool },
+}
+
 impl Inner {
-    fn encrypt(
+    /// Runs `op` on the session, reopening it first if an earlier error
+    /// lost it (subject to the back-off), and once more right away if `op`
+    /// itself finds the session gone.
+    fn with_session<T>(
         &self,
-        mut iv: [u8; IV_LEN],
-        aad: &[u8],
-        dek: &[u8; 32],
-    ) -> Result<Vec<u8>, KekError> {
-        let sealed = gcm_seal(&*self.lock()?, self.key, &mut iv, aad, dek)
-            .map_err(|e| self.failed("encrypt", &e))?;
+        op: impl Fn(&Session, ObjectHandle) -> Result<T, OpError>,
+    ) -> Result<T, KekError> {
+        let mut state = self.lock()?;
+        for attempt in 0..2 {
+            let (session, key) = self.ensure_open(&mut state)?;
+            match op(session, *key) {
+                Ok(v) => return Ok(v),
+                Err(OpError::Integrity) => return Err(KekError::Integrity),
+                Err(OpError::Token { error, lost }) if lost && attempt == 0 => {
+                    tracing::warn!(
+                        token = %self.spec.token,
+                        error = %error,
+                        "pkcs11 KEK: the session or the device failed; opening a new session \
+                         and logging in again"
+                    );
+                    state.open = None;
+                    state.next_attempt = None;
+                }
+                Err(OpError::Token { error, lost }) => {
+                    if lost {
+                        state.open = None;
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        Err(unavailable(format!(
+            "token \"{}\" failed again right after a new session was opened",
+            self.spec.token
+        )))
+    }
+
+    /// The open session, opening a new one (and logging in) if there is
+    /// none and the back-off allows.
+    fn ensure_open<'s>(
+        &self,
+        state: &'s mut State,
+    ) -> Result<&'s (Session, ObjectHandle), KekError> {
+        if state.open.is_none() {
+            let now = std::time::Instant::now();
+            if let Some(at) = state.next_attempt
+                && now < at
+            {
+                return Err(unavailable(format!(
+                    "token \"{}\" is unreachable; the next attempt to reopen a session is in {}",
+                    self.spec.token,
+                    humantime::format_duration(std::time::Duration::from_secs(
+                        (at - now).as_secs().max(1)
+                    ))
+                )));
+            }
+            // A token that went away stays broken in some modules (SoftHSM2
+            // keeps a token it lost as failing until C_Initialize scans
+            // again): if a plain reopen fails, start the module afresh. This
+            // also ends sessions other KEKs in this process hold on the same
+            // module; they reopen theirs the same way on their next call.
+            let reopened = open_session(&self.ctx, &self.spec).or_else(|first| {
+                if self.ctx.clone().finalize().is_ok() {
+                    open_session(&self.ctx, &self.spec)
+                } else {
+                    Err(first)
+                }
+            });
+            match reopened {
+                Ok(open) => {
+                    tracing::info!(
+                        token = %self.spec.token,
+                        failed_attempts = state.failures,
+                        "pkcs11 KEK: reopened a session and logged in again"
+                    );
+                    state.open = Some(open);
+                    state.failures = 0;
+                    state.next_attempt = None;
+                }
+                Err(e) => {
+                    let wait = FIRST_BACKOFF
+                        .saturating_mul(1 << state.failures.min(5))
+                        .min(MAX_BACKOFF);
+                    state.failures = state.failures.saturating_add(1);
+                    state.next_attempt = Some(now + wait);
+                    tracing::warn!(
+                        token = %self.spec.token,
+                        error = %e,
+                        retry_in = %humantime::format_duration(wait),
+                        "pkcs11 KEK: cannot reopen a session; will retry"
+                    );
+                    return Err(e);
+                }
+            }
+        }
+        state
+            .open
+            .as_ref()
+            .ok_or_else(|| unavailable("no session".into()))
+    }
+
+    fn token_error(&self, op: &str, e: &CkError) -> OpError {
+        OpError::Token {
+            error: self.failed(op, e),
+            lost: session_lost(e),
+        }
+    }
+
+    fn encrypt(&self, iv: [u8; IV_LEN], aad: &[u8], dek: &[u8; 32]) -> Result<Vec<u8>, KekError> {
+        let (iv, sealed) = self.with_session(|session, key| {
+            let mut iv = iv;
+            gcm_seal(session, key, &mut iv, aad, dek)
+                .map(|sealed| (iv, sealed))
+                .map_err(|e| self.token_error("encrypt", &e))
+        })?;
         if sealed.len() != DEK_LEN + TAG_LEN {
             return Err(unavailable(format!(
                 "encrypt with key \"{}\" returned {} bytes, expected {}",
@@ -307,12 +481,12 @@ impl Inner {
 
     fn decrypt(&self, wrapped: &[u8], aad: &[u8]) -> Result<DataKey, KekError> {
         let (iv, sealed) = wrapped.split_at(IV_LEN);
-        let mut iv = <[u8; IV_LEN]>::try_from(iv).map_err(|_| KekError::Integrity)?;
-        let plain = {
-            let session = self.lock()?;
-            gcm_open(&session, self.key, &mut iv, aad, sealed)
-                .map_err(|e| self.decrypt_failure(&session, &e))?
-        };
+        let iv = <[u8; IV_LEN]>::try_from(iv).map_err(|_| KekError::Integrity)?;
+        let plain = self.with_session(|session, key| {
+            let mut iv = iv;
+            gcm_open(session, key, &mut iv, aad, sealed)
+                .map_err(|e| self.decrypt_failure(session, key, &e))
+        })?;
         if plain.len() != DEK_LEN {
             return Err(KekError::Integrity);
         }
@@ -332,39 +506,39 @@ impl Inner {
     /// if the token still seals and opens, the blob was at fault. Only
     /// `C_Decrypt` counts; a failing `C_DecryptInit` is a key or mechanism
     /// problem.
-    fn decrypt_failure(&self, session: &Session, e: &CkError) -> KekError {
+    fn decrypt_failure(&self, session: &Session, key: ObjectHandle, e: &CkError) -> OpError {
         let CkError::Pkcs11(rv, Function::Decrypt) = e else {
-            return self.failed("decrypt", e);
+            return self.token_error("decrypt", e);
         };
         match rv {
             RvError::EncryptedDataInvalid
             | RvError::EncryptedDataLenRange
-            | RvError::UnknownErrorCode(CKR_AEAD_DECRYPT_FAILED) => KekError::Integrity,
-            RvError::GeneralError | RvError::FunctionFailed if self.round_trips(session) => {
-                KekError::Integrity
+            | RvError::UnknownErrorCode(CKR_AEAD_DECRYPT_FAILED) => OpError::Integrity,
+            RvError::GeneralError | RvError::FunctionFailed if self.round_trips(session, key) => {
+                OpError::Integrity
             }
-            _ => self.failed("decrypt", e),
+            _ => self.token_error("decrypt", e),
         }
     }
 
     /// Whether the token still seals and opens a zero key under the KEK.
-    fn round_trips(&self, session: &Session) -> bool {
+    fn round_trips(&self, session: &Session, key: ObjectHandle) -> bool {
         let probe = [0u8; DEK_LEN];
         let mut iv = [0u8; IV_LEN];
         if aws_lc_rs::rand::fill(&mut iv).is_err() {
             return false;
         }
-        let Ok(sealed) = gcm_seal(session, self.key, &mut iv, PROBE_AAD, &probe) else {
+        let Ok(sealed) = gcm_seal(session, key, &mut iv, PROBE_AAD, &probe) else {
             return false;
         };
-        gcm_open(session, self.key, &mut iv, PROBE_AAD, &sealed)
+        gcm_open(session, key, &mut iv, PROBE_AAD, &sealed)
             .is_ok_and(|plain| plain.as_slice() == probe)
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, Session>, KekError> {
+    fn lock(&self) -> Result<MutexGuard<'_, State>, KekError> {
         // A panic while holding the lock may have left an operation active
         // on the session; refuse rather than guess.
-        self.session.lock().map_err(|_| {
+        self.state.lock().map_err(|_| {
             unavailable(format!(
                 "the session on token \"{}\" is unusable after an earlier panic; restart the service",
                 self.spec.token
@@ -513,6 +687,8 @@ fn find_key(session: &Session, spec: &Pkcs11Spec) -> Result<ObjectHandle, KekErr
             &[
                 AttributeType::Extractable,
                 AttributeType::Sensitive,
+                AttributeType::NeverExtractable,
+                AttributeType::AlwaysSensitive,
                 AttributeType::Encrypt,
                 AttributeType::Decrypt,
                 AttributeType::ValueLen,
@@ -526,6 +702,8 @@ fn find_key(session: &Session, spec: &Pkcs11Spec) -> Result<ObjectHandle, KekErr
         })?;
     let mut extractable = None;
     let mut sensitive = None;
+    let mut never_extractable = None;
+    let mut always_sensitive = None;
     let mut encrypt = None;
     let mut decrypt = None;
     let mut value_len = None;
@@ -533,6 +711,8 @@ fn find_key(session: &Session, spec: &Pkcs11Spec) -> Result<ObjectHandle, KekErr
         match attribute {
             Attribute::Extractable(v) => extractable = Some(v),
             Attribute::Sensitive(v) => sensitive = Some(v),
+            Attribute::NeverExtractable(v) => never_extractable = Some(v),
+            Attribute::AlwaysSensitive(v) => always_sensitive = Some(v),
             Attribute::Encrypt(v) => encrypt = Some(v),
             Attribute::Decrypt(v) => decrypt = Some(v),
             Attribute::ValueLen(v) => value_len = Some(u64::from(v)),
@@ -550,6 +730,25 @@ fn find_key(session: &Session, spec: &Pkcs11Spec) -> Result<ObjectHandle, KekErr
         return Err(unavailable(format!(
             "key \"{key}\" on token \"{token}\" is not sensitive (CKA_SENSITIVE is not true); \
              the KEK must never leave the HSM: create a key with CKA_SENSITIVE=true"
+        )));
+    }
+    // A key that was ever extractable or ever not sensitive may have left
+    // the HSM before it was locked down; its copy outside would open every
+    // sealed key. Only the token sets these two, at creation.
+    if never_extractable != Some(true) {
+        return Err(unavailable(format!(
+            "key \"{key}\" on token \"{token}\" was extractable at some point \
+             (CKA_NEVER_EXTRACTABLE is not true), so a copy may exist outside the HSM; \
+             the KEK must never leave the HSM: create a new key with CKA_EXTRACTABLE=false \
+             and re-key (`signet operator rekey`)"
+        )));
+    }
+    if always_sensitive != Some(true) {
+        return Err(unavailable(format!(
+            "key \"{key}\" on token \"{token}\" was not sensitive at some point \
+             (CKA_ALWAYS_SENSITIVE is not true), so its value may have been read; \
+             the KEK must never leave the HSM: create a new key with CKA_SENSITIVE=true \
+             and re-key (`signet operator rekey`)"
         )));
     }
     if encrypt != Some(true) || decrypt != Some(true) {

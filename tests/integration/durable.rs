@@ -366,6 +366,8 @@ fn rekey_moves_the_store_to_a_new_kek() {
             &kek,
             "--new-kek",
             &new,
+            // As the test servers do: a CI runner may lock no memory.
+            "--allow-unlocked-memory",
         ])
         .output()
         .unwrap();
@@ -390,6 +392,83 @@ fn rekey_moves_the_store_to_a_new_kek() {
         dev.ok(&["audit", "hash", "--value", "alice"]),
         digest,
         "the audit key went over to the new KEK"
+    );
+}
+
+/// `operator rekey` handles every data key in the clear, so it hardens
+/// itself like the server before it opens a KEK: its core-file limit is 0
+/// (and it is not dumpable, which a root test cannot observe). The current
+/// KEK is a FIFO, so the process waits on it, hardened or not, while the
+/// test reads its limits; it was started with core files allowed.
+#[test]
+fn operator_rekey_hardens_the_process_before_opening_a_kek() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let fifo = dir.path().join("kek-fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let new = kek_file(&dir.path().join("kek-new"));
+    let child = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -c unlimited && exec \"$0\" \"$@\"",
+            common::process::BIN,
+            "operator",
+            "rekey",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--kek",
+            &format!("file:{}", fifo.display()),
+            "--new-kek",
+            &new,
+            "--allow-unlocked-memory",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let limits = format!("/proc/{}/limits", child.id());
+    let core = || {
+        std::fs::read_to_string(&limits)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(4)
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    };
+    // It holds the data directory's lock (taken after hardening, before
+    // the KEK is read) and then blocks opening the FIFO until it is fed.
+    let lock = data.join("signet.lock");
+    common::eventually(
+        Duration::from_secs(10),
+        "rekey holds the data dir lock",
+        || {
+            std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+                .map(|fds| {
+                    fds.filter_map(Result::ok)
+                        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|p| p == lock))
+                })
+                .unwrap_or(false)
+        },
+    );
+    assert_eq!(core(), "0 0", "no core files from a process holding keys");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&fifo)
+        .unwrap()
+        .write_all(&[7u8; 32])
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

@@ -28,5 +28,6 @@ mod lifecycle_props;
 mod ops;
 mod pkcs11;
 mod replicas;
+mod staleness;
 mod store_contract;
 mod verifier_surface;

@@ -112,8 +112,10 @@ impl Hsm {
             ("other-kek", false, true),
             ("leaky", true, true),
             ("exposed", false, false),
+            ("was-leaky", true, true),
+            ("was-exposed", false, false),
         ] {
-            session
+            let handle = session
                 .generate_key(
                     &Mechanism::AesKeyGen,
                     &[
@@ -130,6 +132,18 @@ impl Hsm {
                     ],
                 )
                 .unwrap();
+            // Locked down after creation: CKA_EXTRACTABLE false and
+            // CKA_SENSITIVE true now, but the token remembers that the key
+            // was once readable (NEVER_EXTRACTABLE / ALWAYS_SENSITIVE false).
+            match label {
+                "was-leaky" => session
+                    .update_attributes(handle, &[Attribute::Extractable(false)])
+                    .unwrap(),
+                "was-exposed" => session
+                    .update_attributes(handle, &[Attribute::Sensitive(true)])
+                    .unwrap(),
+                _ => {}
+            }
         }
         session.logout().unwrap();
     }
@@ -362,6 +376,68 @@ hsm_test!(a_non_sensitive_key_is_refused, |hsm| {
     assert!(message.contains("never leave the HSM"), "{message}");
 });
 
+hsm_test!(
+    a_key_that_was_ever_extractable_or_readable_is_refused,
+    |hsm| {
+        let message = unavailable(Pkcs11Kek::open(&hsm.spec("was-leaky")));
+        assert!(message.contains("\"was-leaky\""), "{message}");
+        assert!(
+            message.contains("CKA_NEVER_EXTRACTABLE is not true"),
+            "{message}"
+        );
+        let message = unavailable(Pkcs11Kek::open(&hsm.spec("was-exposed")));
+        assert!(message.contains("\"was-exposed\""), "{message}");
+        assert!(
+            message.contains("CKA_ALWAYS_SENSITIVE is not true"),
+            "{message}"
+        );
+        hsm.open("kek");
+    }
+);
+
+// The token goes away under an open KEK (its directory is gone, as when
+// the device is pulled) and comes back: the same KEK object fails
+// meanwhile, with back-off between reopen attempts, then reopens its
+// session (starting the module afresh: SoftHSM2 rescans its tokens only in
+// C_Initialize) and logs in again by itself; what it wrapped before still
+// opens.
+hsm_test!(the_session_is_reopened_when_the_token_returns, |hsm| {
+    let kek = hsm.open("kek");
+    let wrapped = kek.wrap(&DEK, b"aad").await.unwrap();
+    let dir = PathBuf::from(env::var_os(DIR).unwrap());
+    let (tokens, away) = (dir.join("tokens"), dir.join("tokens.away"));
+
+    std::fs::rename(&tokens, &away).unwrap();
+    let first = kek.wrap(&DEK, b"aad").await.unwrap_err().to_string();
+    // SoftHSM2 without its token directory fails C_Initialize itself.
+    assert!(first.starts_with("pkcs11 KEK: "), "{first}");
+    let second = kek.unwrap(&wrapped, b"aad").await.unwrap_err().to_string();
+    assert!(
+        second.contains("the next attempt to reopen a session is in"),
+        "back-off: {second}"
+    );
+
+    std::fs::rename(&away, &tokens).unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        match kek.unwrap(&wrapped, b"aad").await {
+            Ok(dek) => {
+                assert_eq!(*dek, DEK);
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    start.elapsed() < std::time::Duration::from_secs(10),
+                    "never recovered: {e}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let again = kek.wrap(&DEK, b"aad2").await.unwrap();
+    assert_eq!(*kek.unwrap(&again, b"aad2").await.unwrap(), DEK);
+});
+
 hsm_test!(debug_shows_where_not_secrets, |hsm| {
     let kek = hsm.open("kek");
     let debug = format!("{kek:?}");
@@ -520,6 +596,8 @@ hsm_test!(sign_restart_rekey_with_the_kek_in_softhsm, |hsm| {
             &kek,
             "--new-kek",
             &new,
+            // As the test servers do: a CI runner may lock no memory.
+            "--allow-unlocked-memory",
         ])
         .output()
         .unwrap();
@@ -537,3 +615,125 @@ hsm_test!(sign_restart_rekey_with_the_kek_in_softhsm, |hsm| {
     common::verify(token.trim(), &dev.ok(&["jwks"]));
     dev.ok(&["sign", "--claims", "{}"]);
 });
+
+// Two `signet server` replicas on one PostgreSQL schema, each with the KEK
+// in SoftHSM2; replica 0 reads its own copy of the token. Replica 0's token
+// goes away (its directory moved) while replica 1 rotates at once: replica
+// 0's refresh still takes in the new timelines (it stops signing with the
+// retired key: the new one is not loaded, UNAVAILABLE), and when the token
+// is back its provider reopens a session and logs in again by itself, the
+// refresh opens the new key, and replica 0 signs with it: no Seal/Unseal.
+hsm_test!(
+    a_replica_recovers_its_hsm_and_applies_a_rotation_made_meanwhile,
+    |hsm| {
+        use common::{
+            eventually, postgres,
+            process::{Proc, write_config},
+        };
+        use std::time::Duration;
+        let dir = PathBuf::from(env::var_os(DIR).unwrap());
+        // Replica 0's token: a copy of the token directory, keys included.
+        let copy = dir.join("tokens-r0");
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(dir.join("tokens"))
+            .arg(&copy)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let conf0 = dir.join("softhsm2-r0.conf");
+        std::fs::write(
+        &conf0,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\nslots.mechanisms = ALL\nlibrary.reset_on_fork = false\n",
+            copy.display()
+        ),
+    )
+    .unwrap();
+        let conf1 = env::var("SOFTHSM2_CONF").unwrap();
+        let kek = format!("pkcs11:{}", hsm.spec("kek"));
+        let schema = postgres::fresh_schema("hsm");
+        let url = postgres::url();
+        let spawn = |i: usize, conf: &str| {
+            let sub = dir.join(format!("r{i}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            let config = write_config(&sub, &sub.join("data"), &kek, &[("r", "ES256")]);
+            let text = std::fs::read_to_string(&config).unwrap().replace(
+                "[store]\n",
+                &format!(
+                    "[store]\nurl = {url:?}\nschema = {schema:?}\nrefresh_interval_secs = 1\n"
+                ),
+            );
+            std::fs::write(&config, text).unwrap();
+            Proc::spawn(
+                &["server", "--config", config.to_str().unwrap()],
+                &[("SOFTHSM2_CONF", conf)],
+            )
+            .unwrap()
+        };
+        let kid = |token: &str| {
+            common::part(token.trim(), 0)["kid"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        let other = spawn(1, &conf1);
+        let replica = spawn(0, conf0.to_str().unwrap());
+        let old = kid(&other.ok(&["sign", "--ring", "r", "--claims", "{}"]));
+        assert_eq!(
+            kid(&replica.ok(&["sign", "--ring", "r", "--claims", "{}"])),
+            old
+        );
+
+        let away = dir.join("tokens-r0.away");
+        std::fs::rename(&copy, &away).unwrap();
+        other.ok(&[
+            "rotate",
+            "--ring",
+            "r",
+            "--now",
+            "--reason",
+            "rotated while r0's HSM is away",
+        ]);
+        let new = kid(&other.ok(&["sign", "--ring", "r", "--claims", "{}"]));
+        assert_ne!(new, old);
+        eventually(
+            Duration::from_secs(10),
+            "replica 0 takes in the rotation without its HSM",
+            || {
+                let out = replica.run(&["sign", "--ring", "r", "--claims", "{}"]);
+                let err = String::from_utf8_lossy(&out.stderr);
+                !out.status.success() && err.contains("Unavailable") && err.contains(&new)
+            },
+        );
+
+        std::fs::rename(&away, &copy).unwrap();
+        let start = std::time::Instant::now();
+        loop {
+            let out = replica.run(&["sign", "--ring", "r", "--claims", "{}"]);
+            if out.status.success() && kid(&String::from_utf8_lossy(&out.stdout)) == new {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(40),
+                "replica 0 never signed with the new key: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                replica.stderr.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let jwks = replica.ok(&["jwks", "--ring", "r"]);
+        assert!(jwks.contains(&new) && jwks.contains(&old), "{jwks}");
+        let logs = replica.stderr.lock().unwrap().clone();
+        assert!(
+            logs.contains("pkcs11 KEK: reopened a session and logged in again"),
+            "{logs}"
+        );
+        assert_eq!(
+            logs.matches("unsealed kek=").count(),
+            1,
+            "unsealed once, at start: {logs}"
+        );
+        drop((replica, other));
+    }
+);
