@@ -4,6 +4,7 @@
 mod audit;
 mod authz;
 mod bench;
+mod check;
 mod client;
 mod dev;
 mod operator;

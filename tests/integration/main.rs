@@ -16,6 +16,7 @@ mod access;
 mod audit;
 mod authz_cli;
 mod canary;
+mod check_config;
 mod cli;
 mod closed;
 mod durable;

@@ -1,0 +1,289 @@
+//! `signet server --check-config` checks every file, key and service the
+//! server will use, one line each, and `signet server` runs the same checks
+//! before it creates anything: a failure leaves no data directory behind.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use rcgen::SanType;
+
+use crate::common::{
+    certs::{ca, leaf},
+    process::{BIN, Proc, kek_file, my_uid},
+};
+
+/// A complete mTLS configuration in a temp dir, every file valid.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        kek_file(&d.join("kek"));
+        let ca = ca("check CA");
+        let (cert, key) = leaf(
+            &ca,
+            "signet.test",
+            vec![SanType::DnsName("localhost".try_into().unwrap())],
+        );
+        std::fs::write(d.join("server.pem"), &cert).unwrap();
+        std::fs::write(d.join("server.key"), &key).unwrap();
+        std::fs::write(d.join("ca.pem"), &ca.pem).unwrap();
+        std::fs::write(d.join("clients.crl"), crate::common::certs::crl(&ca, &[7])).unwrap();
+        // A second pair, for a key that matches no certificate here.
+        let (_, other_key) = leaf(&ca, "other", vec![]);
+        std::fs::write(d.join("other.key"), other_key).unwrap();
+        Self::policy_text(d, &format!("{:?}", my_uid()), "\"admin\"");
+        let s = Self { dir };
+        s.write_config("");
+        s
+    }
+
+    fn policy_text(d: &Path, identity: &str, action: &str) {
+        std::fs::write(
+            d.join("policy.toml"),
+            format!("[[rule]]\nidentity = {identity}\nactions = [{action}]\nrings = [\"*\"]\n"),
+        )
+        .unwrap();
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn config(&self) -> PathBuf {
+        self.path("signet.toml")
+    }
+
+    /// Writes the config; `replace` is `FROM=>TO` edits of its text.
+    fn write_config(&self, replace: &str) {
+        let p = |n: &str| self.path(n).display().to_string();
+        let mut text = format!(
+            "[listen]\ngrpc = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n\n\
+             [store]\ndata_dir = {data:?}\n\n[seal]\nkek = \"file:{kek}\"\nallow_unlocked_memory = true\n\n\
+             [tls]\ncert = {cert:?}\nkey = {key:?}\nclient_ca = {ca:?}\ncrls = [{crl:?}]\n\n\
+             [http_tls]\ncert = {cert:?}\nkey = {key:?}\n\n[authz]\npolicy = {policy:?}\n",
+            data = p("data"),
+            kek = p("kek"),
+            cert = p("server.pem"),
+            key = p("server.key"),
+            ca = p("ca.pem"),
+            crl = p("clients.crl"),
+            policy = p("policy.toml"),
+        );
+        for edit in replace.split(';').filter(|e| !e.is_empty()) {
+            let (from, to) = edit.split_once("=>").unwrap();
+            assert!(text.contains(from), "{from} not in the config");
+            text = text.replace(from, to);
+        }
+        std::fs::write(self.config(), text).unwrap();
+    }
+
+    fn check(&self) -> Output {
+        Command::new(BIN)
+            .args([
+                "server",
+                "--config",
+                self.config().to_str().unwrap(),
+                "--check-config",
+            ])
+            .output()
+            .unwrap()
+    }
+
+    /// Runs --check-config, expects it to fail, returns stderr.
+    fn fails(&self) -> String {
+        let out = self.check();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            !self.path("data").exists(),
+            "--check-config created the data dir"
+        );
+        stderr.trim_end().to_owned()
+    }
+}
+
+/// The example config as shipped names a KEK file that does not exist;
+/// the check says so, and how to make one.
+#[test]
+fn unedited_example_fails_naming_the_missing_kek() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/signet.example.toml");
+    let out = Command::new(BIN)
+        .args(["server", "--config", example, "--check-config"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "signet: seal.kek file:/etc/signet/kek: file KEK /etc/signet/kek: cannot read it: \
+             No such file or directory"
+        ) && stderr.contains("(umask 077; head -c 32 /dev/urandom > /etc/signet/kek)"),
+        "{stderr}"
+    );
+}
+
+/// A valid config passes, one line per thing checked.
+#[test]
+fn valid_config_lists_each_check() {
+    let s = Setup::new();
+    let out = s.check();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = |n: &str| s.path(n).display().to_string();
+    for line in [
+        format!(
+            "ok  seal.kek file:{}: opens (the store has no check value yet",
+            p("kek")
+        ),
+        format!("ok  store.data_dir {}: no store yet", p("data")),
+        format!(
+            "ok  tls cert {}: CN=signet.test, SAN DNS:localhost, expires ",
+            p("server.pem")
+        ),
+        format!(
+            "ok  tls client_ca {}: 1 CA certificate(s): CN=check CA",
+            p("ca.pem")
+        ),
+        format!(
+            "ok  tls crl {}: 1 CRL(s), 1 revoked certificate(s)",
+            p("clients.crl")
+        ),
+        format!("ok  http_tls cert {}: CN=signet.test", p("server.pem")),
+        format!("ok  authz policy {}: 1 rule(s)", p("policy.toml")),
+        format!(
+            "ok  audit sink file:{}/audit.log: in the data directory",
+            p("data")
+        ),
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(&line)),
+            "no line {line:?} in\n{stdout}"
+        );
+    }
+    assert!(stdout.contains(", key matches\n"), "{stdout}");
+    assert!(
+        stdout.trim_end().ends_with("1 ring(s))") || stdout.contains(": OK ("),
+        "{stdout}"
+    );
+    assert!(
+        !s.path("data").exists(),
+        "--check-config created the data dir"
+    );
+}
+
+/// Each broken part fails with a message naming the field and the fix, and
+/// neither the check nor a real start leaves a data directory behind.
+#[test]
+fn each_broken_part_fails_with_its_message() {
+    let s = Setup::new();
+    let p = |n: &str| s.path(n).display().to_string();
+
+    s.write_config(&format!(
+        "cert = {:?}=>cert = {:?}",
+        p("server.pem"),
+        p("gone.pem")
+    ));
+    assert_eq!(
+        s.fails(),
+        format!(
+            "signet: tls.cert {}: no such file; create it (see README, \"Certificates with \
+             openssl\") or fix the path",
+            p("gone.pem")
+        )
+    );
+
+    s.write_config(&format!(
+        "key = {:?}\nclient_ca=>key = {:?}\nclient_ca",
+        p("server.key"),
+        p("other.key")
+    ));
+    assert_eq!(
+        s.fails(),
+        format!(
+            "signet: tls.key {}: does not match the certificate tls.cert {}; give the key the \
+             certificate was issued for",
+            p("other.key"),
+            p("server.pem")
+        )
+    );
+
+    s.write_config("");
+    Setup::policy_text(s.dir.path(), &format!("{:?}", my_uid()), "\"sgn\"");
+    let err = s.fails();
+    assert!(
+        err.starts_with(&format!(
+            "signet: authz.policy {}: rule[0].actions[0]: unknown action \"sgn\"; expected one of sign,",
+            p("policy.toml")
+        )),
+        "{err}"
+    );
+    // A real start fails the same way, before creating anything.
+    let start = Proc::spawn(&["server", "--config", s.config().to_str().unwrap()], &[]);
+    let Err(log) = start else {
+        panic!("the server started with action \"sgn\"")
+    };
+    assert!(log.contains("unknown action \"sgn\""), "{log}");
+    assert!(!log.contains("listening"), "{log}");
+    assert!(
+        !s.path("data").exists(),
+        "a failed start created the data dir"
+    );
+
+    Setup::policy_text(s.dir.path(), "\"spiffe://test/ns/a\"", "\"sign\"");
+    let err = s.fails();
+    assert!(
+        err.starts_with(&format!(
+            "signet: authz.policy {}: rule[0].identity: ",
+            p("policy.toml")
+        )) && err.contains("uri:spiffe://test/ns/a"),
+        "{err}"
+    );
+}
+
+/// With a store on disk, the KEK must open its check value; the check
+/// reads the store without changing it.
+#[test]
+fn wrong_kek_for_an_existing_store_fails() {
+    let s = Setup::new();
+    let server = Proc::spawn(&["server", "--config", s.config().to_str().unwrap()], &[]).unwrap();
+    assert!(server.terminate().success());
+    let out = s.check();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(": opens the store's check value"),
+        "{stdout}"
+    );
+
+    kek_file(&s.path("kek2"));
+    s.write_config(&format!(
+        "file:{}=>file:{}",
+        s.path("kek").display(),
+        s.path("kek2").display()
+    ));
+    let out = s.check();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "seal.kek file:{}: not the key-encryption key of this store (its check value does \
+             not open); point seal.kek at the KEK this store was created with",
+            s.path("kek2").display()
+        )),
+        "{stderr}"
+    );
+}
