@@ -18,6 +18,7 @@ mod authz_cli;
 mod canary;
 mod check_config;
 mod cli;
+mod client_tls;
 mod closed;
 mod durable;
 mod grpc_errors;
