@@ -287,3 +287,40 @@ fn wrong_kek_for_an_existing_store_fails() {
         "{stderr}"
     );
 }
+
+/// A PostgreSQL store: reachable and still empty (nothing is created in
+/// it), or unreachable, named with the fix.
+#[test]
+fn postgres_store_is_checked_without_being_created() {
+    let s = Setup::new();
+    let url = crate::common::postgres::url();
+    let schema = crate::common::postgres::fresh_schema("check");
+    let data = format!("data_dir = {:?}\n", s.path("data").display().to_string());
+    s.write_config(&format!(
+        "{data}=>{data}url = {url:?}\nschema = {schema:?}\n"
+    ));
+    let out = s.check();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(": reachable (no Signet store in it yet: created at first start)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("opens (the store has no check value yet"),
+        "{stdout}"
+    );
+
+    s.write_config(&format!(
+        "{data}=>{data}url = \"postgres://signet@127.0.0.1:1/signet\"\n"
+    ));
+    let err = s.fails();
+    assert!(
+        err.starts_with("signet: store.url: 127.0.0.1:1/signet: cannot connect: "),
+        "{err}"
+    );
+}
