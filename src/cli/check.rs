@@ -61,17 +61,32 @@ impl Report {
     }
 }
 
-/// Checks everything the server will use. `open_kek` is false for a server
-/// started sealed, whose KEK may only become available at Unseal.
-pub async fn check_all(checked: &Checked, kek: &KekSpec, open_kek: bool) -> Report {
+/// When the checks run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum When {
+    /// `--check-config`: everything must be usable now.
+    CheckConfig,
+    /// `signet server`, before it creates anything. A server started sealed
+    /// opens its KEK only at Unseal; a PostgreSQL store that does not answer
+    /// yet is waited for (the replica starts when the database does).
+    Startup {
+        /// `--start-sealed`.
+        start_sealed: bool,
+    },
+}
+
+/// Checks everything the server will use.
+pub async fn check_all(checked: &Checked, kek: &KekSpec, when: When) -> Report {
     let c = &checked.config;
     let mut report = Report::default();
-    if open_kek {
-        check_kek(&mut report, checked, kek).await;
-    } else {
+    let wait_for_store = when != When::CheckConfig;
+    if when == (When::Startup { start_sealed: true }) {
         report.ok(format!(
             "seal.kek {kek}: not opened (--start-sealed; it is opened at Unseal)"
         ));
+        let _ = store_check_value(&mut report, checked, wait_for_store).await;
+    } else {
+        check_kek(&mut report, checked, kek, wait_for_store).await;
     }
     if let Some(tls) = &c.tls {
         report.record(check_cert_key("tls", &tls.cert, &tls.key));
@@ -115,7 +130,7 @@ pub async fn check_all(checked: &Checked, kek: &KekSpec, open_kek: bool) -> Repo
 
 /// The KEK opens; the store is reachable; its check value (if it has one)
 /// opens under the KEK.
-async fn check_kek(report: &mut Report, checked: &Checked, spec: &KekSpec) {
+async fn check_kek(report: &mut Report, checked: &Checked, spec: &KekSpec, wait_for_store: bool) {
     let kek = match spec.open().await {
         Ok(kek) => kek,
         Err(e) => {
@@ -132,11 +147,14 @@ async fn check_kek(report: &mut Report, checked: &Checked, spec: &KekSpec) {
             };
             report.fail(format!("seal.kek {spec}: {e}{fix}"));
             // The store is still worth checking: reachable or not.
-            let _ = store_check_value(report, checked).await;
+            let _ = store_check_value(report, checked, wait_for_store).await;
             return;
         }
     };
-    let Some(found) = store_check_value(report, checked).await else {
+    let Some(found) = store_check_value(report, checked, wait_for_store).await else {
+        report.ok(format!(
+            "seal.kek {spec}: opens (the store's check value is not read: see the store)"
+        ));
         return;
     };
     match found {
@@ -146,7 +164,7 @@ async fn check_kek(report: &mut Report, checked: &Checked, spec: &KekSpec) {
         Some(check) => match crate::seal::envelope::verify_check(kek.as_ref(), &check).await {
             Ok(true) => report.ok(format!("seal.kek {spec}: opens the store's check value")),
             Ok(false) => report.fail(format!(
-                "seal.kek {spec}: not the key-encryption key of this store (its check value \
+                "seal.kek {spec}: is not the key-encryption key of this store (its check value \
                  does not open); point seal.kek at the KEK this store was created with"
             )),
             Err(e) => report.fail(format!("seal.kek {spec}: {e}")),
@@ -156,7 +174,13 @@ async fn check_kek(report: &mut Report, checked: &Checked, spec: &KekSpec) {
 
 /// Reports the store and returns its KEK check value: `None` when the
 /// store could not be read (reported), `Some(None)` when it has none yet.
-async fn store_check_value(report: &mut Report, checked: &Checked) -> Option<Option<Vec<u8>>> {
+/// With `wait_for_store`, a PostgreSQL store that does not answer is no
+/// failure: the server waits for it, and checks the KEK once it answers.
+async fn store_check_value(
+    report: &mut Report,
+    checked: &Checked,
+    wait_for_store: bool,
+) -> Option<Option<Vec<u8>>> {
     let store = &checked.config.store;
     match &store.url {
         Some(url) => match postgres_check_value(url, store.schema.as_deref()).await {
@@ -170,6 +194,12 @@ async fn store_check_value(report: &mut Report, checked: &Checked) -> Option<Opt
                     }
                 ));
                 Some(value)
+            }
+            Err(e) if wait_for_store => {
+                report.lines.push(format!(
+                    "wait store.url: {e}; the server waits for it (and checks the KEK then)"
+                ));
+                None
             }
             Err(e) => {
                 report.fail(format!("store.url: {e}"));

@@ -42,7 +42,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     let c = &checked.config;
     if args.check_config {
-        let report = check::check_all(&checked, &kek, true).await;
+        let report = check::check_all(&checked, &kek, check::When::CheckConfig).await;
         for line in &report.lines {
             println!("{line}");
         }
@@ -62,9 +62,22 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         hardening::harden_process(args.allow_unlocked_memory || c.seal.allow_unlocked_memory)?;
     // Everything is checked before anything is created: a configuration
     // that fails leaves no data directory, store or socket behind.
-    let report = check::check_all(&checked, &kek, !args.start_sealed).await;
+    let report = check::check_all(
+        &checked,
+        &kek,
+        check::When::Startup {
+            start_sealed: args.start_sealed,
+        },
+    )
+    .await;
     for line in &report.lines {
-        tracing::info!("check: {line}");
+        if line.starts_with("FAIL") {
+            tracing::error!("check: {line}");
+        } else if line.starts_with("wait") {
+            tracing::warn!("check: {line}");
+        } else {
+            tracing::info!("check: {line}");
+        }
     }
     report.result()?;
     let mode = crate::config::socket_mode(&c.listen.grpc_socket_mode)

@@ -108,6 +108,18 @@ impl Setup {
     }
 }
 
+/// An X.509 v1 certificate (`openssl x509 -req` without extensions): TLS
+/// refuses it with `UnsupportedCertVersion`.
+const V1_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBFzCBvQIUI7V5vj5UBvMEtWoBbJwl9kKSthAwCgYIKoZIzj0EAwIwDTELMAkG
+A1UEAwwCdjEwIBcNMjYxMjAxMTUyOTE5WhgPMjEyNjExMDcxNTI5MTlaMA0xCzAJ
+BgNVBAMMAnYxMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEc4+XKypTzMfmn+W6
+CrQgElOwONu/G7RoDEwkrMgqux9on3eblQSyn6vMvUmooihhFN3BOrxN8nESvMXO
+mciCoDAKBggqhkjOPQQDAgNJADBGAiEAz/1WquNf8A4xRzec0HiwZio14EFthKB9
+eE6eQ8bu76ICIQCPWbq200UySjR11LDAMY8ytKuGdjtxI/fbgkHD7hqnvA==
+-----END CERTIFICATE-----
+";
+
 /// The example config as shipped names a KEK file that does not exist;
 /// the check says so, and how to make one.
 #[test]
@@ -217,6 +229,38 @@ fn each_broken_part_fails_with_its_message() {
         )
     );
 
+    std::fs::write(s.path("v1.pem"), V1_CERT).unwrap();
+    s.write_config(&format!(
+        "cert = {:?}\nkey=>cert = {:?}\nkey",
+        p("server.pem"),
+        p("v1.pem")
+    ));
+    assert_eq!(
+        s.fails(),
+        format!(
+            "signet: tls.cert {}: an X.509 v1 certificate, which TLS refuses \
+             (UnsupportedCertVersion); issue a v3 certificate with extensions (see README, \
+             \"Certificates with openssl\")",
+            p("v1.pem")
+        )
+    );
+
+    // The CA's own certificate as the server's.
+    s.write_config(&format!(
+        "cert = {:?}\nkey=>cert = {:?}\nkey",
+        p("server.pem"),
+        p("ca.pem")
+    ));
+    assert_eq!(
+        s.fails(),
+        format!(
+            "signet: tls.cert {}: a CA certificate used as a server certificate \
+             (CaUsedAsEndEntity); issue a leaf certificate with basicConstraints=CA:FALSE from \
+             this CA",
+            p("ca.pem")
+        )
+    );
+
     s.write_config("");
     Setup::policy_text(s.dir.path(), &format!("{:?}", my_uid()), "\"sgn\"");
     let err = s.fails();
@@ -280,7 +324,7 @@ fn wrong_kek_for_an_existing_store_fails() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "seal.kek file:{}: not the key-encryption key of this store (its check value does \
+            "seal.kek file:{}: is not the key-encryption key of this store (its check value does \
              not open); point seal.kek at the KEK this store was created with",
             s.path("kek2").display()
         )),
