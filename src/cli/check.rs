@@ -599,3 +599,31 @@ fn writable_ancestor(path: &Path) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_directory_is_fine_under_a_writable_one() {
+        let dir = tempfile::tempdir().unwrap();
+        writable_ancestor(&dir.path().join("a/b/c")).unwrap();
+        assert!(!dir.path().join("a").exists(), "nothing is created");
+        let file = dir.path().join("f");
+        std::fs::write(&file, "").unwrap();
+        let err = writable_ancestor(&file).unwrap_err();
+        assert!(err.ends_with("exists and is not a directory"), "{err}");
+    }
+
+    #[test]
+    fn a_sink_in_a_missing_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = SinkSpec::File(dir.path().join("nowhere/audit.log"));
+        let err = check_sink(0, &spec, &dir.path().join("data")).unwrap_err();
+        assert!(
+            err.starts_with("audit.sinks[0] ") && err.contains("does not exist; create it"),
+            "{err}"
+        );
+        assert!(check_sink(0, &SinkSpec::Stdout, dir.path()).is_ok());
+    }
+}

@@ -270,3 +270,47 @@ async fn probe_tls(uri: &str, files: &TlsFiles) -> Option<String> {
         Err(e) => explain(uri, &e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_and_port_of_an_address() {
+        assert_eq!(
+            host_port("https://localhost:8443"),
+            Some(("localhost", 8443))
+        );
+        assert_eq!(host_port("http://[::1]:50051/"), Some(("::1", 50051)));
+        assert_eq!(host_port("https://no-port"), None);
+    }
+
+    #[test]
+    fn an_io_error_is_looked_into() {
+        let inner = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, inner);
+        let why = explain("https://localhost:1", &io).unwrap();
+        assert!(
+            why.starts_with("the server's certificate is not trusted"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn each_refusal_says_what_to_fix() {
+        let cases = [
+            (
+                AlertDescription::UnknownCA,
+                "not issued by a CA the server trusts",
+            ),
+            (AlertDescription::CertificateRevoked, "it is revoked"),
+            (AlertDescription::CertificateExpired, "has expired"),
+            (AlertDescription::CertificateRequired, "set SIGNET_TLS_CERT"),
+            (AlertDescription::BadCertificate, "two URI SANs"),
+        ];
+        for (alert, says) in cases {
+            let why = alert_sentence(alert, None);
+            assert!(why.contains(says), "{alert:?}: {why}");
+        }
+    }
+}
