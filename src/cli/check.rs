@@ -29,7 +29,9 @@ const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 /// they were found.
 #[derive(Debug, Default)]
 pub struct Report {
-    /// One line per check, `ok  WHAT: DETAIL` or `FAIL FIELD ...: WHY; FIX`.
+    /// One line per check: `ok  WHAT: DETAIL`, `FAIL FIELD ...: WHY; FIX`,
+    /// or (at startup) `wait store.url: WHY` for a database the server
+    /// waits for.
     pub lines: Vec<String>,
     /// The failures' messages (each names the field and the fix).
     pub failures: Vec<String>,
@@ -89,6 +91,7 @@ pub async fn check_all(checked: &Checked, kek: &KekSpec, when: When) -> Report {
         check_kek(&mut report, checked, kek, wait_for_store).await;
     }
     if let Some(tls) = &c.tls {
+        let before = report.failures.len();
         report.record(check_cert_key("tls", &tls.cert, &tls.key));
         report.record(check_client_ca(&tls.client_ca));
         for (i, crl) in tls.crls.iter().enumerate() {
@@ -102,7 +105,7 @@ pub async fn check_all(checked: &Checked, kek: &KekSpec, when: When) -> Report {
             crls: tls.crls.clone(),
             allow_cn_identity: tls.allow_cn_identity,
         };
-        if report.failures.is_empty()
+        if report.failures.len() == before
             && let Err(e) = files.server_config()
         {
             report.fail(format!("[tls]: {e}"));
@@ -241,10 +244,20 @@ async fn store_check_value(
 }
 
 /// Reads the KEK check value of an existing SQLite store without writing.
+///
+/// A read-only connection to a WAL database still creates its `-wal` and
+/// `-shm` files. When there is no `-wal` file (no server has the store
+/// open, and the last one checkpointed it), every committed row is in the
+/// database file, so it is opened `immutable`, which creates nothing. When
+/// there is one, a server may be writing: read through the WAL, whose files
+/// exist already.
 async fn sqlite_check_value(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
     let options = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(path)
         .read_only(true)
+        .immutable(!Path::new(&wal).exists())
         .create_if_missing(false);
     let mut conn = sqlx::SqliteConnection::connect_with(&options)
         .await

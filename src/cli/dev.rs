@@ -86,6 +86,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         )]),
         http_tls: None,
     };
+    // Before anything says "listening": see shutdown_signal.
+    let shutdown = shutdown_signal();
     let prepared = server::prepare(&opts).await?;
     let (grpc_addr, http_addr) = (prepared.grpc_addr.clone(), prepared.http_addr);
     let ring = prepared.keys.ring_info("default", "ring")?;
@@ -117,5 +119,5 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     tracing::warn!(
         "development mode: plaintext gRPC on loopback; the local caller has every grant"
     );
-    prepared.serve(&opts, shutdown_signal()).await
+    prepared.serve(&opts, shutdown).await
 }

@@ -114,6 +114,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             key: t.key.clone(),
         }),
     };
+    // Before anything says "listening": see shutdown_signal.
+    let shutdown = shutdown_signal();
     let prepared = server::prepare(&opts).await?;
     tracing::info!(
         grpc = %prepared.grpc_addr,
@@ -126,5 +128,5 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tls = opts.tls.is_some(),
         "signet server listening"
     );
-    prepared.serve(&opts, shutdown_signal()).await
+    prepared.serve(&opts, shutdown).await
 }

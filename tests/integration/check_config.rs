@@ -298,10 +298,44 @@ fn each_broken_part_fails_with_its_message() {
 /// reads the store without changing it.
 #[test]
 fn wrong_kek_for_an_existing_store_fails() {
-    let s = Setup::new();
-    let server = Proc::spawn(&["server", "--config", s.config().to_str().unwrap()], &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let kek = kek_file(&dir.path().join("kek"));
+    let config = crate::common::process::write_config(dir.path(), &data, &kek, &[("r", "ES256")]);
+    let cfg = config.to_str().unwrap();
+    let server = Proc::spawn(&["server", "--config", cfg], &[]).unwrap();
+    // An answered call: the server is serving (and handles SIGTERM).
+    server.ok(&["status"]);
+    // While it runs (its WAL open), the check reads through the WAL.
+    let out = Command::new(BIN)
+        .args(["server", "--config", cfg, "--check-config"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(": opens the store's check value"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(server.terminate().success());
-    let out = s.check();
+    let files = |d: &Path| {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name(), std::fs::read(e.path()).unwrap_or_default())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = files(&data);
+    let check = || {
+        Command::new(BIN)
+            .args(["server", "--config", cfg, "--check-config"])
+            .output()
+            .unwrap()
+    };
+    let out = check();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -312,23 +346,35 @@ fn wrong_kek_for_an_existing_store_fails() {
         stdout.contains(": opens the store's check value"),
         "{stdout}"
     );
+    let after = files(&data);
+    assert!(
+        after == before,
+        "--check-config changed the data dir: {:?} -> {:?}",
+        before.iter().map(|(n, b)| (n, b.len())).collect::<Vec<_>>(),
+        after.iter().map(|(n, b)| (n, b.len())).collect::<Vec<_>>()
+    );
 
-    kek_file(&s.path("kek2"));
-    s.write_config(&format!(
-        "file:{}=>file:{}",
-        s.path("kek").display(),
-        s.path("kek2").display()
-    ));
-    let out = s.check();
+    let kek2 = kek_file(&dir.path().join("kek2"));
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&kek, &kek2);
+    std::fs::write(&config, text).unwrap();
+    let out = check();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "signet: seal.kek {kek2}: is not the key-encryption key of this store (its check \
+             value does not open); point seal.kek at the KEK this store was created with"
+        )
+    );
+    let after = files(&data);
     assert!(
-        stderr.contains(&format!(
-            "seal.kek file:{}: is not the key-encryption key of this store (its check value does \
-             not open); point seal.kek at the KEK this store was created with",
-            s.path("kek2").display()
-        )),
-        "{stderr}"
+        after == before,
+        "--check-config changed the data dir: {:?} -> {:?}",
+        before.iter().map(|(n, b)| (n, b.len())).collect::<Vec<_>>(),
+        after.iter().map(|(n, b)| (n, b.len())).collect::<Vec<_>>()
     );
 }
 
@@ -367,4 +413,22 @@ fn postgres_store_is_checked_without_being_created() {
         err.starts_with("signet: store.url: 127.0.0.1:1/signet: cannot connect: "),
         "{err}"
     );
+}
+
+/// A SIGTERM sent the moment the server says it listens stops it cleanly
+/// (exit 0, socket removed): the handler is installed before that line.
+#[test]
+fn sigterm_right_after_listening_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let kek = kek_file(&dir.path().join("kek"));
+    let config =
+        crate::common::process::write_config(dir.path(), &dir.path().join("data"), &kek, &[]);
+    for _ in 0..5 {
+        let server = Proc::spawn(&["server", "--config", config.to_str().unwrap()], &[]).unwrap();
+        assert!(server.terminate().success(), "killed by SIGTERM");
+        assert!(
+            !dir.path().join("grpc.sock").exists(),
+            "the socket is removed"
+        );
+    }
 }
