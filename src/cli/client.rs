@@ -6,7 +6,7 @@ use anyhow::{Context, anyhow};
 use clap::{Args, Subcommand};
 use tonic::transport::{Channel, Endpoint};
 
-use super::{ClientArgs, parse_duration};
+use super::{ClientArgs, parse_duration, transport_error};
 use crate::pb::{self, key_admin_client::KeyAdminClient, signer_client::SignerClient};
 
 /// Connects to `addr` (`http://HOST:PORT`, `HOST:PORT`, or
@@ -24,28 +24,39 @@ pub async fn connect(addr: &str) -> anyhow::Result<Channel> {
     };
     let mut endpoint = Endpoint::from_shared(uri.clone())
         .with_context(|| format!("--addr {addr:?} is not a valid address"))?;
+    let mut files = None;
     if uri.starts_with("https://") {
-        let read = |var: &str| -> anyhow::Result<String> {
+        let read = |var: &str| -> anyhow::Result<(String, String)> {
             let path = std::env::var(var)
                 .with_context(|| format!("{uri} uses TLS: set {var} to a PEM file"))?;
-            std::fs::read_to_string(&path).with_context(|| format!("{var}={path}: cannot read it"))
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("{var}={path}: cannot read it"))?;
+            Ok((path, text))
         };
+        let (ca, cert, key) = (
+            read("SIGNET_TLS_CA")?,
+            read("SIGNET_TLS_CERT")?,
+            read("SIGNET_TLS_KEY")?,
+        );
         let tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(read(
-                "SIGNET_TLS_CA",
-            )?))
-            .identity(tonic::transport::Identity::from_pem(
-                read("SIGNET_TLS_CERT")?,
-                read("SIGNET_TLS_KEY")?,
-            ));
+            .ca_certificate(tonic::transport::Certificate::from_pem(&ca.1))
+            .identity(tonic::transport::Identity::from_pem(&cert.1, &key.1));
         endpoint = endpoint.tls_config(tls).context("TLS configuration")?;
+        files = Some(transport_error::TlsFiles { ca, cert, key });
     }
+    transport_error::remember(transport_error::Target {
+        uri: uri.clone(),
+        tls: files,
+    });
     endpoint
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .connect()
         .await
-        .map_err(|_| {
+        .map_err(|e| {
+            if let Some(why) = transport_error::explain(&uri, &e) {
+                return anyhow!("cannot connect to {uri}: {why}");
+            }
             anyhow!(
                 "cannot connect to {uri}: is the server running? (start one with `signet dev`, \
                  or point --addr / SIGNET_ADDR at it)"
@@ -89,6 +100,17 @@ async fn connect_unix(path: &str) -> anyhow::Result<Channel> {
 /// Turns a gRPC status into a one-line error: the code, then the server's
 /// message (which names the field and the rule).
 pub fn status_error(s: tonic::Status) -> anyhow::Error {
+    if let Some(source) = std::error::Error::source(&s)
+        && transport_error::is_transport(source)
+    {
+        // The connection failed, not the call: `transport_error::diagnose`
+        // finds out why before the command's error is printed.
+        return anyhow::Error::new(transport_error::TransportFailure(format!(
+            "{:?}: {}",
+            s.code(),
+            s.message()
+        )));
+    }
     anyhow!("{:?}: {}", s.code(), s.message())
 }
 

@@ -4,12 +4,14 @@
 mod audit;
 mod authz;
 mod bench;
+mod check;
 mod client;
 mod dev;
 mod operator;
 mod policy;
 mod server;
 mod timeline;
+mod transport_error;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -151,7 +153,13 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(async {
+        match run(cli).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(transport_error::diagnose(e).await),
+        }
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("signet: {e:#}");

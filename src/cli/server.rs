@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use super::{init_logging, shutdown_signal};
+use super::{check, init_logging, shutdown_signal};
 use crate::{
     config::Config,
     hardening,
@@ -42,6 +42,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     let c = &checked.config;
     if args.check_config {
+        let report = check::check_all(&checked, &kek, check::When::CheckConfig).await;
+        for line in &report.lines {
+            println!("{line}");
+        }
+        report.result()?;
         println!(
             "{}: OK (gRPC {}, HTTP {}, data dir {}, KEK {kek}, {} ring(s))",
             args.config.display(),
@@ -55,6 +60,26 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     init_logging();
     let hardened =
         hardening::harden_process(args.allow_unlocked_memory || c.seal.allow_unlocked_memory)?;
+    // Everything is checked before anything is created: a configuration
+    // that fails leaves no data directory, store or socket behind.
+    let report = check::check_all(
+        &checked,
+        &kek,
+        check::When::Startup {
+            start_sealed: args.start_sealed,
+        },
+    )
+    .await;
+    for line in &report.lines {
+        if line.starts_with("FAIL") {
+            tracing::error!("check: {line}");
+        } else if line.starts_with("wait") {
+            tracing::warn!("check: {line}");
+        } else {
+            tracing::info!("check: {line}");
+        }
+    }
+    report.result()?;
     let mode = crate::config::socket_mode(&c.listen.grpc_socket_mode)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
     let opts = ServerOptions {

@@ -294,18 +294,8 @@ async fn seal_and_unseal_over_grpc() {
 
 #[test]
 fn server_config_check_and_start_sealed() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/signet.example.toml");
-    let out = std::process::Command::new(common::process::BIN)
-        .args(["server", "--config", example, "--check-config"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains(": OK ("));
-
+    // The shipped example's checks (it names a KEK file that does not
+    // exist) are in check_config.rs.
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[seal]\nkek = \"file:/k\"\nkek_file = 1\n").unwrap();
