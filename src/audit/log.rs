@@ -140,7 +140,22 @@ impl AuditLog {
         ));
         let signer: writer::SignerSlot = Arc::new(Mutex::new(None));
         let (anchor_tx, anchor) = watch::channel(None);
-        let (tx, ready) = writer::start(config, status.clone(), signer.clone(), anchor_tx)?;
+        // Answers are delivered by a task on this runtime, a round at a time.
+        let (fanout, mut answers) = mpsc::unbounded_channel::<writer::Answers>();
+        tokio::spawn(async move {
+            while let Some(round) = answers.recv().await {
+                for (reply, answer) in round {
+                    let _ = reply.send(answer);
+                }
+            }
+        });
+        let (tx, ready) = writer::start(
+            config,
+            status.clone(),
+            signer.clone(),
+            anchor_tx,
+            Some(fanout),
+        )?;
         // The sequencer answers once its first open round is over (bounded
         // by the timeout); if it died, appends will say so.
         let _ = ready.await;

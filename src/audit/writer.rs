@@ -46,6 +46,12 @@ pub(super) type SignerSlot = Arc<Mutex<Option<Arc<CheckpointSigner>>>>;
 /// The latest checkpoint of the primary sink: `(seq, line hash)`.
 pub(super) type Anchor = Option<(u64, String)>;
 
+/// One round's answers, handed to a task on the runtime that delivers them.
+pub(super) type Answers = Vec<(
+    oneshot::Sender<Result<u64, AuditError>>,
+    Result<u64, AuditError>,
+)>;
+
 /// Appends waiting for the sequencer; senders wait (within their timeout)
 /// when it is full.
 const QUEUE: usize = 4096;
@@ -121,6 +127,10 @@ struct Sequencer {
     /// The seq a declared gap (`SkipTo`) starts at: the record taking it
     /// is the gap record itself, so no resync marker goes before it.
     declared_gap: Option<u64>,
+    /// Where a round's answers go to be delivered from inside the async
+    /// runtime: one wake-up of one task per round, rather than one
+    /// cross-thread wake-up per caller. `None` (or closed): answered here.
+    fanout: Option<mpsc::UnboundedSender<Answers>>,
 }
 
 /// Starts the sink threads and the sequencer. The receiver answers once the
@@ -130,6 +140,7 @@ pub(super) fn start(
     status: Arc<Mutex<Vec<SinkStatus>>>,
     signer: SignerSlot,
     anchor: watch::Sender<Anchor>,
+    fanout: Option<mpsc::UnboundedSender<Answers>>,
 ) -> Result<(mpsc::Sender<Msg>, oneshot::Receiver<()>), AuditError> {
     let (done_tx, done) = std_mpsc::channel();
     let mut slots = Vec::with_capacity(config.sinks.len());
@@ -168,6 +179,7 @@ pub(super) fn start(
         checkpoint_interval: config.checkpoint_interval,
         anchor,
         declared_gap: None,
+        fanout,
     };
     thread::Builder::new()
         .name("signet-audit".into())
@@ -399,12 +411,26 @@ impl Sequencer {
         }
         // Before answering, so a caller that reads the head sees its line.
         self.publish();
-        for (seq, reply) in replies {
-            let _ = reply.send(if ok {
-                Ok(seq)
-            } else {
-                Err(AuditError::Unavailable)
-            });
+        let answers: Answers = replies
+            .into_iter()
+            .map(|(seq, reply)| {
+                let answer = if ok {
+                    Ok(seq)
+                } else {
+                    Err(AuditError::Unavailable)
+                };
+                (reply, answer)
+            })
+            .collect();
+        let answers = match &self.fanout {
+            Some(fanout) if !answers.is_empty() => match fanout.send(answers) {
+                Ok(()) => Vec::new(),
+                Err(mpsc::error::SendError(answers)) => answers,
+            },
+            _ => answers,
+        };
+        for (reply, answer) in answers {
+            let _ = reply.send(answer);
         }
         ok
     }
