@@ -276,20 +276,39 @@ impl Acceptor {
 pub fn plaintext_incoming(
     listener: TcpListener,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
+    let listener = Arc::new(listener);
+    accept_loop(move || {
+        let listener = listener.clone();
+        async move {
+            let (tcp, addr) = listener.accept().await?;
+            let _ = tcp.set_nodelay(true);
+            Ok(Some(Conn {
+                stream: Stream::Plain(tcp),
+                info: PeerInfo::local(Some(addr)),
+            }))
+        }
+    })
+}
+
+/// Runs `accept` in a task until the receiving end is dropped, passing on
+/// each connection it yields. `Ok(None)` is a connection it dropped itself;
+/// an error is logged and retried after a short pause (e.g. out of file
+/// descriptors).
+fn accept_loop<F, Fut>(mut accept: F) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = io::Result<Option<Conn>>> + Send,
+{
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            match listener.accept().await {
-                Ok((tcp, addr)) => {
-                    let _ = tcp.set_nodelay(true);
-                    let conn = Conn {
-                        stream: Stream::Plain(tcp),
-                        info: PeerInfo::local(Some(addr)),
-                    };
+            match accept().await {
+                Ok(Some(conn)) => {
                     if tx.send(Ok(conn)).await.is_err() {
                         return;
                     }
                 }
+                Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -431,34 +450,23 @@ fn unix_peer(stream: &UnixStream) -> io::Result<PeerInfo> {
 pub fn unix_incoming(
     listener: UnixListener,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let info = match unix_peer(&stream) {
-                        Ok(info) => info,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "Unix socket peer credentials unreadable; connection dropped");
-                            continue;
-                        }
-                    };
-                    let conn = Conn {
-                        stream: Stream::Unix(stream),
-                        info,
-                    };
-                    if tx.send(Ok(conn)).await.is_err() {
-                        return;
-                    }
-                }
+    let listener = Arc::new(listener);
+    accept_loop(move || {
+        let listener = listener.clone();
+        async move {
+            let (stream, _) = listener.accept().await?;
+            match unix_peer(&stream) {
+                Ok(info) => Ok(Some(Conn {
+                    stream: Stream::Unix(stream),
+                    info,
+                })),
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tracing::warn!(error = %e, "Unix socket peer credentials unreadable; connection dropped");
+                    Ok(None)
                 }
             }
         }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
+    })
 }
 
 enum Stream {

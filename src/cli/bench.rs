@@ -68,6 +68,11 @@ pub struct BenchArgs {
     /// records nothing.
     #[arg(long, requires = "in_process")]
     audit: bool,
+    /// With --audit: the audit file's fsync policy (`always`, the
+    /// production default; `interval:1s`; `never`), to see what durability
+    /// per record costs.
+    #[arg(long, default_value = "always", requires = "audit")]
+    audit_fsync: String,
     /// Print the results as one JSON object.
     #[arg(long)]
     json: bool,
@@ -148,8 +153,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         };
         let dir = tempfile_dir()?;
         let audit = if args.audit {
+            let fsync: crate::audit::FsyncPolicy =
+                args.audit_fsync.parse().context("--audit-fsync")?;
             let log = crate::audit::AuditLog::open(crate::audit::AuditConfig::new(vec![
-                crate::audit::SinkConfig::file(dir.join("audit.log")),
+                crate::audit::SinkConfig {
+                    fsync,
+                    ..crate::audit::SinkConfig::file(dir.join("audit.log"))
+                },
             ]))
             .await?;
             let key = crate::audit::AuditKey::from_bytes(zeroize::Zeroizing::new(
