@@ -185,15 +185,30 @@ impl TlsFiles {
     }
 }
 
-/// A TLS acceptor whose configuration can be swapped at run time.
-pub struct Acceptor {
-    files: TlsFiles,
+/// Files a rustls server configuration is built from (the gRPC listener's
+/// [`TlsFiles`], the HTTP listener's `HttpTlsFiles`).
+pub trait ConfigFiles {
+    /// Reads the files and builds the configuration.
+    fn server_config(&self) -> Result<ServerConfig, TlsError>;
+}
+
+impl ConfigFiles for TlsFiles {
+    fn server_config(&self) -> Result<ServerConfig, TlsError> {
+        TlsFiles::server_config(self)
+    }
+}
+
+/// A rustls configuration built from files and swapped whole on reload
+/// (SIGHUP): each handshake takes the configuration current at that moment,
+/// and files that do not load leave the current one in use.
+pub struct Reloadable<F> {
+    files: F,
     config: ArcSwap<ServerConfig>,
 }
 
-impl Acceptor {
+impl<F: ConfigFiles> Reloadable<F> {
     /// Loads the configuration from `files`.
-    pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
+    pub fn load(files: F) -> Result<Self, TlsError> {
         let config = files.server_config()?;
         Ok(Self {
             files,
@@ -208,6 +223,16 @@ impl Acceptor {
         Ok(())
     }
 
+    /// An acceptor with the configuration current now.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.config.load_full())
+    }
+}
+
+/// The gRPC listener's TLS acceptor (client certificates required).
+pub type Acceptor = Reloadable<TlsFiles>;
+
+impl Reloadable<TlsFiles> {
     /// Accepts TCP connections on `listener` and completes TLS handshakes
     /// concurrently (10 s each); yields authenticated connections. A failed
     /// handshake (no or untrusted certificate) is reported to `rejected`
@@ -230,7 +255,7 @@ impl Acceptor {
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                let acceptor = tokio_rustls::TlsAcceptor::from(self.config.load_full());
+                let acceptor = self.acceptor();
                 let allow_cn = self.files.allow_cn_identity;
                 let (conn_tx, rejected) = (tx.clone(), rejected.clone());
                 tokio::spawn(async move {

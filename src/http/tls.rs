@@ -6,9 +6,8 @@
 //! not load leaves the old certificate in use. No client certificates:
 //! verifiers fetch public keys anonymously.
 
-use std::{path::PathBuf, sync::Arc};
+use std::path::PathBuf;
 
-use arc_swap::ArcSwap;
 use rustls::{
     ServerConfig,
     pki_types::{PrivateKeyDer, pem::PemObject},
@@ -48,32 +47,12 @@ impl HttpTlsFiles {
     }
 }
 
+impl crate::tls::ConfigFiles for HttpTlsFiles {
+    fn server_config(&self) -> Result<ServerConfig, TlsError> {
+        HttpTlsFiles::server_config(self)
+    }
+}
+
 /// A TLS acceptor for the HTTP listener whose certificate can be swapped
 /// at run time.
-pub struct HttpsAcceptor {
-    files: HttpTlsFiles,
-    config: ArcSwap<ServerConfig>,
-}
-
-impl HttpsAcceptor {
-    /// Loads the certificate and key from `files`.
-    pub fn load(files: HttpTlsFiles) -> Result<Self, TlsError> {
-        let config = files.server_config()?;
-        Ok(Self {
-            files,
-            config: ArcSwap::from_pointee(config),
-        })
-    }
-
-    /// Re-reads the files; on any error the current certificate stays.
-    pub fn reload(&self) -> Result<(), TlsError> {
-        let config = self.files.server_config()?;
-        self.config.store(Arc::new(config));
-        Ok(())
-    }
-
-    /// An acceptor with the configuration current now.
-    pub(super) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.config.load_full())
-    }
-}
+pub type HttpsAcceptor = crate::tls::Reloadable<HttpTlsFiles>;
