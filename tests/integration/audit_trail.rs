@@ -576,3 +576,52 @@ async fn a_due_rotation_waits_for_the_audit_log() {
         "{records:?}"
     );
 }
+
+/// A request too large to read is refused and still leaves a record.
+#[tokio::test]
+async fn an_oversized_request_leaves_a_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = KeyManager::ephemeral(Arc::new(signet::clock::SystemClock))
+        .await
+        .unwrap();
+    let path = dir.path().join("audit.log");
+    let log = AuditLog::open(AuditConfig::new(vec![SinkConfig::file(&path)]))
+        .await
+        .unwrap();
+    let socket = dir.path().join("grpc.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    tokio::spawn(signet::rpc::serve_with(
+        signet::tls::unix_incoming(listener),
+        keys,
+        Arc::new(signet::rpc::guard::AllowAll),
+        Some(signet::rpc::AuditParts { log, key: None }),
+        std::future::pending(),
+    ));
+    let ch = signet::cli::connect(&format!("unix:{}", socket.display()))
+        .await
+        .unwrap();
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(100 * 1024));
+    let err = signet::pb::signer_client::SignerClient::new(ch)
+        .sign(signet::pb::SignRequest {
+            key_ring: "r".into(),
+            claims_json: big.into_bytes(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
+    let records = audit_lines(&path);
+    let rec = records
+        .iter()
+        .find(|r| r["rpc"] == "signet.v1.Signer/Sign")
+        .expect("the refused request is recorded");
+    assert_eq!(rec["code"], "OUT_OF_RANGE");
+    assert_eq!(rec["outcome"], "invalid");
+    assert!(
+        rec["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("request larger than")
+    );
+    assert!(rec["peer"].as_str().unwrap().starts_with("unix:uid:"));
+}
