@@ -81,6 +81,8 @@ pub struct Verifier {
     /// wait for its result instead of fetching again.
     cache: tokio::sync::Mutex<Option<Cached>>,
     last_unknown_refresh: Mutex<Option<UnixTime>>,
+    /// Whether an unknown kid may trigger a refetch (within the cooldown).
+    unknown_kid_refetch: bool,
     counts: Mutex<HashMap<Failure, u64>>,
     fetches: Mutex<u64>,
 }
@@ -134,6 +136,7 @@ impl Verifier {
             leeway: Duration::from_secs(60),
             cache: tokio::sync::Mutex::new(None),
             last_unknown_refresh: Mutex::new(None),
+            unknown_kid_refetch: true,
             counts: Mutex::new(HashMap::new()),
             fetches: Mutex::new(0),
         })
@@ -297,8 +300,19 @@ impl Verifier {
         }
     }
 
+    /// Never refetch on an unknown kid; refresh only when the cached set's
+    /// `max-age` runs out, as many gateways do. What Signet's rotation rules
+    /// are made for: such a verifier must never meet an unknown kid.
+    pub fn without_unknown_kid_refetch(mut self) -> Self {
+        self.unknown_kid_refetch = false;
+        self
+    }
+
     /// At most one unknown-kid refresh per cooldown.
     fn may_refresh_for_unknown(&self, now: UnixTime) -> bool {
+        if !self.unknown_kid_refetch {
+            return false;
+        }
         let mut last = self
             .last_unknown_refresh
             .lock()

@@ -158,10 +158,16 @@ pub struct KeysArgs {
 pub struct RotateArgs {
     #[command(flatten)]
     ring: RingArgs,
-    /// Emergency rotation: the new key signs now instead of after
-    /// publish_lead. Verifiers with a cached JWKS refetch on the new kid.
+    /// Emergency rotation: a key signs now instead of after publish_lead.
+    /// A successor that verifiers already hold (published for at least
+    /// jwks_max_age + clock_skew) is promoted, so no verifier meets an
+    /// unknown kid; otherwise a new key signs at once.
     #[arg(long)]
     now: bool,
+    /// With --now: always generate a new key, even when a published
+    /// successor could be promoted (it may be compromised too).
+    #[arg(long, requires = "now")]
+    fresh: bool,
     /// Why (kept with the new key and logged).
     #[arg(long)]
     reason: String,
@@ -334,13 +340,20 @@ pub async fn rotate(args: RotateArgs) -> anyhow::Result<()> {
             immediate: args.now,
             reason: args.reason,
             request_id: args.request_id.unwrap_or_default(),
+            fresh: args.fresh,
         })
         .await
         .map_err(status_error)?
         .into_inner();
     let new = resp.new_key.context("the server sent no new key")?;
-    if args.now {
-        println!("ring {ring}: key {} signs from now on", new.kid);
+    if resp.promoted {
+        println!(
+            "ring {ring}: key {} (published since {}, so verifiers hold it) signs from now on",
+            new.kid,
+            time(new.publish_at.as_ref())
+        );
+    } else if args.now {
+        println!("ring {ring}: new key {} signs from now on", new.kid);
     } else {
         println!(
             "ring {ring}: key {} is published and signs from {}",

@@ -29,11 +29,13 @@ pub(super) enum Change {
         reason: Option<String>,
         request_id: Option<RequestId>,
     },
-    /// An existing key gets a new timeline (and is re-sealed for it).
+    /// An existing key gets a new timeline (and is re-sealed for it), and
+    /// the id of the Rotate request that moved it, if any.
     Retime {
         kid: Kid,
         timeline: Timeline,
         reason: Option<String>,
+        request_id: Option<RequestId>,
     },
     /// An existing key's material is destroyed; its kid stays as a tombstone
     /// with this timeline.
@@ -146,8 +148,26 @@ impl KeyManager {
         reason: &str,
         request_id: Option<&RequestId>,
     ) -> Result<(KeyInfo, Option<KeyInfo>), Error> {
+        self.rotate_with(name, immediate, false, reason, request_id)
+            .await
+    }
+
+    /// [`KeyManager::rotate`]; an immediate rotation with `fresh` always
+    /// generates a new key (and withdraws a waiting successor) instead of
+    /// promoting a successor verifiers already hold.
+    pub async fn rotate_with(
+        &self,
+        name: &str,
+        immediate: bool,
+        fresh: bool,
+        reason: &str,
+        request_id: Option<&RequestId>,
+    ) -> Result<(KeyInfo, Option<KeyInfo>), Error> {
         let name = RingName::parse(name, "key_ring")?;
-        match self.rotate_once(&name, immediate, reason, request_id).await {
+        match self
+            .rotate_once(&name, immediate, fresh, reason, request_id)
+            .await
+        {
             Err(Error::Conflict(ring)) if let Some(id) = request_id => {
                 // Another writer changed the ring first: perhaps another
                 // replica serving this very request. Read what it wrote.
@@ -163,6 +183,7 @@ impl KeyManager {
         &self,
         name: &RingName,
         immediate: bool,
+        fresh: bool,
         reason: &str,
         request_id: Option<&RequestId>,
     ) -> Result<(KeyInfo, Option<KeyInfo>), Error> {
@@ -183,6 +204,57 @@ impl KeyManager {
             && let Some(next) = successor_of(&ring, active, now)
         {
             return Ok((key_info(next, spec, now), Some(key_info(active, spec, now))));
+        }
+        // An emergency rotation promotes a successor that verifiers already
+        // hold (published at least jwks_max_age + clock_skew ago), so no
+        // token it signs meets an unknown kid; a fresh key only when there
+        // is none, or when asked (the successor may be compromised too).
+        if immediate
+            && !fresh
+            && let Some(active) = ring.active_at(now)
+            && let Some(next) = promotable(&ring, now)
+        {
+            let policy = ring.record.policy;
+            let mut retired = active.timeline;
+            retired.retire_at = Some(now);
+            retired.remove_at = Some(now.saturating_add(policy.grace));
+            let mut promoted = next.timeline;
+            promoted.activate_at = now;
+            let changes = vec![
+                Change::Retime {
+                    kid: next.kid.clone(),
+                    timeline: promoted,
+                    reason: Some(format!(
+                        "promoted by an immediate rotation{}",
+                        reason
+                            .as_deref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    )),
+                    request_id: request_id.cloned(),
+                },
+                Change::Retime {
+                    kid: active.kid.clone(),
+                    timeline: retired,
+                    reason: None,
+                    request_id: None,
+                },
+            ];
+            let (new_kid, old_kid) = (next.kid.clone(), active.kid.clone());
+            let written = self.commit(&ring, &*kek, changes, None).await?;
+            let find = |kid: &Kid| written.record.keys.iter().find(|k| &k.kid == kid);
+            let new_info = find(&new_kid)
+                .map(|k| key_info(k, spec, now))
+                .ok_or(Error::ShuttingDown)?;
+            let old_info = find(&old_kid).map(|k| key_info(k, spec, now));
+            tracing::info!(
+                ring = %name,
+                new_kid = %new_kid,
+                old_kid = %old_kid,
+                reason = reason.as_deref().unwrap_or(""),
+                "immediate rotation promoted the published successor"
+            );
+            return Ok((new_info, old_info));
         }
         let loaded = self.generate(spec).await?;
         // Read the clock after generation, which can take a while for RSA.
@@ -269,6 +341,7 @@ impl KeyManager {
                 kid: active.kid.clone(),
                 timeline: reopened,
                 reason: None,
+                request_id: None,
             });
         }
         changes.push(Change::Destroy {
@@ -489,12 +562,15 @@ impl KeyManager {
                     kid,
                     timeline,
                     reason,
+                    request_id,
                 } => {
                     let old = stored(ring, &kid)?;
                     let key = ring.loaded(&kid).ok_or_else(|| unavailable(ring, &kid))?;
                     let mut rec = sealed_record(kek, name, key, timeline, None).await?;
                     rec.reason = reason.or_else(|| old.reason.clone());
-                    rec.request_id = old.request_id.clone();
+                    rec.request_id = request_id
+                        .map(|id| id.as_str().to_owned())
+                        .or_else(|| old.request_id.clone());
                     update.push(rec);
                 }
                 Change::Destroy {
@@ -608,8 +684,14 @@ fn replay(
     else {
         return Ok(None);
     };
-    // An immediate rotation's key signs as soon as it is published.
-    let was_immediate = made.timeline.activate_at <= made.timeline.publish_at;
+    // An immediate rotation's key signs as soon as it is published, or (a
+    // promoted successor) sooner than publish_lead after it.
+    let was_immediate = made.timeline.activate_at <= made.timeline.publish_at
+        || made.timeline.activate_at
+            < made
+                .timeline
+                .publish_at
+                .saturating_add(ring.record.policy.publish_lead);
     if was_immediate != immediate {
         let (used, asked) = if was_immediate {
             ("an immediate", "a scheduled")
@@ -666,6 +748,7 @@ fn scheduled_changes(
             kid: active.kid.clone(),
             timeline: tl,
             reason: None,
+            request_id: None,
         });
     }
     changes
@@ -674,6 +757,21 @@ fn scheduled_changes(
 /// An emergency successor: published and signing now. The Active key
 /// retires now and keeps its grace; waiting successors (which never signed)
 /// are withdrawn.
+/// The waiting successor an immediate rotation may promote: published, not
+/// revoked, and in the JWKS for at least `jwks_max_age + clock_skew`, so
+/// every verifier's cached set already holds it.
+fn promotable(ring: &Ring, now: UnixTime) -> Option<&KeyRecord> {
+    let policy = ring.record.policy;
+    let settled = policy.jwks_max_age.saturating_add(policy.clock_skew);
+    ring.record.keys.iter().find(|k| {
+        k.sealed.is_some()
+            && k.timeline.revoked_at.is_none()
+            && k.timeline.activate_at > now
+            && k.timeline.publish_at.saturating_add(settled) <= now
+            && ring.loaded(&k.kid).is_some()
+    })
+}
+
 fn immediate_changes(
     ring: &Ring,
     key: LoadedKey,
@@ -696,6 +794,7 @@ fn immediate_changes(
             kid: active.kid.clone(),
             timeline: tl,
             reason: None,
+            request_id: None,
         });
     }
     for waiting in ring.record.keys.iter().filter(|k| {

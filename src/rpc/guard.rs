@@ -543,7 +543,11 @@ fn detail_request(path: &str, msg: &[u8], rec: &mut AuditRecord, key: Option<&Au
             if let Ok(r) = pb::RotateRequest::decode(msg) {
                 rec.reason = Some(format!(
                     "{}{}",
-                    if r.immediate { "immediate: " } else { "" },
+                    match (r.immediate, r.fresh) {
+                        (true, true) => "immediate, fresh key: ",
+                        (true, false) => "immediate: ",
+                        _ => "",
+                    },
                     r.reason
                 ));
             }
@@ -583,6 +587,12 @@ fn detail_response(path: &str, msg: &[u8], rec: &mut AuditRecord, _key: Option<&
         "/signet.v1.KeyAdmin/Rotate" => {
             if let Ok(r) = pb::RotateResponse::decode(msg) {
                 rec.kid = r.new_key.map(|k| k.kid).unwrap_or_default();
+                if r.promoted {
+                    rec.reason = Some(format!(
+                        "{}; promoted the published successor",
+                        rec.reason.as_deref().unwrap_or_default()
+                    ));
+                }
             }
         }
         _ => {}

@@ -54,13 +54,25 @@ impl KeyAdmin for KeyAdminService {
         }
         let request_id = RequestId::parse_optional(&r.request_id, "request_id")
             .map_err(|e| Status::from(Error::from(e)))?;
+        if r.fresh && !r.immediate {
+            return Err(invalid("fresh", "applies to an immediate rotation only"));
+        }
         let (new, old) = self
             .keys
-            .rotate(&r.key_ring, r.immediate, &r.reason, request_id.as_ref())
+            .rotate_with(
+                &r.key_ring,
+                r.immediate,
+                r.fresh,
+                &r.reason,
+                request_id.as_ref(),
+            )
             .await?;
+        // A promoted successor was published before it was made to sign.
+        let promoted = r.immediate && new.timeline.publish_at < new.timeline.activate_at;
         Ok(Response::new(pb::RotateResponse {
             new_key: Some(convert::key_info(&new)),
             previous_key: old.as_ref().map(convert::key_info),
+            promoted,
         }))
     }
 

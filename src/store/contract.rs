@@ -429,6 +429,28 @@ async fn policy_and_reason_change_with_the_generation(store: &dyn KeyStore) {
         .await
         .unwrap();
     let got = get(store, "c-policy").await;
-    assert_eq!(got.keys, vec![revised], "request id kept from the insert");
+    assert_eq!(
+        got.keys,
+        vec![revised.clone()],
+        "request id kept from the insert"
+    );
     assert_eq!(k.request_id.as_deref(), Some("request-1"));
+
+    // A given request id replaces it (a promoted successor's).
+    let promoted = KeyRecord {
+        request_id: Some("promote-1".into()),
+        ..revised
+    };
+    store
+        .update_ring(&RingUpdate {
+            ring: RingName::parse("c-policy", "n").unwrap(),
+            expected_generation: 3,
+            insert: vec![],
+            update: vec![promoted.clone()],
+            policy: None,
+        })
+        .await
+        .unwrap();
+    let got = get(store, "c-policy").await;
+    assert_eq!(got.keys, vec![promoted], "a given request id is stored");
 }

@@ -92,6 +92,9 @@ impl KeyStore for MemoryStore {
             key.timeline = changed.timeline;
             key.sealed = changed.sealed.clone();
             key.reason = changed.reason.clone();
+            if changed.request_id.is_some() {
+                key.request_id = changed.request_id.clone();
+            }
         }
         if let Some(policy) = update.policy {
             next.policy = policy;

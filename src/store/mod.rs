@@ -109,7 +109,9 @@ pub struct RingUpdate {
     /// Keys to add (each with a kid never seen in this ring).
     pub insert: Vec<KeyRecord>,
     /// Existing keys with a new timeline, sealed blob (`None` destroys the
-    /// material) and reason. Matched by kid; the public key never changes.
+    /// material) and reason; a request id replaces the stored one only when
+    /// given (a promoted successor takes the id of the Rotate that promoted
+    /// it), `None` leaves it. Matched by kid; the public key never changes.
     pub update: Vec<KeyRecord>,
     /// A new policy for the ring, if it changes.
     pub policy: Option<Policy>,

@@ -485,11 +485,14 @@ async fn update_key(
     key: &KeyRecord,
 ) -> Result<(), StoreError> {
     let changed = sqlx::query(
-        "UPDATE keys SET timeline_json = ?, sealed = ?, reason = ? WHERE ring = ? AND kid = ?",
+        "UPDATE keys SET timeline_json = ?, sealed = ?, reason = ?, \
+         request_id = COALESCE(?, request_id) \
+         WHERE ring = ? AND kid = ?",
     )
     .bind(to_json(&key.timeline, ring, Some(&key.kid), "timeline")?)
     .bind(key.sealed.as_ref().map(|b| b.0.as_slice()))
     .bind(key.reason.as_deref())
+    .bind(key.request_id.as_deref())
     .bind(ring.as_str())
     .bind(key.kid.as_str())
     .execute(&mut *tx)

@@ -241,6 +241,7 @@ async fn permission_matrix_over_mtls_and_every_call_audited() {
                                 immediate: true,
                                 reason: "matrix".into(),
                                 request_id: String::new(),
+                                fresh: false,
                             })
                             .await,
                     )

@@ -485,6 +485,7 @@ async fn a_failing_sink_stops_every_mutation_before_it_happens() {
                 immediate: true,
                 reason: "x".into(),
                 request_id: String::new(),
+                fresh: false,
             })
             .await
             .map(|_| ()),
@@ -624,4 +625,73 @@ async fn an_oversized_request_leaves_a_record() {
             .starts_with("request larger than")
     );
     assert!(rec["peer"].as_str().unwrap().starts_with("unix:uid:"));
+}
+
+/// The reply and the audit record of an emergency rotation say whether it
+/// promoted the published successor or made a fresh key.
+#[tokio::test]
+async fn emergency_rotation_says_what_it_did() {
+    use signet::pb::{self, key_admin_client::KeyAdminClient};
+    let dir = tempfile::tempdir().unwrap();
+    let start = UnixTime::from_secs(1_700_000_000);
+    let clock = Arc::new(ManualClock::new(start));
+    let keys = KeyManager::ephemeral(clock.clone()).await.unwrap();
+    keys.create_ring("r", KeySpec::new(Algorithm::EdDsa, 0).unwrap())
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(85 * 86_400));
+    let (next, _) = keys.rotate("r", false, "scheduled", None).await.unwrap();
+    clock.advance(Duration::from_secs(2 * 3600));
+    let path = dir.path().join("audit.log");
+    let log = AuditLog::open(AuditConfig::new(vec![SinkConfig::file(&path)]))
+        .await
+        .unwrap();
+    let socket = dir.path().join("grpc.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    tokio::spawn(signet::rpc::serve_with(
+        signet::tls::unix_incoming(listener),
+        keys,
+        Arc::new(signet::rpc::guard::AllowAll),
+        Some(signet::rpc::AuditParts { log, key: None }),
+        std::future::pending(),
+    ));
+    let ch = signet::cli::connect(&format!("unix:{}", socket.display()))
+        .await
+        .unwrap();
+    let mut admin = KeyAdminClient::new(ch);
+    let rotate = |fresh: bool| pb::RotateRequest {
+        key_ring: "r".into(),
+        immediate: true,
+        reason: "drill".into(),
+        request_id: String::new(),
+        fresh,
+    };
+    let promoted = admin.rotate(rotate(false)).await.unwrap().into_inner();
+    assert!(promoted.promoted);
+    assert_eq!(promoted.new_key.unwrap().kid, next.kid.to_string());
+    let fresh = admin.rotate(rotate(true)).await.unwrap().into_inner();
+    assert!(!fresh.promoted);
+    let outcomes: Vec<String> = audit_lines(&path)
+        .iter()
+        .filter(|r| r["rpc"] == "signet.v1.KeyAdmin/Rotate" && r["outcome"] == "ok")
+        .map(|r| r["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "immediate: drill; promoted the published successor",
+            "immediate, fresh key: drill"
+        ]
+    );
+    let err = admin
+        .rotate(pb::RotateRequest {
+            immediate: false,
+            ..rotate(true)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.message(),
+        "fresh: applies to an immediate rotation only"
+    );
 }

@@ -126,6 +126,7 @@ async fn no_private_key_anywhere() {
                     immediate: true,
                     reason: "test".into(),
                     request_id: String::new(),
+                    fresh: false,
                 })
                 .await
         ));

@@ -270,6 +270,7 @@ async fn seal_and_unseal_over_grpc() {
             immediate: true,
             reason: "test".into(),
             request_id: String::new(),
+            fresh: false,
         })
         .await
         .unwrap_err();
@@ -537,6 +538,7 @@ async fn crash_during_rotation_never_leaves_a_half_key() {
                         immediate: true,
                         reason: "test".into(),
                         request_id: String::new(),
+                        fresh: false,
                     })
                     .await;
                 if r.is_err() {

@@ -199,6 +199,7 @@ async fn ring_rules() {
             immediate: true,
             reason: "test".into(),
             request_id: String::new(),
+            fresh: false,
         })
         .await
         .unwrap_err();
@@ -229,6 +230,7 @@ async fn rotate_request_ids() {
                     immediate: true,
                     reason: "test".into(),
                     request_id: id,
+                    fresh: false,
                 })
                 .await
         }

@@ -128,6 +128,7 @@ async fn rotate_keeps_old_tokens_verifiable() {
             immediate: true,
             reason: "test".into(),
             request_id: String::new(),
+            fresh: false,
         })
         .await
         .unwrap()

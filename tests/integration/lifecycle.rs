@@ -505,3 +505,109 @@ async fn kek_spec_round_trips_through_display() {
         assert_eq!(s.parse::<KekSpec>().unwrap().to_string(), s);
     }
 }
+
+/// An emergency rotation promotes the successor verifiers already hold: a
+/// caching verifier that never refetches on an unknown kid verifies every
+/// token afterwards. `fresh` generates a new key instead, which that
+/// verifier cannot know: the difference the promotion makes.
+#[tokio::test]
+async fn immediate_rotation_promotes_a_published_successor() {
+    let h = Harness::new(Policy::default()).await;
+    let first = h.infos()[0].kid.clone();
+    h.set(at(85));
+    let (next, _) = h.keys.rotate("r", false, "scheduled", None).await.unwrap();
+    assert_eq!(next.state, KeyState::Published);
+
+    // A verifier fetches the set two hours later (holding both keys) and
+    // caches it; its clock stays within the set's max-age from then on.
+    let later = at(85).saturating_add(std::time::Duration::from_secs(2 * 3600));
+    h.set(later);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(signet::http::serve(
+        listener,
+        h.keys.clone(),
+        std::future::pending(),
+    ));
+    let verifier = signet::verifier::Verifier::new(&format!("http://{addr}/v1/rings/r/jwks.json"))
+        .unwrap()
+        .with_clock(h.clock.clone())
+        .without_unknown_kid_refetch();
+    verifier.refresh().await.unwrap();
+    let fetches = verifier.fetches();
+
+    // Published 2 h ago > jwks_max_age (1 h) + clock_skew: promoted. The
+    // request id goes with the promoted key, so a retry changes nothing.
+    let id = signet::keyring::RequestId::parse_optional("drill-1", "request_id")
+        .unwrap()
+        .unwrap();
+    let (now_key, old) = h
+        .keys
+        .rotate("r", true, "key compromise drill", Some(&id))
+        .await
+        .unwrap();
+    let (again, _) = h
+        .keys
+        .rotate("r", true, "key compromise drill", Some(&id))
+        .await
+        .unwrap();
+    assert_eq!(again.kid, now_key.kid, "a retry answers the same promotion");
+    assert_eq!(h.infos().len(), 2, "and makes no key");
+    assert_eq!(now_key.kid, next.kid, "the waiting successor signs now");
+    assert_eq!(now_key.state, KeyState::Active);
+    assert_eq!(now_key.timeline.activate_at, later);
+    assert_eq!(now_key.timeline.publish_at, at(85), "published as before");
+    let old = old.unwrap();
+    assert_eq!(old.kid, first);
+    assert_eq!(
+        old.timeline.retire_at,
+        Some(later),
+        "the old key retires now"
+    );
+    assert!(
+        h.infos().iter().all(|k| k.state != KeyState::Revoked),
+        "nothing withdrawn"
+    );
+    for _ in 0..5 {
+        let token = h.sign().await;
+        assert_eq!(token.kid, next.kid);
+        verifier.verify(&token.token).await.unwrap();
+    }
+    assert!(
+        verifier.take_counts().is_empty(),
+        "zero verification failures"
+    );
+    assert_eq!(verifier.fetches(), fetches, "and no refetch needed");
+
+    // `fresh`: a brand-new key the cached set lacks.
+    let (fresh, _) = h
+        .keys
+        .rotate_with("r", true, true, "successor compromised too", None)
+        .await
+        .unwrap();
+    assert_ne!(fresh.kid, next.kid);
+    assert_eq!(fresh.timeline.publish_at, fresh.timeline.activate_at);
+    let token = h.sign().await;
+    assert_eq!(token.kid, fresh.kid);
+    let err = verifier.verify(&token.token).await.unwrap_err();
+    assert_eq!(err.failure, signet::crypto::verify::Failure::UnknownKid);
+}
+
+/// A successor published less than jwks_max_age + clock_skew ago may not
+/// be in every verifier's cache yet: an emergency rotation then generates a
+/// fresh key and withdraws the waiting one, as before.
+#[tokio::test]
+async fn a_too_recent_successor_is_not_promoted() {
+    let h = Harness::new(Policy::default()).await;
+    h.set(at(85));
+    let (next, _) = h.keys.rotate("r", false, "scheduled", None).await.unwrap();
+    h.set(at(85).saturating_add(std::time::Duration::from_secs(30 * 60)));
+    let (now_key, _) = h.keys.rotate("r", true, "drill", None).await.unwrap();
+    assert_ne!(now_key.kid, next.kid, "a fresh key");
+    let waiting = h.infos().into_iter().find(|k| k.kid == next.kid).unwrap();
+    assert_eq!(
+        waiting.state,
+        KeyState::Revoked,
+        "the young successor is withdrawn"
+    );
+}

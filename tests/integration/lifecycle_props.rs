@@ -275,8 +275,15 @@ impl Model {
             }
             Event::RotateNow => {
                 if self.now() >= self.high_water {
-                    self.keys.rotate("p", true, "prop", None).await.unwrap();
+                    let (new, _) = self.keys.rotate("p", true, "prop", None).await.unwrap();
+                    let promoted = self.kids.contains_key(&new.kid);
                     self.note_new_kids(true);
+                    if promoted {
+                        // A promoted successor signs before publish_lead, but
+                        // only once every verifier's cached set holds it.
+                        let settled = self.policy.jwks_max_age + self.policy.clock_skew;
+                        self.kids.insert(new.kid.clone(), (settled, false));
+                    }
                 }
             }
             Event::Revoke(n) => {

@@ -344,6 +344,7 @@ async fn watch_jwks_delivers_a_revocation_within_a_second() {
             immediate: true,
             reason: "t".into(),
             request_id: String::new(),
+            fresh: false,
         })
         .await
         .unwrap();

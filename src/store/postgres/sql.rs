@@ -95,12 +95,14 @@ pub(super) async fn update_key(
     key: &KeyRecord,
 ) -> Result<(), StoreError> {
     let changed = sqlx::query(
-        "UPDATE keys SET timeline_json = $1, sealed = $2, reason = $3 \
-         WHERE ring = $4 AND kid = $5",
+        "UPDATE keys SET timeline_json = $1, sealed = $2, reason = $3, \
+         request_id = COALESCE($4, request_id) \
+         WHERE ring = $5 AND kid = $6",
     )
     .bind(to_json(&key.timeline, ring, Some(&key.kid), "timeline")?)
     .bind(key.sealed.as_ref().map(|b| b.0.as_slice()))
     .bind(key.reason.as_deref())
+    .bind(key.request_id.as_deref())
     .bind(ring.as_str())
     .bind(key.kid.as_str())
     .execute(&mut *tx)
