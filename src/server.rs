@@ -599,9 +599,18 @@ async fn refresh_loop(
     metrics::gauge!("signet_store_up").set(1.0);
     metrics::gauge!("signet_store_stale").set(0.0);
     loop {
+        // A new subscription (at start, or after the listening connection
+        // dropped) refreshes at once: changes committed before its LISTEN
+        // (since the key set was loaded, or while it was down) announced
+        // nothing it could hear.
+        let mut subscribed = false;
         if listener.is_none() {
             listener = match store.subscribe().await {
-                Ok(l) => Some(l),
+                Ok(l) => {
+                    tracing::info!(channel = store.channel(), "listening for store changes");
+                    subscribed = true;
+                    Some(l)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot listen for store changes; polling only");
                     None
@@ -614,12 +623,14 @@ async fn refresh_loop(
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            () = &mut shutdown => return,
-            ok = notified => if !ok {
-                listener = None; // reconnect on the next pass
-            },
-            () = tokio::time::sleep(every) => {}
+        if !subscribed {
+            tokio::select! {
+                () = &mut shutdown => return,
+                ok = notified => if !ok {
+                    listener = None; // reconnect on the next pass
+                },
+                () = tokio::time::sleep(every) => {}
+            }
         }
         // A refresh can hang on a dead connection for a while: staleness
         // is reported as it sets in, not when the refresh gives up.

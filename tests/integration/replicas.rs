@@ -365,6 +365,93 @@ fn three_server_processes_share_keys_and_revocations() {
     rt.block_on(drop_schema(&schema));
 }
 
+/// The change-notification path alone: with the periodic refresh at 60 s,
+/// a revocation made on one replica leaves the other's JWKS, and its Sign
+/// moves to the new key, within 1 s (LISTEN/NOTIFY, not the poll).
+#[test]
+fn a_revocation_reaches_another_replica_by_notification() {
+    revocation_reaches_the_other_replica(true);
+}
+
+/// Changes committed while a replica starts, between loading its key set
+/// and its LISTEN, announce nothing it can hear: it refreshes once it
+/// listens, instead of holding a revoked key until its 60 s poll.
+#[test]
+fn a_revocation_made_while_a_replica_starts_is_not_missed() {
+    revocation_reaches_the_other_replica(false);
+}
+
+fn revocation_reaches_the_other_replica(wait_for_listen: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = postgres::fresh_schema("notify");
+    let kek = process::kek_file(&dir.path().join("kek"));
+    let url = postgres::url();
+    let configs: Vec<_> = (0..2)
+        .map(|i| {
+            let config = replica_config(dir.path(), i, &kek, &url, &schema);
+            let text = std::fs::read_to_string(&config).unwrap().replace(
+                "refresh_interval_secs = 1\n",
+                "refresh_interval_secs = 60\n",
+            );
+            std::fs::write(&config, text).unwrap();
+            config
+        })
+        .collect();
+    // One after the other: the first creates the ring.
+    let first = spawn_replica(&configs[0]);
+    let second = spawn_replica(&configs[1]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let old = kid_of(&second.ok(&["sign", "--ring", "r", "--claims", "{}"]));
+    // Waiting: the second replica listens (and has refreshed once since)
+    // before the writes, which can then reach it only as notifications.
+    if wait_for_listen {
+        eventually(
+            Duration::from_secs(10),
+            "the second replica listening",
+            || {
+                second
+                    .stderr
+                    .lock()
+                    .unwrap()
+                    .contains("listening for store changes")
+            },
+        );
+    }
+    first.ok(&["rotate", "--ring", "r", "--now", "--reason", "notify test"]);
+    first.ok(&["revoke", &old, "--ring", "r", "--reason", "notify test"]);
+    let revoked_at = std::time::Instant::now();
+    let channel = rt.block_on(second.channel());
+    let jwks_path = "/v1/rings/r/jwks.json";
+    eventually(
+        Duration::from_secs(1),
+        "the revocation on the other replica, without its 60 s poll",
+        || {
+            let (status, _, body) = rt.block_on(common::http_get(second.http_addr(), jwks_path));
+            let token = rt.block_on(async {
+                signet::pb::signer_client::SignerClient::new(channel.clone())
+                    .sign(signet::pb::SignRequest {
+                        key_ring: "r".into(),
+                        claims_json: b"{}".to_vec(),
+                        ..Default::default()
+                    })
+                    .await
+            });
+            status == 200
+                && !body.contains(&old)
+                && token.is_ok_and(|t| kid_of(&t.into_inner().token) != old)
+        },
+    );
+    eprintln!(
+        "revocation seen on the other replica after {:?}",
+        revoked_at.elapsed()
+    );
+    drop((first, second));
+    rt.block_on(drop_schema(&schema));
+}
+
 /// With replicas, publish_lead must stay well above the refresh interval.
 #[tokio::test]
 async fn publish_lead_must_exceed_the_replica_refresh_bound() {
