@@ -102,6 +102,10 @@ fn describe() {
         "signet_audit_failures_total",
         "Requests refused because no audit record could be written."
     );
+    describe_counter!(
+        "signet_clock_jumps_total",
+        "Times the service clock moved more than 60 s against the monotonic clock between scheduler ticks (each also logged and audited)."
+    );
     describe_gauge!(
         "signet_audit_up",
         "0 while the scheduler cannot write audit intent or outcome records (it then changes nothing), else 1."

@@ -16,6 +16,31 @@ pub const DEFAULT_TICK: Duration = Duration::from_secs(30);
 /// How often an overdue-rotation warning repeats for one ring.
 const WARN_EVERY: i64 = 3600;
 
+/// How far the service clock may drift from the monotonic clock between two
+/// ticks before the scheduler calls it a jump (NTP slews far less).
+const JUMP: Duration = Duration::from_secs(60);
+
+/// Compares the service clock with the monotonic one between ticks.
+struct JumpWatch {
+    last: Option<(UnixTime, std::time::Instant)>,
+}
+
+impl JumpWatch {
+    /// How far the service clock moved beyond the monotonic time since the
+    /// last call, in seconds (negative: backwards), when more than [`JUMP`].
+    fn check(&mut self, now: UnixTime) -> Option<i64> {
+        let mono = std::time::Instant::now();
+        let jump = self.last.and_then(|(then, at)| {
+            let elapsed = i64::try_from(mono.duration_since(at).as_secs()).unwrap_or(i64::MAX);
+            let moved = now.as_secs().saturating_sub(then.as_secs());
+            let off = moved.saturating_sub(elapsed);
+            (off.unsigned_abs() > JUMP.as_secs()).then_some(off)
+        });
+        self.last = Some((now, mono));
+        jump
+    }
+}
+
 /// Remembers the states it last saw, to log transitions.
 #[derive(Default)]
 pub struct Observer {
@@ -83,11 +108,36 @@ pub async fn run(
     // After a stall (suspend, a paused VM), tick once, not in a burst.
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut observer = Observer::default();
+    let mut watch = JumpWatch { last: None };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => return,
             _ = interval.tick() => {}
+        }
+        // A clock that jumped is worth a line in the log and the audit
+        // trail: states follow the clock, so a jump moves the timelines.
+        if let Some(off) = watch.check(keys.now()) {
+            let (way, by) = if off < 0 {
+                ("backwards", off.unsigned_abs())
+            } else {
+                ("forwards", off.unsigned_abs())
+            };
+            let by = humantime::format_duration(Duration::from_secs(by));
+            let what = format!("the service clock jumped {way} by {by} between scheduler ticks");
+            tracing::warn!(jump = %what, now = %keys.now(), "clock jump");
+            counter!("signet_clock_jumps_total").increment(1);
+            if let Some(log) = &audit {
+                let mut rec = crate::audit::AuditRecord::new(
+                    "scheduler/clock",
+                    crate::audit::Outcome::Ok,
+                    "OK",
+                );
+                rec.reason = Some(what);
+                if log.append(rec).await.is_err() {
+                    counter!("signet_audit_failures_total").increment(1);
+                }
+            }
         }
         // Take in what other replicas wrote, so this tick plans from the
         // store's state (a lost CAS last time is resolved here).

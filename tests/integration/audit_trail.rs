@@ -16,7 +16,10 @@ use signet::{
 };
 use zeroize::Zeroizing;
 
-use crate::common::process::{BIN, Proc, kek_file, write_config};
+use crate::common::{
+    process::{BIN, Proc, kek_file, write_config},
+    wait_for,
+};
 
 fn key() -> AuditKey {
     AuditKey::from_bytes(Zeroizing::new([0x5a; 32]))
@@ -694,4 +697,78 @@ async fn emergency_rotation_says_what_it_did() {
         err.message(),
         "fresh: applies to an immediate rotation only"
     );
+}
+
+/// Clock jumps on a running scheduler: each is logged and audited, and the
+/// key set stays sane (one successor, one Active key, nothing rotated twice).
+#[tokio::test]
+async fn clock_jumps_are_audited_and_rotate_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = UnixTime::from_secs(1_700_000_000);
+    let clock = Arc::new(ManualClock::new(start));
+    let keys = KeyManager::ephemeral(clock.clone()).await.unwrap();
+    keys.create_ring("r", KeySpec::new(Algorithm::EdDsa, 0).unwrap())
+        .await
+        .unwrap();
+    // A successor falls due at once: the first tick generates it.
+    clock.advance(Duration::from_secs(85 * 86_400));
+    let path = dir.path().join("audit.log");
+    let log = AuditLog::open(AuditConfig::new(vec![SinkConfig::file(&path)]))
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let scheduler = tokio::spawn(signet::keyring::scheduler::run(
+        keys.clone(),
+        Duration::from_millis(50),
+        Some(log),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let has = |rpc: &'static str, needle: &'static str| {
+        let path = path.clone();
+        move || {
+            std::fs::read_to_string(&path)
+                .is_ok_and(|t| t.lines().any(|l| l.contains(rpc) && l.contains(needle)))
+        }
+    };
+    wait_for(
+        "the successor generated",
+        has("scheduler/generate", "\"ok\""),
+    )
+    .await;
+    let active = |keys: &KeyManager| {
+        keys.ring_info("r", "ring")
+            .unwrap()
+            .keys
+            .iter()
+            .filter(|k| k.state == signet::keyring::KeyState::Active)
+            .map(|k| k.kid.to_string())
+            .collect::<Vec<_>>()
+    };
+
+    clock.advance(Duration::from_secs(30 * 86_400));
+    wait_for(
+        "the forward jump audited",
+        has("scheduler/clock", "jumped forwards by 30days"),
+    )
+    .await;
+    assert_eq!(
+        keys.ring_info("r", "ring").unwrap().keys.len(),
+        2,
+        "one successor, not two"
+    );
+    let after_forward = active(&keys);
+    assert_eq!(after_forward.len(), 1, "one Active key");
+
+    clock.set(keys.now().saturating_sub(Duration::from_secs(3600)));
+    wait_for(
+        "the backward jump audited",
+        has("scheduler/clock", "jumped backwards by 1h"),
+    )
+    .await;
+    assert_eq!(active(&keys), after_forward, "the same key signs");
+    assert_eq!(keys.ring_info("r", "ring").unwrap().keys.len(), 2);
+    let _ = stop.send(());
+    scheduler.await.unwrap();
 }

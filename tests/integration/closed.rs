@@ -24,20 +24,13 @@ use crate::common::{
     certs::{Ca, ca, crl, leaf, leaf_serial},
     eventually,
     process::{BIN, Proc, kek_file, my_uid, write_config},
+    wait_for,
 };
 
 /// Whether `err` is a refused TLS handshake with the alert `alert` (with
 /// TLS 1.3 the client learns of it at its first request).
 fn refused(err: &tonic::Status, alert: &str) -> bool {
     matches!(err.code(), Code::Unavailable | Code::Unknown) && format!("{err:?}").contains(alert)
-}
-
-/// [`eventually`] from async code: the check runs on a blocking thread
-/// while this runtime goes on (writing the audit records awaited).
-async fn wait_for(what: &'static str, check: impl FnMut() -> bool + Send + 'static) {
-    tokio::task::spawn_blocking(move || eventually(Duration::from_secs(10), what, check))
-        .await
-        .unwrap();
 }
 
 fn uri(u: &str) -> SanType {

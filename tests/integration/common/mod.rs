@@ -168,3 +168,13 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     (status, head.to_ascii_lowercase(), body.to_owned())
 }
+
+/// [`eventually`] from async code: the check runs on a blocking thread
+/// while this runtime goes on (writing the audit records awaited).
+pub async fn wait_for(what: &'static str, check: impl FnMut() -> bool + Send + 'static) {
+    tokio::task::spawn_blocking(move || {
+        eventually(std::time::Duration::from_secs(10), what, check)
+    })
+    .await
+    .unwrap();
+}
