@@ -431,6 +431,9 @@ impl KeyManager {
     {
         use crate::crypto::verify::{self, Lookup};
         let ring = self.ring(ring, "key_ring")?;
+        // A stale replica may still hold a key revoked elsewhere: it does not
+        // vouch for tokens any more than it signs them.
+        self.check_fresh()?;
         let now = self.now();
         let leeway = i64::try_from(ring.record.policy.clock_skew.as_secs()).unwrap_or(0);
         Ok(verify::verify(

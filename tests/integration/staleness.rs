@@ -329,9 +329,13 @@ async fn past_max_staleness_sign_and_jwks_refuse_until_a_refresh() {
         "key store unreachable for 300ms: refusing to sign with keys that may have been revoked"
     );
     assert!(keys.jwks("r", "r").is_err());
+    // Nor does it vouch for tokens: Verify answers UNAVAILABLE too.
+    let e = keys.verify("r", "a.b.c").unwrap_err();
+    assert!(matches!(e, signet::Error::Stale(_)), "{e:?}");
     keys.refresh().await.unwrap();
     keys.sign(sign_params("r")).await.unwrap();
     keys.jwks("r", "r").unwrap();
+    keys.verify("r", "a.b.c").unwrap().unwrap_err();
     // Off (a store only this process writes): never stale.
     keys.set_max_staleness(None);
     assert!(keys.check_fresh().is_ok());
