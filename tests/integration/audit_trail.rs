@@ -49,6 +49,23 @@ async fn signed_log(path: &Path, n: u64) -> Vec<Vec<u8>> {
     lines(path)
 }
 
+/// An in-process server on a Unix socket in `dir`, everything allowed,
+/// every RPC recorded in `log`; a channel to it.
+async fn serve_audited(dir: &Path, keys: KeyManager, log: AuditLog) -> tonic::transport::Channel {
+    let socket = dir.join("grpc.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    tokio::spawn(signet::rpc::serve_with(
+        signet::tls::unix_incoming(listener),
+        keys,
+        Arc::new(signet::rpc::guard::AllowAll),
+        Some(signet::rpc::AuditParts { log, key: None }),
+        std::future::pending(),
+    ));
+    signet::cli::connect(&format!("unix:{}", socket.display()))
+        .await
+        .unwrap()
+}
+
 fn lines(path: &Path) -> Vec<Vec<u8>> {
     std::fs::read(path)
         .unwrap()
@@ -452,18 +469,7 @@ async fn a_failing_sink_stops_every_mutation_before_it_happens() {
     })
     .await
     .unwrap();
-    let socket = dir.path().join("grpc.sock");
-    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-    tokio::spawn(signet::rpc::serve_with(
-        signet::tls::unix_incoming(listener),
-        keys.clone(),
-        Arc::new(signet::rpc::guard::AllowAll),
-        Some(signet::rpc::AuditParts { log, key: None }),
-        std::future::pending(),
-    ));
-    let ch = signet::cli::connect(&format!("unix:{}", socket.display()))
-        .await
-        .unwrap();
+    let ch = serve_audited(dir.path(), keys.clone(), log).await;
     let (mut admin, mut op) = (KeyAdminClient::new(ch.clone()), OperatorClient::new(ch));
     let state = |keys: &KeyManager| {
         let ring = keys.ring_info("r", "ring").unwrap();
@@ -592,18 +598,7 @@ async fn an_oversized_request_leaves_a_record() {
     let log = AuditLog::open(AuditConfig::new(vec![SinkConfig::file(&path)]))
         .await
         .unwrap();
-    let socket = dir.path().join("grpc.sock");
-    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-    tokio::spawn(signet::rpc::serve_with(
-        signet::tls::unix_incoming(listener),
-        keys,
-        Arc::new(signet::rpc::guard::AllowAll),
-        Some(signet::rpc::AuditParts { log, key: None }),
-        std::future::pending(),
-    ));
-    let ch = signet::cli::connect(&format!("unix:{}", socket.display()))
-        .await
-        .unwrap();
+    let ch = serve_audited(dir.path(), keys, log).await;
     let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(100 * 1024));
     let err = signet::pb::signer_client::SignerClient::new(ch)
         .sign(signet::pb::SignRequest {
@@ -649,18 +644,7 @@ async fn emergency_rotation_says_what_it_did() {
     let log = AuditLog::open(AuditConfig::new(vec![SinkConfig::file(&path)]))
         .await
         .unwrap();
-    let socket = dir.path().join("grpc.sock");
-    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-    tokio::spawn(signet::rpc::serve_with(
-        signet::tls::unix_incoming(listener),
-        keys,
-        Arc::new(signet::rpc::guard::AllowAll),
-        Some(signet::rpc::AuditParts { log, key: None }),
-        std::future::pending(),
-    ));
-    let ch = signet::cli::connect(&format!("unix:{}", socket.display()))
-        .await
-        .unwrap();
+    let ch = serve_audited(dir.path(), keys, log).await;
     let mut admin = KeyAdminClient::new(ch);
     let rotate = |fresh: bool| pb::RotateRequest {
         key_ring: "r".into(),
