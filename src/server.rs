@@ -262,6 +262,9 @@ pub async fn prepare(opts: &ServerOptions) -> anyhow::Result<Prepared> {
             None,
         ),
     };
+    // The metrics recorder before anything counts (a ring refused at
+    // Unseal is counted there).
+    let _ = crate::telemetry::metrics_handle();
     let keys = KeyManager::open(store, Arc::new(SystemClock), Arc::new(opts.kek.clone())).await?;
     keys.set_legacy_audit_key_file(opts.data_dir.join("audit.key"));
     // Before Unseal: a store rolled back while this server was stopped is

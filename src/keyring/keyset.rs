@@ -184,6 +184,12 @@ impl Ring {
         next
     }
 
+    /// Whether the ring is refused (its stored state differs from its
+    /// sealed manifest, or rolled back): it neither signs nor changes.
+    pub fn is_refused(&self) -> bool {
+        self.refused.is_some()
+    }
+
     /// Whether the key's sealed record failed its integrity check.
     pub fn is_broken(&self, kid: &Kid) -> bool {
         self.broken.contains(kid)
