@@ -4,6 +4,7 @@
 mod audit;
 mod authz;
 mod bench;
+mod bench_store;
 mod check;
 mod client;
 mod dev;
@@ -91,6 +92,10 @@ enum Command {
     /// Measure Sign throughput and latency over gRPC against the raw
     /// in-process signing rate.
     Bench(BenchArgs),
+    /// Measure what a store of many rings costs at Unseal and refresh
+    /// (sealed manifests checked for every ring), on SQLite in a
+    /// temporary directory.
+    BenchStore(bench_store::BenchStoreArgs),
 }
 
 /// A command given input it cannot use (a missing file, a malformed
@@ -193,6 +198,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Timeline(args) => timeline::run(args).await,
         Command::Rings(cmd) => client::rings(cmd).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::BenchStore(args) => bench_store::run(args).await,
     }
 }
 
