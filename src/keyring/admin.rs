@@ -449,6 +449,11 @@ impl KeyManager {
             return Ok(()); // sealed: nothing can be generated or re-sealed
         };
         let ring = self.current(name)?;
+        if ring.refused.is_some() {
+            // Refused rings change nothing; the refusal was logged and
+            // counted when it was found.
+            return Ok(());
+        }
         let now = self.now();
         let policy = ring.record.policy;
         let mut changes = Vec::new();

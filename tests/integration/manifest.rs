@@ -6,7 +6,7 @@
 use std::{path::Path, sync::Arc};
 
 use signet::{
-    clock::SystemClock,
+    clock::{Clock, ManualClock, SystemClock},
     crypto::{Algorithm, KeySpec},
     keyring::{Generations, KeyManager, SignParams},
     seal::{EphemeralKek, KekProvider, KekSpec},
@@ -151,9 +151,13 @@ fn a_restored_revoked_row_never_comes_back_sqlite() {
 }
 
 async fn sqlite_manager(data: &Path, kek: &str) -> KeyManager {
+    sqlite_manager_at(data, kek, Arc::new(SystemClock)).await
+}
+
+async fn sqlite_manager_at(data: &Path, kek: &str, clock: Arc<dyn Clock>) -> KeyManager {
     let store = SqliteStore::open(&data.join("signet.db")).await.unwrap();
     let spec: KekSpec = kek.parse().unwrap();
-    let keys = KeyManager::open(Arc::new(store), Arc::new(SystemClock), Arc::new(spec))
+    let keys = KeyManager::open(Arc::new(store), clock, Arc::new(spec))
         .await
         .unwrap();
     keys.track_generations(&data.join(Generations::FILE))
@@ -171,7 +175,8 @@ async fn an_edited_policy_or_timeline_is_refused() {
     let data = dir.path().join("d");
     std::fs::create_dir_all(&data).unwrap();
     let kek = common::process::kek_file(&dir.path().join("kek"));
-    let keys = sqlite_manager(&data, &kek).await;
+    let clock = Arc::new(ManualClock::new(SystemClock.now()));
+    let keys = sqlite_manager_at(&data, &kek, clock.clone()).await;
     let spec = KeySpec::new(Algorithm::Es256, 0).unwrap();
     for ring in ["policy", "timeline", "other"] {
         keys.create_ring(ring, spec).await.unwrap();
@@ -200,14 +205,26 @@ async fn an_edited_policy_or_timeline_is_refused() {
     write_row(&mut conn, old.as_str(), &row).await;
     conn.close().await.unwrap();
 
-    let keys = sqlite_manager(&data, &kek).await;
+    let keys = sqlite_manager_at(&data, &kek, clock.clone()).await;
     assert_refused(&keys, "policy", "the policy").await;
     assert_refused(&keys, "timeline", &format!("the timeline of key {old}")).await;
     assert!(published(&keys, "timeline").is_empty());
     keys.sign(params("other")).await.unwrap();
-    // Nor does a refused ring change.
+    // Nor does a refused ring change, by hand or on schedule: a hundred
+    // days on, every ring is due, and only the trusted one rotates.
     let err = keys.rotate("policy", true, "x", None).await.unwrap_err();
     assert_eq!(tonic::Status::from(err).code(), Code::DataLoss);
+    let before = keys.ring_info("policy", "r").unwrap();
+    clock.advance(std::time::Duration::from_secs(100 * 86_400));
+    let report = keys.tick().await;
+    let rotated: Vec<&str> = report.generated.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(
+        rotated,
+        ["other"],
+        "the scheduler leaves refused rings alone"
+    );
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(keys.ring_info("policy", "r").unwrap().keys, before.keys);
 }
 
 /// The store copied back from before a rotation, while the server was
