@@ -67,34 +67,12 @@ pub async fn connect(addr: &str) -> anyhow::Result<Channel> {
 /// Connects over the server's Unix socket: the server knows the caller by
 /// its uid, so there is no certificate to give.
 async fn connect_unix(path: &str) -> anyhow::Result<Channel> {
-    let path = PathBuf::from(path);
-    let shown = path.display().to_string();
-    // The URI is required by the API and unused: the connector below
-    // decides where the connection goes.
-    let endpoint = Endpoint::from_static("http://signet.invalid");
-    endpoint
-        .connect_timeout(Duration::from_secs(5))
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .map_err(|e| {
-            use std::error::Error as _;
-            let cause = e
-                .source()
-                .map(ToString::to_string)
-                .unwrap_or_else(|| e.to_string());
-            anyhow!(
-                "cannot connect to unix:{shown}: {cause} (is the server running, and may this \
-                 user open the socket? its mode and group are listen.grpc_socket_mode and \
-                 listen.grpc_socket_group)"
-            )
-        })
+    signet_proto::connect_unix(path).await.map_err(|e| {
+        anyhow!(
+            "{e} (is the server running, and may this user open the socket? its mode and group \
+             are listen.grpc_socket_mode and listen.grpc_socket_group)"
+        )
+    })
 }
 
 /// Turns a gRPC status into a one-line error: the code, then the server's

@@ -25,6 +25,7 @@ mod durable;
 mod grpc_errors;
 mod grpc_sign;
 mod http_abuse;
+mod issuer_example;
 mod lifecycle;
 mod lifecycle_props;
 mod manifest;
