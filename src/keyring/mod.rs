@@ -7,6 +7,7 @@
 //! before swapping in a new snapshot.
 
 mod admin;
+mod issuer;
 mod keyset;
 mod lifecycle;
 mod manager;
@@ -19,6 +20,7 @@ mod tests;
 mod unseal;
 
 pub use admin::TickReport;
+pub use issuer::Issuer;
 pub use keyset::{JwkSet, KeyInfo, KeySet, Ring};
 pub use lifecycle::{KeyState, Timeline, project};
 pub use manager::{KeyManager, RingInfo};
