@@ -32,4 +32,5 @@ mod pkcs11;
 mod replicas;
 mod staleness;
 mod store_contract;
+mod verifier_fetch;
 mod verifier_surface;
