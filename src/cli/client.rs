@@ -388,7 +388,8 @@ async fn keys_pem(args: KeysArgs) -> anyhow::Result<()> {
     if let Some(kid) = args.kid {
         let jwk = set.keys.iter().find(|k| k.kid == kid).with_context(|| {
             format!(
-                "kid {kid} is not in ring {ring}'s JWKS (only published, active and retiring                  keys have a public key to show; see `signet keys --ring {ring}`)"
+                "kid {kid} is not in ring {ring}'s JWKS (only published, active and retiring \
+                 keys have a public key to show; see `signet keys --ring {ring}`)"
             )
         })?;
         print!("{}", pem(jwk)?);

@@ -104,8 +104,10 @@ impl KeyManager {
                         field: "claims_json.iss".into(),
                         rule: accepted.rule,
                         message: format!(
-                            "claims_json.iss: ring {} sets iss {issuer:?}, which is not allowed                              for {} (rule {}: {allowed:?} only)",
+                            "claims_json.iss: ring {} sets iss {:?}, which is not allowed \
+                             for {} (rule {}: {allowed:?} only)",
                             ring.name(),
+                            issuer.as_str(),
                             grant.identity,
                             accepted.rule
                         ),

@@ -322,3 +322,171 @@ pub fn etag(head: &str) -> String {
         .trim()
         .to_owned()
 }
+
+/// The issuer from the configuration, the CLI and a sign grant, through
+/// the real binary: `[[rings]] issuer` is checked (`--check-config`),
+/// applied at creation and again at start to a ring that has another;
+/// `signet policy set --issuer/--no-issuer` changes it and other changes
+/// keep it; a grant allowing another `iss` than the ring's is refused.
+#[tokio::test]
+async fn issuer_from_config_cli_and_grants() {
+    use crate::common::process::{Proc, kek_file, my_uid, write_config};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let kek = kek_file(&dir.path().join("kek"));
+    // Admin on the plain rings; on grant-* only sign (constrained), read
+    // and policy, so the sign grant's iss rule applies.
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        format!(
+            "[[rule]]\nidentity = {me:?}\nactions = [\"admin\"]\nrings = [\"default\", \"other\"]\n\n\
+             [[rule]]\nidentity = {me:?}\nactions = [\"sign\", \"read\", \"policy\"]\nrings = [\"grant-*\"]\n\
+             [rule.sign]\niss = \"https://orders.example.org\"\n",
+            me = my_uid()
+        ),
+    )
+    .unwrap();
+    let config = write_config(
+        dir.path(),
+        &data,
+        &kek,
+        &[
+            ("grant-a", "ES256"),
+            ("grant-b", "ES256"),
+            ("default", "ES256"),
+        ],
+    );
+    let base = std::fs::read_to_string(&config).unwrap();
+    let with_issuers = |default: Option<&str>| {
+        let text = base
+            .replace(
+                "name = \"grant-a\"\n",
+                "name = \"grant-a\"\nissuer = \"https://a.example\"\n",
+            )
+            .replace(
+                "name = \"grant-b\"\n",
+                "name = \"grant-b\"\nissuer = \"https://orders.example.org\"\n",
+            );
+        let text = match default {
+            Some(i) => text.replace(
+                "name = \"default\"\n",
+                &format!("name = \"default\"\nissuer = {i:?}\n"),
+            ),
+            None => text,
+        };
+        std::fs::write(&config, text).unwrap();
+    };
+    let cfg = config.to_str().unwrap();
+
+    with_issuers(Some("http://a.example"));
+    let out = Command::new(crate::common::process::BIN)
+        .args(["server", "--config", cfg, "--check-config"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rings[2].issuer: \"http://a.example\" must be an https:// URL"),
+        "{err}"
+    );
+
+    with_issuers(Some("https://first.example"));
+    let server = Proc::spawn(&["server", "--config", cfg], &[]).unwrap();
+    let iss = |ring: &str| {
+        let token = server.ok(&["sign", "--ring", ring, "--claims", "{}"]);
+        part(token.trim(), 1).get("iss").cloned()
+    };
+    assert_eq!(iss("default").unwrap(), "https://first.example");
+    let http = server.http_addr();
+    let (status, _, body) = http_get(http, "/.well-known/openid-configuration").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(r#""issuer":"https://first.example""#),
+        "{body}"
+    );
+
+    // A sign grant that allows another iss than the ring's: refused.
+    let denied = server.run(&["sign", "--ring", "grant-a", "--claims", "{}"]);
+    assert!(!denied.status.success());
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        err.contains("claims_json.iss: ring grant-a sets iss \"https://a.example\""),
+        "{err}"
+    );
+    assert_eq!(iss("grant-b").unwrap(), "https://orders.example.org");
+
+    // The CLI: set, keep across another change, show, remove.
+    server.ok(&["policy", "set", "--issuer", "https://second.example"]);
+    assert_eq!(iss("default").unwrap(), "https://second.example");
+    server.ok(&["policy", "set", "--grace", "8d"]);
+    assert_eq!(iss("default").unwrap(), "https://second.example", "kept");
+    let shown = server.ok(&["policy", "show"]);
+    assert!(
+        shown.contains("issuer             https://second.example"),
+        "{shown}"
+    );
+    let bad = server.run(&["policy", "set", "--issuer", "https://x.example/"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("must not end with '/'"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let created = server.ok(&[
+        "rings",
+        "create",
+        "other",
+        "--alg",
+        "EdDSA",
+        "--issuer",
+        "https://c.example/v1/rings/other",
+    ]);
+    assert!(
+        created.contains("issuer https://c.example/v1/rings/other: discovery at https://c.example/v1/rings/other/.well-known/openid-configuration"),
+        "{created}"
+    );
+    assert_eq!(server.terminate().code(), Some(0));
+
+    // At start, the configured issuer replaces another one.
+    let server = Proc::spawn(&["server", "--config", cfg], &[]).unwrap();
+    let iss = |ring: &str| {
+        let token = server.ok(&["sign", "--ring", ring, "--claims", "{}"]);
+        part(token.trim(), 1).get("iss").cloned()
+    };
+    assert_eq!(iss("default").unwrap(), "https://first.example");
+    server.ok(&["policy", "set", "--no-issuer"]);
+    assert_eq!(iss("default"), None);
+    assert_eq!(server.terminate().code(), Some(0));
+
+    // A ring the configuration gives no issuer keeps what it has.
+    with_issuers(None);
+    let server = Proc::spawn(&["server", "--config", cfg], &[]).unwrap();
+    let token = server.ok(&["sign", "--ring", "default", "--claims", "{}"]);
+    assert!(part(token.trim(), 1).get("iss").is_none());
+    server.ok(&["policy", "set", "--issuer", "https://third.example"]);
+    assert_eq!(server.terminate().code(), Some(0));
+    let server = Proc::spawn(&["server", "--config", cfg], &[]).unwrap();
+    let token = server.ok(&["sign", "--ring", "default", "--claims", "{}"]);
+    assert_eq!(part(token.trim(), 1)["iss"], "https://third.example");
+}
+
+/// `signet dev --issuer`: the default ring's tokens carry the issuer; a
+/// bad one stops it before it starts, naming the flag and the rule.
+#[tokio::test]
+async fn dev_issuer() {
+    use crate::common::process::Proc;
+    let data = tempfile::tempdir().unwrap();
+    let dev = Proc::dev(data.path(), &["--issuer", "http://127.0.0.1:8080"], &[]).unwrap();
+    let token = dev.ok(&["sign", "--claims", "{}"]);
+    assert_eq!(part(token.trim(), 1)["iss"], "http://127.0.0.1:8080");
+    let bad = Proc::dev(
+        tempfile::tempdir().unwrap().path(),
+        &["--issuer", "http://a.example"],
+        &[],
+    );
+    let err = bad.err().unwrap();
+    assert!(
+        err.contains("--issuer: \"http://a.example\" must be an https:// URL"),
+        "{err}"
+    );
+}
