@@ -21,7 +21,7 @@ use crate::Error;
 const DISCOVERY_CONTENT_TYPE: &str = "application/json";
 
 /// The media type of a PEM file.
-pub const PEM_CONTENT_TYPE: &str = "application/x-pem-file";
+const PEM_CONTENT_TYPE: &str = "application/x-pem-file";
 
 pub(super) async fn default_configuration(
     State(s): State<AppState>,
@@ -44,7 +44,7 @@ pub(super) async fn ring_configuration(
 /// authorization or token endpoint). `jwks_uri` is
 /// `{issuer}/.well-known/jwks.json`, which Signet serves at `/` for the
 /// default ring and under `/v1/rings/{ring}` for every ring.
-pub fn document(issuer: &crate::keyring::Issuer, alg: crate::crypto::Algorithm) -> Bytes {
+fn document(issuer: &crate::keyring::Issuer, alg: crate::crypto::Algorithm) -> Bytes {
     let doc = serde_json::json!({
         "issuer": issuer.as_str(),
         "jwks_uri": issuer.jwks_uri(),
