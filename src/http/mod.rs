@@ -8,6 +8,7 @@
 //! - `serve`: our accept loop, with header and idle timeouts, a connection
 //!   cap and a shutdown deadline ([`HttpLimits`]).
 //! - `tls`: HTTPS on the listener (`[http_tls]`), reloaded on SIGHUP.
+//! - `status`: the read-only status page of the admin listener.
 
 use std::{
     collections::HashMap,
@@ -31,6 +32,7 @@ use tokio::net::TcpListener;
 use crate::{Error, keyring::KeyManager, telemetry};
 
 mod serve;
+pub mod status;
 mod tls;
 
 pub use serve::{HttpLimits, serve_with};
@@ -73,6 +75,12 @@ pub fn metrics_router(keys: KeyManager) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// The admin listener's routes (`listen.metrics`): `/metrics` and the
+/// status page ([`status`]), which shows the chain of `audit` when given.
+pub fn admin_router(keys: KeyManager, audit: Option<crate::audit::AuditLog>) -> Router {
+    metrics_router(keys.clone()).merge(status::router(keys, audit))
 }
 
 /// The verifier routes, with `/metrics` only if `with_metrics`.

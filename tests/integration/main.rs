@@ -31,5 +31,6 @@ mod ops;
 mod pkcs11;
 mod replicas;
 mod staleness;
+mod status_page;
 mod store_contract;
 mod verifier_surface;
