@@ -7,6 +7,7 @@ mod bench;
 mod check;
 mod client;
 mod dev;
+mod health;
 mod operator;
 mod policy;
 mod server;
@@ -91,6 +92,9 @@ enum Command {
     /// Measure Sign throughput and latency over gRPC against the raw
     /// in-process signing rate.
     Bench(BenchArgs),
+    /// GET a health URL (default the local /readyz); exit 0 on 200. The
+    /// container image's HEALTHCHECK.
+    Health(health::HealthArgs),
 }
 
 /// A command given input it cannot use (a missing file, a malformed
@@ -193,6 +197,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Timeline(args) => timeline::run(args).await,
         Command::Rings(cmd) => client::rings(cmd).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Health(args) => health::run(args).await,
     }
 }
 

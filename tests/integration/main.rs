@@ -21,6 +21,7 @@ mod check_config;
 mod cli;
 mod client_tls;
 mod closed;
+mod deploy;
 mod durable;
 mod grpc_errors;
 mod grpc_sign;
