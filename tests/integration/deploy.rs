@@ -362,3 +362,29 @@ fn signet_health_probes_readyz() {
     assert_eq!(out.status.code(), Some(1), "nothing listens any more");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no answer"));
 }
+
+/// The Dockerfile's ENTRYPOINT and HEALTHCHECK, run by
+/// `scripts/container-smoke` under the image's conditions without Docker
+/// (uid 10001, no capabilities, read-only root, only the two volumes
+/// writable, the image's default config): ready, socket and store in the
+/// volumes, clean exit on SIGTERM. Needs root and namespaces, as CI has.
+#[test]
+fn the_image_entrypoint_runs_on_a_read_only_root_as_uid_10001() {
+    let out = Command::new(format!("{}/scripts/container-smoke", repo()))
+        .arg(BIN)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "HEALTHCHECK (ready): ok",
+        "root file system: read-only",
+        "SIGTERM: clean exit",
+    ] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
+}
