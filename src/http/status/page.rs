@@ -253,7 +253,10 @@ fn audit(a: Option<&AuditView>) -> Markup {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{
+        super::view::{KeyView, chart_rows, window},
+        *,
+    };
     use crate::{
         clock::UnixTime,
         keyring::{KeyState, Policy, Timeline},
@@ -266,15 +269,15 @@ mod tests {
         let now = UnixTime::from_secs(1_767_225_600);
         let timeline = Timeline::immediate(now);
         let policy = Policy::default();
-        let (from, to) = super::super::view::window(&policy, now);
-        let keys = vec![super::super::view::KeyView {
+        let (from, to) = window(&policy, now);
+        let keys = vec![KeyView {
             kid: "kid-1".into(),
             state: KeyState::Active,
             timeline,
             reason: Some(HOSTILE.into()),
             broken: false,
         }];
-        let rows = super::super::view::chart_rows(&keys, &policy, to);
+        let rows = chart_rows(&keys, &policy, to);
         View {
             now,
             sealed: false,
