@@ -592,20 +592,23 @@ impl Prepared {
             Some(audit.clone()),
             stopped(),
         ));
+        // /metrics and the status page: on the admin listener, or (signet
+        // dev, which has none) on the HTTP listener.
+        let admin = http::admin_router(self.keys.clone(), Some(audit.clone()));
+        let public = http::router_with(self.keys.clone(), false);
+        let (public, admin) = match self.metrics {
+            Some(listener) => (public, Some((listener, admin))),
+            None => (public.merge(admin), None),
+        };
         let http_task = tokio::spawn(http::serve_with(
             self.http,
-            http::router_with(self.keys.clone(), self.metrics.is_none()),
+            public,
             http::HttpLimits::default(),
             http_tls,
             stopped(),
         ));
-        let metrics_task = self.metrics.map(|listener| {
-            tokio::spawn(http::serve_router(
-                listener,
-                http::metrics_router(self.keys.clone()),
-                stopped(),
-            ))
-        });
+        let metrics_task = admin
+            .map(|(listener, admin)| tokio::spawn(http::serve_router(listener, admin, stopped())));
         if let Some(path) = &anchored {
             tokio::spawn(crate::anchor::keep(
                 self.keys.clone(),

@@ -116,6 +116,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          \x20 gRPC  http://{grpc_addr}   (reflection on: grpcurl -plaintext {grpc_addr} list)\n\
          \x20 JWKS  http://{http_addr}/.well-known/jwks.json\n\
          \x20 metrics http://{http_addr}/metrics  (dev only: signet server keeps them off this listener)\n\
+         \x20 status  http://{http_addr}/status  (read-only status page; signet server: on listen.metrics)\n\
          \x20 data  {data}  (keys sealed under KEK {kek}; audit log in it)\n\
          \x20 ring  default  {spec}  active kid {active}\n\
          {oidc}\

@@ -11,6 +11,7 @@
 //! - `tls`: HTTPS on the listener (`[http_tls]`), reloaded on SIGHUP.
 //! - `discovery`: `/.well-known/openid-configuration` of rings with an
 //!   issuer, and `/v1/rings/{ring}/keys/{kid}.pem`.
+//! - `status`: the read-only status page of the admin listener.
 
 use std::{
     collections::HashMap,
@@ -35,6 +36,7 @@ use crate::{Error, keyring::KeyManager, telemetry};
 
 mod discovery;
 mod serve;
+pub mod status;
 mod tls;
 
 pub use serve::{HttpLimits, serve_with};
@@ -77,6 +79,12 @@ pub fn metrics_router(keys: KeyManager) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// The admin listener's routes (`listen.metrics`): `/metrics` and the
+/// status page ([`status`]), which shows the chain of `audit` when given.
+pub fn admin_router(keys: KeyManager, audit: Option<crate::audit::AuditLog>) -> Router {
+    metrics_router(keys.clone()).merge(status::router(keys, audit))
 }
 
 /// The verifier routes, with `/metrics` only if `with_metrics`.
