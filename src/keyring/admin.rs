@@ -504,6 +504,9 @@ impl KeyManager {
                 }
             }
         }
+        if !destroyed.is_empty() {
+            crate::fault!("scheduler-destroy");
+        }
         self.commit(&ring, &*kek, changes, None).await?;
         for kid in destroyed {
             tracing::info!(ring = %name, kid = %kid, "removed key destroyed (kid kept as a tombstone)");
@@ -830,6 +833,7 @@ pub(super) async fn sealed_record(
         alg: key.key.alg(),
         timeline: &timeline,
     };
+    crate::fault!("seal");
     let sealed = envelope::seal(kek, ctx, &key.key)
         .await
         .map_err(|e| super::unseal::seal_error(e, ring, &kid))?;

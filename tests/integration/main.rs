@@ -22,6 +22,9 @@ mod cli;
 mod client_tls;
 mod closed;
 mod durable;
+// Needs the fault points compiled in: `--features fault-injection`.
+#[cfg(feature = "fault-injection")]
+mod faults;
 mod grpc_errors;
 mod grpc_sign;
 mod http_abuse;
