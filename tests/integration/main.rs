@@ -20,6 +20,7 @@ mod canary;
 mod check_config;
 mod cli;
 mod client_tls;
+mod clock_jumps;
 mod closed;
 mod durable;
 // Needs the fault points compiled in: `--features fault-injection`.
