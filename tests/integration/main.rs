@@ -22,6 +22,7 @@ mod cli;
 mod client_tls;
 mod clock_jumps;
 mod closed;
+mod diskfull;
 mod durable;
 // Needs the fault points compiled in: `--features fault-injection`.
 #[cfg(feature = "fault-injection")]
