@@ -27,6 +27,7 @@ mod durable;
 // Needs the fault points compiled in: `--features fault-injection`.
 #[cfg(feature = "fault-injection")]
 mod faults;
+mod fuzz_replay;
 mod grpc_errors;
 mod grpc_sign;
 mod http_abuse;
