@@ -153,3 +153,53 @@ fn postgres_lost_mid_transaction_writes_nothing_and_resumes() {
     assert_eq!(keys.len(), before.0.len() + 1);
     assert_eq!(active(&keys).len(), 1);
 }
+
+/// `signet operator rekey` of a PostgreSQL store failing or crashing at
+/// each step before its commit: the old KEK still opens every key, the new
+/// one opens nothing; then a clean rekey goes through.
+#[test]
+fn postgres_rekey_failing_or_crashing_changes_no_kek() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = dir.path().join("faults");
+    let schema = common::postgres::fresh_schema("rekeyfault");
+    let config = pg_config(dir.path(), &common::postgres::url(), &schema);
+    let proc = pg_server(&config, &faults);
+    let jwks = proc.ok(&["jwks", "--ring", "r"]);
+    assert!(proc.terminate().success());
+    let new = common::process::kek_file(&dir.path().join("new-kek"));
+    let rekey = |points: &str| {
+        std::process::Command::new(common::process::BIN)
+            .args(["operator", "rekey", "--config"])
+            .arg(&config)
+            .args(["--new-kek", &new, "--allow-unlocked-memory"])
+            .env("FAIL_POINTS", points)
+            .output()
+            .unwrap()
+    };
+    for point in ["rekey-rewrap", "store-rekey-commit"] {
+        for action in ["return", "return(crash)"] {
+            let out = rekey(&format!("{point}={action}"));
+            assert!(!out.status.success(), "{point}={action}");
+            if action == "return(crash)" {
+                use std::os::unix::process::ExitStatusExt;
+                assert_eq!(out.status.signal(), Some(6), "{point}: aborted");
+            }
+            let proc = pg_server(&config, &faults);
+            assert_eq!(proc.ok(&["jwks", "--ring", "r"]), jwks, "{point}={action}");
+            proc.ok(&["sign", "--ring", "r", "--claims", "{}"]);
+            assert!(proc.terminate().success());
+        }
+    }
+    let out = rekey("");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = Proc::spawn(&["server", "--config", config.to_str().unwrap()], &[])
+        .err()
+        .unwrap();
+    assert!(err.contains("is not the key-encryption key"), "{err}");
+    let rt = runtime();
+    rt.block_on(drop_schema(&schema));
+}
