@@ -24,6 +24,15 @@ fn has(path: &std::path::Path, rpc: &str, needle: &str) -> bool {
         .is_ok_and(|t| t.lines().any(|l| l.contains(rpc) && l.contains(needle)))
 }
 
+/// The scheduler's outcome record for destroying `kid` (its intent record
+/// comes before the commit).
+fn destroyed(path: &std::path::Path, kid: &str) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|t| {
+        t.lines()
+            .any(|l| l.contains("scheduler/destroy") && l.contains(kid) && l.contains("\"ok\""))
+    })
+}
+
 fn has_material(keys: &KeyManager, kid: &str) -> bool {
     let set = keys.snapshot();
     let ring = set
@@ -99,7 +108,7 @@ async fn a_jump_forwards_past_a_removal_keeps_the_key_until_its_grace_really_pas
     // Once the grace has really passed, the scheduler destroys it (without
     // the hold, the first pass after the jump would have, 50 ms later).
     let (p, kid) = (path.clone(), old.clone());
-    wait_for("the destroy", move || has(&p, "scheduler/destroy", &kid)).await;
+    wait_for("the destroy committed", move || destroyed(&p, &kid)).await;
     assert!(
         jumped.elapsed() >= GRACE.saturating_sub(Duration::from_secs(2)),
         "destroyed {:?} after the jump, grace {GRACE:?}",
