@@ -24,6 +24,8 @@
 //! - [`tls`]: mTLS acceptor and peer identities.
 //! - [`cli`]: the `signet` command: server, client subcommands, benchmark.
 //! - [`pb`]: generated protobuf code.
+//! - [`fault`]: named fault points for the fault-injection tests (a
+//!   feature of test builds; nothing without it).
 
 #![forbid(unsafe_code)]
 
@@ -35,6 +37,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 mod error;
+pub mod fault;
 pub mod hardening;
 pub mod http;
 pub mod keyring;

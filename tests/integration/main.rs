@@ -20,9 +20,15 @@ mod canary;
 mod check_config;
 mod cli;
 mod client_tls;
+mod clock_jumps;
 mod closed;
 mod deploy;
+mod diskfull;
 mod durable;
+// Needs the fault points compiled in: `--features fault-injection`.
+#[cfg(feature = "fault-injection")]
+mod faults;
+mod fuzz_replay;
 mod grpc_errors;
 mod grpc_sign;
 mod http_abuse;
