@@ -21,6 +21,7 @@ mod check_config;
 mod cli;
 mod client_tls;
 mod closed;
+mod crash;
 mod durable;
 mod grpc_errors;
 mod grpc_sign;
