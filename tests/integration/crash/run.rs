@@ -102,15 +102,18 @@ pub async fn run(mut fleet: Fleet, rounds: u64, max_kill_ms: u64, seed: u64) {
                 break;
             }
             let ring = names.swap_remove(rng.below(names.len()));
-            tasks.push(tokio::spawn(super::administer(
+            tasks.push(tokio::spawn(super::callers::administer(
                 ctx.clone(),
                 ring,
                 rng.fork(),
             )));
         }
-        tasks.push(tokio::spawn(super::create_rings(ctx.clone(), rng.fork())));
+        tasks.push(tokio::spawn(super::callers::create_rings(
+            ctx.clone(),
+            rng.fork(),
+        )));
         for _ in 0..2 {
-            tasks.push(tokio::spawn(super::sign(ctx.clone(), rng.fork())));
+            tasks.push(tokio::spawn(super::callers::sign(ctx.clone(), rng.fork())));
         }
         let victim = rng.below(n);
         let kill_db = fleet.db.is_some() && rng.chance(25);
