@@ -14,7 +14,9 @@ use crate::common;
 /// gets no answer.
 pub async fn administer(ctx: Ctx, ring: String, mut rng: Rng) {
     let mut n = 0;
-    let mut last: Option<(String, bool)> = None;
+    let mut last: Option<(String, bool, usize)> = None;
+    // What this caller did, for the message of a failure.
+    let mut trail: Vec<String> = Vec::new();
     while !ctx.stopped() {
         n += 1;
         let replica = rng.below(ctx.channels.len());
@@ -34,6 +36,10 @@ pub async fn administer(ctx: Ctx, ring: String, mut rng: Rng) {
                         fresh,
                     })
                     .await;
+                trail.push(format!(
+                    "replica {replica}: rotate {id} immediate={immediate} fresh={fresh}: {}",
+                    outcome(&r, |a| format!("{:?}", a.new_key.as_ref().map(|k| &k.kid)))
+                ));
                 let mut book = ctx.book();
                 match answer(r) {
                     Answer::Acked(resp, rid) => {
@@ -42,7 +48,7 @@ pub async fn administer(ctx: Ctx, ring: String, mut rng: Rng) {
                         // A scheduled rotation that found a successor
                         // waiting changed nothing and keeps no request id.
                         last = (rb.kids.insert(kid.clone()) || immediate)
-                            .then(|| (id.clone(), immediate));
+                            .then(|| (id.clone(), immediate, replica));
                         if let Some(prev) = resp.previous_key.filter(|_| immediate) {
                             rb.retired.insert(prev.kid);
                         }
@@ -65,10 +71,14 @@ pub async fn administer(ctx: Ctx, ring: String, mut rng: Rng) {
                 // The request id of this task's last rotation, reused for
                 // the other kind: refused. (Only while no rotation came
                 // since: promoting a successor moves the promoting call's
-                // id onto it.)
-                let Some((id, immediate)) = last.take() else {
+                // id onto it.) Sent to the replica that made it: another
+                // may not have heard of it yet, and a scheduled Rotate that
+                // finds a successor waiting answers from the replica's
+                // snapshot without asking the store.
+                let Some((id, immediate, replica)) = last.take() else {
                     continue;
                 };
+                let mut admin = KeyAdminClient::new(ctx.channels[replica].clone());
                 let r = admin
                     .rotate(pb::RotateRequest {
                         key_ring: ring.clone(),
@@ -78,7 +88,13 @@ pub async fn administer(ctx: Ctx, ring: String, mut rng: Rng) {
                         fresh: false,
                     })
                     .await;
-                let in_doubt = refusal(&ctx, replica, "signet.v1.KeyAdmin/Rotate", r, &ring);
+                trail.push(format!(
+                    "replica {replica}: rotate {id} immediate={} (reused): {}",
+                    !immediate,
+                    outcome(&r, |a| format!("{a:?}"))
+                ));
+                let in_doubt =
+                    refusal(&ctx, replica, "signet.v1.KeyAdmin/Rotate", r, &ring, &trail);
                 if in_doubt {
                     ctx.book().rings.get_mut(&ring).unwrap().new_in_doubt += 1;
                 }
@@ -117,6 +133,10 @@ pub async fn administer(ctx: Ctx, ring: String, mut rng: Rng) {
                         reason: "crash harness".into(),
                     })
                     .await;
+                trail.push(format!(
+                    "replica {replica}: revoke {kid}: {}",
+                    outcome(&r, |_| String::new())
+                ));
                 let mut book = ctx.book();
                 match answer(r) {
                     Answer::Acked(_, rid) => {
@@ -186,7 +206,14 @@ pub async fn administer(ctx: Ctx, ring: String, mut rng: Rng) {
                         policy: Some(p),
                     })
                     .await;
-                let refused = !refusal(&ctx, replica, "signet.v1.KeyAdmin/UpdatePolicy", r, &ring);
+                let refused = !refusal(
+                    &ctx,
+                    replica,
+                    "signet.v1.KeyAdmin/UpdatePolicy",
+                    r,
+                    &ring,
+                    &trail,
+                );
                 if refused {
                     ctx.book()
                         .rings
@@ -213,9 +240,14 @@ fn refusal<T>(
     rpc: &'static str,
     r: Result<tonic::Response<T>, tonic::Status>,
     ring: &str,
+    trail: &[String],
 ) -> bool {
     match answer(r) {
-        Answer::Acked(..) => panic!("{rpc} on {ring} should have been refused"),
+        Answer::Acked(..) => panic!(
+            "round {}: {rpc} on {ring} should have been refused; this caller's calls:\n{}",
+            ctx.round,
+            trail.join("\n")
+        ),
         Answer::Refused(rid) => {
             ctx.book().answered(replica, rid, rpc, false, None);
             false
@@ -342,5 +374,13 @@ pub async fn sign(ctx: Ctx, mut rng: Rng) {
                 }
             }
         }
+    }
+}
+
+/// One line on how a call ended, for a failure's message.
+fn outcome<T>(r: &Result<tonic::Response<T>, tonic::Status>, ok: impl Fn(&T) -> String) -> String {
+    match r {
+        Ok(resp) => format!("OK {}", ok(resp.get_ref())),
+        Err(s) => format!("{:?} {}", s.code(), s.message()),
     }
 }
