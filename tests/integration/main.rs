@@ -22,6 +22,7 @@ mod cli;
 mod client_tls;
 mod clock_jumps;
 mod closed;
+mod crash;
 mod deploy;
 mod diskfull;
 mod durable;
