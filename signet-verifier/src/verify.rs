@@ -1,5 +1,5 @@
 //! Token verification with the algorithm pinned to the key, never taken
-//! from the token. Shared by the Verify RPC and [`crate::verifier`].
+//! from the token. Shared by [`crate::Verifier`] and Signet's Verify RPC.
 //!
 //! The signature check is `jsonwebtoken`'s (over aws-lc-rs); header parsing
 //! and classification are here so that every failure gets one of a fixed
@@ -13,7 +13,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use jsonwebtoken::{Algorithm as JwtAlg, DecodingKey};
 use serde_json::{Map, Value};
 
-use super::Jwk;
+use crate::Jwk;
 
 /// Why a token failed verification.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
