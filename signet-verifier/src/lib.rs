@@ -41,7 +41,7 @@
 //!
 //! # Features
 //!
-//! - `report`: [`Verifier::report`], over gRPC (`tonic`, and the generated
+//! - `report`: `Verifier::report`, over gRPC (`tonic`, and the generated
 //!   client from `signet-proto`). Off by default: without it this crate has
 //!   no gRPC in its dependency tree.
 
@@ -237,7 +237,8 @@ impl Verifier {
         self.fetcher.fetch(guard).await
     }
 
-    /// Verifies `token`. Failures are counted for [`Verifier::report`].
+    /// Verifies `token`. Failures are counted for [`Verifier::take_counts`]
+    /// (and `Verifier::report`, with the `report` feature).
     pub async fn verify(&self, token: &str) -> Result<Verified, Rejected> {
         let result = self.verify_inner(token).await;
         if let Err(r) = &result {
