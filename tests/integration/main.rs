@@ -45,5 +45,6 @@ mod replicas;
 mod staleness;
 mod status_page;
 mod store_contract;
+mod verifier_example;
 mod verifier_fetch;
 mod verifier_surface;

@@ -1,12 +1,15 @@
-//! A verifier for Rust token consumers (resource servers, gateways).
+//! Verify JWTs against a JWKS URL, as a Rust resource server or gateway
+//! does with the tokens [Signet](https://github.com/signet-dev/signet)
+//! signs (or any issuer publishing a JWK Set).
 //!
-//! Given a JWKS URL it fetches and caches the key set, honouring
+//! [`Verifier`] fetches and caches the key set, honouring
 //! `Cache-Control: max-age` (at least 30 s, whatever the server says) and
 //! `ETag` (conditional refetch), refreshes at most once per cooldown
 //! (default 30 s) when a token names an unknown kid, verifies with the
-//! algorithm pinned to the key (never taken from the token), classifies
-//! failures with the same reasons as `Signer.Verify`, and can report its
-//! failure counts back with `ReportVerificationFailures`.
+//! algorithm pinned to the key (never taken from the token), and classifies
+//! failures with a fixed set of reasons ([`Failure`], the same as Signet's
+//! `Signer.Verify`). With the `report` feature it can send its failure
+//! counts back to Signet (`ReportVerificationFailures`).
 //!
 //! The fetch path is built for a JWKS endpoint that is slow or down:
 //!
@@ -19,7 +22,7 @@
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
-//! let verifier = signet::verifier::Verifier::new("http://127.0.0.1:8080/.well-known/jwks.json")?;
+//! let verifier = signet_verifier::Verifier::new("http://127.0.0.1:8080/.well-known/jwks.json")?;
 //! match verifier.verify("eyJ...").await {
 //!     Ok(v) => println!("sub = {}", v.claims["sub"]),
 //!     Err(rejected) => println!("refused: {} ({})", rejected.failure, rejected.message),
@@ -31,8 +34,25 @@
 //! [`Verifier::with_root_ca_pem`]), or `http://` to a loopback address only
 //! (a sidecar on the same host): a JWKS fetched in the clear over a network
 //! lets anyone on the path add a key and mint tokens this verifier accepts.
+//!
+//! [`verify::verify`] is the check itself, with no fetching: given a token,
+//! a key lookup and the time, it verifies or says why not. Signet's own
+//! `Verify` RPC runs the same function.
+//!
+//! # Features
+//!
+//! - `report`: `Verifier::report`, over gRPC (`tonic`, and the generated
+//!   client from `signet-proto`). Off by default: without it this crate has
+//!   no gRPC in its dependency tree.
 
+#![forbid(unsafe_code)]
+
+pub mod clock;
 mod fetch;
+mod jwk;
+#[cfg(feature = "report")]
+mod report;
+pub mod verify;
 
 use std::{
     collections::HashMap,
@@ -52,11 +72,10 @@ use rustls::{
     pki_types::{CertificateDer, pem::PemObject},
 };
 
-use crate::{
-    clock::{Clock, SystemClock, UnixTime},
-    crypto::verify::{self, Failure, Lookup, Rejected, Verified},
-    keyring::JwkSet,
-    pb,
+use crate::clock::{Clock, SystemClock, UnixTime};
+pub use crate::{
+    jwk::{Jwk, JwkSet, Kid},
+    verify::{Failure, Lookup, Rejected, Verified},
 };
 
 /// Why the key set could not be fetched.
@@ -218,7 +237,8 @@ impl Verifier {
         self.fetcher.fetch(guard).await
     }
 
-    /// Verifies `token`. Failures are counted for [`Verifier::report`].
+    /// Verifies `token`. Failures are counted for [`Verifier::take_counts`]
+    /// (and `Verifier::report`, with the `report` feature).
     pub async fn verify(&self, token: &str) -> Result<Verified, Rejected> {
         let result = self.verify_inner(token).await;
         if let Err(r) = &result {
@@ -297,33 +317,6 @@ impl Verifier {
         let mut out: Vec<_> = counts.drain().collect();
         out.sort_by_key(|(f, _)| f.name());
         out
-    }
-
-    /// Sends the failure counts since the last report to Signet.
-    pub async fn report(
-        &self,
-        client: &mut pb::signer_client::SignerClient<tonic::transport::Channel>,
-        ring: &str,
-        verifier_name: &str,
-    ) -> Result<(), tonic::Status> {
-        let counts = self.take_counts();
-        if counts.is_empty() {
-            return Ok(());
-        }
-        client
-            .report_verification_failures(pb::ReportVerificationFailuresRequest {
-                key_ring: ring.to_owned(),
-                counts: counts
-                    .into_iter()
-                    .map(|(f, n)| pb::FailureCount {
-                        reason: pb::VerifyFailure::from(f).into(),
-                        count: n,
-                    })
-                    .collect(),
-                verifier: verifier_name.to_owned(),
-            })
-            .await
-            .map(|_| ())
     }
 }
 

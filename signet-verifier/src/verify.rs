@@ -1,5 +1,5 @@
 //! Token verification with the algorithm pinned to the key, never taken
-//! from the token. Shared by the Verify RPC and [`crate::verifier`].
+//! from the token. Shared by [`crate::Verifier`] and Signet's Verify RPC.
 //!
 //! The signature check is `jsonwebtoken`'s (over aws-lc-rs); header parsing
 //! and classification are here so that every failure gets one of a fixed
@@ -13,7 +13,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use jsonwebtoken::{Algorithm as JwtAlg, DecodingKey};
 use serde_json::{Map, Value};
 
-use super::Jwk;
+use crate::Jwk;
 
 /// Why a token failed verification.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -251,4 +251,134 @@ pub fn verify<'a>(
         alg: token_alg,
         claims,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_lc_rs::{
+        rand::SystemRandom,
+        signature::{Ed25519KeyPair, KeyPair as _},
+    };
+    use serde_json::json;
+
+    use super::*;
+
+    const NOW: i64 = 1_000_000;
+
+    struct Key {
+        pair: Ed25519KeyPair,
+        jwk: Jwk,
+    }
+
+    fn key(kid: &str) -> Key {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let jwk = Jwk {
+            kty: "OKP".into(),
+            kid: kid.into(),
+            use_: "sig".into(),
+            alg: "EdDSA".into(),
+            crv: Some("Ed25519".into()),
+            n: None,
+            e: None,
+            x: Some(B64.encode(pair.public_key().as_ref())),
+            y: None,
+        };
+        Key { pair, jwk }
+    }
+
+    fn sign(key: &Key, header: Value, claims: Value) -> String {
+        let input = format!(
+            "{}.{}",
+            B64.encode(header.to_string()),
+            B64.encode(claims.to_string())
+        );
+        let sig = key.pair.sign(input.as_bytes());
+        format!("{input}.{}", B64.encode(sig.as_ref()))
+    }
+
+    fn check(key: &Key, token: &str) -> Result<Verified, Rejected> {
+        verify(
+            token,
+            |kid| match kid {
+                k if k == key.jwk.kid => Lookup::Key(&key.jwk),
+                "gone" => Lookup::Revoked,
+                _ => Lookup::Unknown,
+            },
+            NOW,
+            60,
+        )
+    }
+
+    fn failure(key: &Key, token: &str) -> (Failure, String) {
+        let r = check(key, token).unwrap_err();
+        (r.failure, r.message)
+    }
+
+    #[test]
+    fn accepts_a_good_token_and_classifies_every_refusal() {
+        let k = key("k1");
+        let header = json!({"alg": "EdDSA", "kid": "k1"});
+        let good = sign(&k, header.clone(), json!({"sub": "alice", "exp": NOW + 10}));
+        let v = check(&k, &good).unwrap();
+        assert_eq!((v.kid.as_str(), v.alg.as_str()), ("k1", "EdDSA"));
+        assert_eq!(v.claims["sub"], "alice");
+
+        // Other claims under the same signature.
+        let parts: Vec<&str> = good.split('.').collect();
+        let other = B64.encode(json!({"sub": "mallory", "exp": NOW + 10}).to_string());
+        let tampered = format!("{}.{other}.{}", parts[0], parts[2]);
+        assert_eq!(
+            failure(&k, &tampered),
+            (
+                Failure::BadSignature,
+                "the signature does not verify under key k1".into()
+            )
+        );
+        // The alg comes from the key: a header naming another is refused
+        // before any signature check.
+        let es = sign(
+            &k,
+            json!({"alg": "ES256", "kid": "k1"}),
+            json!({"exp": NOW}),
+        );
+        assert_eq!(failure(&k, &es).0, Failure::AlgMismatch);
+        let none = sign(&k, json!({"alg": "none", "kid": "k1"}), json!({"exp": NOW}));
+        assert_eq!(failure(&k, &none).0, Failure::AlgMismatch);
+
+        let cases = [
+            (
+                json!({"alg": "EdDSA"}),
+                json!({"exp": NOW}),
+                Failure::MissingKid,
+            ),
+            (
+                json!({"alg": "EdDSA", "kid": "k2"}),
+                json!({"exp": NOW}),
+                Failure::UnknownKid,
+            ),
+            (
+                json!({"alg": "EdDSA", "kid": "gone"}),
+                json!({"exp": NOW}),
+                Failure::RevokedKey,
+            ),
+            (header.clone(), json!({"sub": "no exp"}), Failure::Malformed),
+            (header.clone(), json!({"exp": NOW - 61}), Failure::Expired),
+            (
+                header.clone(),
+                json!({"exp": NOW + 600, "nbf": NOW + 61}),
+                Failure::NotYetValid,
+            ),
+        ];
+        for (h, c, want) in cases {
+            assert_eq!(failure(&k, &sign(&k, h, c.clone())).0, want, "{c}");
+        }
+        // Within the leeway on either side.
+        assert!(check(&k, &sign(&k, header.clone(), json!({"exp": NOW - 60}))).is_ok());
+        let nbf = json!({"exp": NOW + 600, "nbf": NOW + 60});
+        assert!(check(&k, &sign(&k, header, nbf)).is_ok());
+
+        assert_eq!(failure(&k, "a.b").0, Failure::Malformed);
+        assert_eq!(failure(&k, "!!.e30.e30").0, Failure::Malformed);
+    }
 }

@@ -17,8 +17,8 @@ use hyper_util::client::legacy::{Client, connect::HttpConnector};
 
 use super::FetchError;
 use crate::{
+    JwkSet,
     clock::{Clock, UnixTime},
-    keyring::JwkSet,
 };
 
 /// The largest JWKS body accepted: a few hundred keys. A larger answer is

@@ -1,9 +1,9 @@
 //! Time, injected.
 //!
 //! Every decision that depends on time takes it from a [`Clock`] (or as a
-//! `now` argument), so lifecycle tests can run years of rotations in
-//! milliseconds and every replica computes the same states from the same
-//! records.
+//! `now` argument), so tests can run years of key rotations or token
+//! lifetimes in milliseconds ([`ManualClock`]), and every Signet replica
+//! computes the same key states from the same records.
 
 use std::{
     fmt,
@@ -40,14 +40,6 @@ impl UnixTime {
     pub fn saturating_sub(self, d: Duration) -> Self {
         let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
         Self(self.0.saturating_sub(secs))
-    }
-
-    /// As a protobuf timestamp.
-    pub fn to_proto(self) -> prost_types::Timestamp {
-        prost_types::Timestamp {
-            seconds: self.0,
-            nanos: 0,
-        }
     }
 }
 

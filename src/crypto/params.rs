@@ -1,37 +1,9 @@
-//! Public keys as JWKs, and their RFC 7638 thumbprints.
-
-use std::fmt;
+//! Public key parameters, their RFC 7638 thumbprints (the kid), and the
+//! JWK a key is published as.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
-use serde::{Deserialize, Serialize};
 
-use super::Algorithm;
-
-/// A key id: the RFC 7638 JWK thumbprint (base64url SHA-256, 43 characters).
-///
-/// Derived from the public key alone, so every replica computes the same kid
-/// for the same key, and a kid can never silently name a different key.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Kid(String);
-
-impl Kid {
-    /// Wraps a kid read back from storage or a token header.
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-
-    /// The kid as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Kid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+use super::{Algorithm, Jwk, Kid};
 
 /// The public parameters of a key, base64url-encoded as JWK members.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,43 +47,13 @@ impl PublicParams {
             PublicParams::Ed25519 { x } => format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#),
         };
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
-        Kid(B64.encode(digest.as_ref()))
+        Kid::new(B64.encode(digest.as_ref()))
     }
-}
 
-/// A public JSON Web Key as published in a JWKS: `kid`, `kty`, `alg`,
-/// `use: "sig"` and the public parameters, nothing else.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Jwk {
-    /// Key type: `RSA`, `EC` or `OKP`.
-    pub kty: String,
-    /// The key's thumbprint.
-    pub kid: String,
-    /// Always `sig`.
-    #[serde(rename = "use")]
-    pub use_: String,
-    /// The JWS algorithm the key signs with.
-    pub alg: String,
-    /// Curve for EC and OKP keys.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub crv: Option<String>,
-    /// RSA modulus.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub n: Option<String>,
-    /// RSA public exponent.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub e: Option<String>,
-    /// EC x coordinate, or the Ed25519 public key.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub x: Option<String>,
-    /// EC y coordinate.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub y: Option<String>,
-}
-
-impl Jwk {
-    pub(crate) fn new(alg: Algorithm, params: &PublicParams) -> Self {
-        let kid = params.thumbprint().0;
+    /// The JWK `alg` publishes these parameters as: `use: "sig"`, the
+    /// thumbprint as kid, nothing private.
+    pub(crate) fn jwk(&self, alg: Algorithm) -> Jwk {
+        let kid = self.thumbprint().as_str().to_owned();
         let mut jwk = Jwk {
             kty: String::new(),
             kid,
@@ -123,7 +65,7 @@ impl Jwk {
             x: None,
             y: None,
         };
-        match params {
+        match self {
             PublicParams::Rsa { n, e } => {
                 jwk.kty = "RSA".into();
                 jwk.n = Some(n.clone());
@@ -142,11 +84,6 @@ impl Jwk {
             }
         }
         jwk
-    }
-
-    /// The key id.
-    pub fn kid(&self) -> Kid {
-        Kid(self.kid.clone())
     }
 }
 
@@ -170,7 +107,7 @@ mod tests {
 
     #[test]
     fn jwk_has_only_public_members() {
-        let jwk = Jwk::new(Algorithm::EdDsa, &PublicParams::ed25519(&[7u8; 32]));
+        let jwk = PublicParams::ed25519(&[7u8; 32]).jwk(Algorithm::EdDsa);
         let v = serde_json::to_value(&jwk).unwrap_or_default();
         let mut keys: Vec<_> = v
             .as_object()
