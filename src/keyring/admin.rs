@@ -136,6 +136,7 @@ impl KeyManager {
             loaded: [(kid, Arc::new(loaded))].into_iter().collect(),
             broken: HashSet::new(),
             refused: None,
+            held: HashSet::new(),
         };
         let out = info(&ring, now);
         self.install(ring);
@@ -682,6 +683,7 @@ impl KeyManager {
             verified: ring.verified.clone(),
             broken: ring.broken.clone(),
             refused: None,
+            held: ring.held.clone(),
         };
         for kid in &destroyed {
             // The last Arc (after any in-flight Sign) drops and wipes it.

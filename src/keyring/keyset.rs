@@ -43,6 +43,10 @@ pub struct Ring {
     /// Why the ring's stored state is not trusted (see `manifest`): it
     /// neither signs nor changes while set.
     pub(crate) refused: Option<super::manifest::Refusal>,
+    /// Removed keys the scheduler keeps published (and their material)
+    /// because a clock jump forwards made their removal due before the
+    /// grace of the tokens they signed had really passed.
+    pub(crate) held: HashSet<Kid>,
 }
 
 // Hand-written so private keys can never reach a log through `{:?}`.
@@ -134,7 +138,8 @@ impl Ring {
 
     /// Whether `key` belongs in the JWKS at `now`.
     pub fn is_published(&self, key: &KeyRecord, now: UnixTime) -> bool {
-        key.timeline.state_at(now).is_published()
+        let state = key.timeline.state_at(now);
+        (state.is_published() || (state == KeyState::Removed && self.held.contains(&key.kid)))
             && key.sealed.is_some()
             && self.verified.contains(&key.kid)
     }

@@ -129,6 +129,7 @@ impl KeyManager {
                     verified: HashSet::new(),
                     broken: HashSet::new(),
                     refused: None,
+                    held: HashSet::new(),
                 };
                 (ring.record.name.clone(), Arc::new(ring))
             })
@@ -486,6 +487,41 @@ impl KeyManager {
         rings.insert(ring.record.name.clone(), ring);
         self.shared.snapshot.store(Arc::new(KeySet { rings }));
         self.changed();
+    }
+
+    /// Keeps exactly the keys in `held` published while they are Removed
+    /// (the scheduler's rule after a clock jump forwards; see
+    /// `scheduler`), and installs a new snapshot if that changes anything.
+    pub(super) async fn hold_published(
+        &self,
+        held: &std::collections::HashSet<(RingName, crate::crypto::Kid)>,
+    ) {
+        let _writer = self.shared.writer.lock().await;
+        let current = self.snapshot();
+        let mut rings = current.rings.clone();
+        let mut changed = false;
+        for (name, ring) in &current.rings {
+            let want: HashSet<_> = held
+                .iter()
+                .filter(|(r, _)| r == name)
+                .map(|(_, kid)| kid.clone())
+                .collect();
+            if want != ring.held {
+                changed = true;
+                let next = Ring {
+                    record: ring.record.clone(),
+                    loaded: ring.loaded.clone(),
+                    verified: ring.verified.clone(),
+                    broken: ring.broken.clone(),
+                    refused: ring.refused.clone(),
+                    held: want,
+                };
+                rings.insert(name.clone(), Arc::new(next));
+            }
+        }
+        if changed {
+            self.install_all(KeySet { rings });
+        }
     }
 
     /// Replaces the whole snapshot. Writer lock held.

@@ -219,17 +219,19 @@ async fn hold_back(
     audit: Option<&crate::audit::AuditLog>,
 ) {
     let now = keys.now();
+    let mut held = std::collections::HashSet::new();
     for ring in keys.snapshot().rings() {
         for k in &ring.record().keys {
             let removed = k.timeline.state_at(now) == KeyState::Removed;
             if !(removed && k.sealed.is_some() && watch.holds(k)) {
                 continue;
             }
+            held.insert((ring.name().clone(), k.kid.clone()));
             if !announced.insert((ring.name().clone(), k.kid.clone())) {
                 continue;
             }
-            let why = "its removal was made due by a clock jump forwards: the key material \
-                       is kept until its grace has really passed";
+            let why = "its removal was made due by a clock jump forwards: the key stays \
+                       published and its material kept until its grace has really passed";
             tracing::warn!(ring = %ring.name(), kid = %k.kid, "destruction held back: {why}");
             counter!("signet_destroy_held_total").increment(1);
             if let Some(log) = audit {
@@ -246,6 +248,8 @@ async fn hold_back(
             }
         }
     }
+    // Verifiers keep the held keys too, until the hold ends.
+    keys.hold_published(&held).await;
 }
 
 /// One audit record per scheduler action (successor generated, material

@@ -66,6 +66,7 @@ pub(super) async fn open_ring(
         verified: HashSet::new(),
         broken: HashSet::new(),
         refused: None,
+        held: previous.map(|p| p.held.clone()).unwrap_or_default(),
     };
     for key in &ring.record.keys {
         let Some(blob) = &key.sealed else {
@@ -259,6 +260,7 @@ impl KeyManager {
                     verified: r.verified.clone(),
                     broken: r.broken.clone(),
                     refused: r.refused.clone(),
+                    held: r.held.clone(),
                 };
                 (name.clone(), Arc::new(ring))
             })

@@ -145,6 +145,7 @@ impl KeyManager {
                 verified: p.verified.clone(),
                 broken: p.broken.clone(),
                 refused: Some(refusal),
+                held: p.held.clone(),
             },
             None => Ring {
                 record,
@@ -152,6 +153,7 @@ impl KeyManager {
                 verified: HashSet::new(),
                 broken: HashSet::new(),
                 refused: Some(refusal),
+                held: HashSet::new(),
             },
         };
         Vetted::Refused(ring)

@@ -104,6 +104,9 @@ async fn a_jump_forwards_past_a_removal_keeps_the_key_until_its_grace_really_pas
     })
     .await;
     assert!(has_material(&keys, &old), "kept while its grace runs");
+    // And still published, so tokens it signed before the jump verify.
+    let (k, kid) = (keys.clone(), old.clone());
+    wait_for("the held key published", move || in_jwks(&k, &kid)).await;
 
     // Once the grace has really passed, the scheduler destroys it (without
     // the hold, the first pass after the jump would have, 50 ms later).
@@ -115,6 +118,16 @@ async fn a_jump_forwards_past_a_removal_keeps_the_key_until_its_grace_really_pas
         jumped.elapsed()
     );
     assert!(!has_material(&keys, &old));
+    assert!(!in_jwks(&keys, &old), "unpublished once destroyed");
     let _ = stop.send(());
     scheduler.await.unwrap();
+}
+
+fn in_jwks(keys: &KeyManager, kid: &str) -> bool {
+    keys.jwks("r", "ring")
+        .unwrap()
+        .0
+        .keys
+        .iter()
+        .any(|k| k.kid == kid)
 }
