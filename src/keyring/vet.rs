@@ -14,6 +14,9 @@ use crate::{
 };
 
 /// What the manager makes of a stored ring.
+// A short-lived return value, one per ring read: boxing either variant
+// would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Vetted {
     /// The record as its manifest vouches for it (rows it does not list
     /// removed), to open and serve.
