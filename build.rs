@@ -14,5 +14,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("signet_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure().compile_fds(fds)?;
+    // The OpenBao/Vault plugin protocol (`signet plugin`): our own files,
+    // from the wire facts of go-plugin and the OpenBao SDK. Not part of the
+    // reflected API.
+    let plugin = protox::compile(
+        ["goplugin/plugin.proto", "vaultpb/backend.proto"],
+        ["proto"],
+    )?;
+    tonic_prost_build::configure().compile_fds(plugin)?;
     Ok(())
 }

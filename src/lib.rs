@@ -24,6 +24,7 @@
 //! - [`tls`]: mTLS acceptor and peer identities.
 //! - [`cli`]: the `signet` command: server, client subcommands, benchmark.
 //! - [`pb`]: generated protobuf code.
+//! - [`plugin`]: `signet plugin`, the OpenBao/Vault secrets plugin.
 
 #![forbid(unsafe_code)]
 
@@ -39,6 +40,7 @@ pub mod hardening;
 pub mod http;
 pub mod keyring;
 pub mod pb;
+pub mod plugin;
 pub mod rpc;
 pub mod seal;
 pub mod server;
