@@ -55,6 +55,7 @@ fn rename(field: &str) -> String {
         ("claims_json", "claims"),
         ("header_json", "header"),
         ("key_ring", "name"),
+        ("algorithm", "alg"),
     ] {
         if let Some(rest) = field.strip_prefix(ours) {
             return format!("{theirs}{rest}");
