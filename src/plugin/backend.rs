@@ -90,22 +90,8 @@ impl Plugin {
             rings = keys.snapshot().rings().len(),
             "key store opened; keys loaded"
         );
-        tick(&keys).await;
+        paths::scheduled(&keys).await;
         Ok(keys)
-    }
-}
-
-/// One scheduler pass, logged.
-async fn tick(keys: &KeyManager) {
-    let report = keys.tick().await;
-    for (ring, kid) in &report.generated {
-        tracing::info!(%ring, %kid, "scheduled successor generated");
-    }
-    for (ring, kid) in &report.destroyed {
-        tracing::info!(%ring, %kid, "removed key's material destroyed");
-    }
-    for (ring, error) in &report.failed {
-        tracing::warn!(%ring, error, "scheduler could not process ring");
     }
 }
 
@@ -167,7 +153,7 @@ impl Backend for Arc<Plugin> {
         // OpenBao to go on with the path as requested.
         if matches!(req.operation.as_str(), "rollback" | "resolve-path") {
             if req.operation == "rollback" {
-                tick(keys).await;
+                paths::scheduled(keys).await;
             }
             return Ok(Response::new(HandleRequestReply {
                 response: None,

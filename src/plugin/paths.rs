@@ -21,7 +21,7 @@ use serde_json::{Map, Value, json};
 use crate::{
     Error,
     crypto::{Algorithm, KeySpec, claims::InputError},
-    keyring::{KeyInfo, KeyManager, Policy, RingInfo, SignParams, project},
+    keyring::{KeyInfo, KeyManager, Policy, RingInfo, SignParams, TickReport, project},
 };
 
 /// A successful answer.
@@ -427,4 +427,83 @@ fn timeline(keys: &KeyManager, name: &str) -> Answer {
         "projected": projected,
         "next_change": ring.next_change(now).map(|t| t.as_secs()),
     })))
+}
+
+/// One scheduler pass, logged: what OpenBao's periodic `rollback` call
+/// (and the plugin's start) runs.
+pub async fn scheduled(keys: &KeyManager) -> TickReport {
+    let report = keys.tick().await;
+    for (ring, kid) in &report.generated {
+        tracing::info!(%ring, %kid, "scheduled successor generated");
+    }
+    for (ring, kid) in &report.destroyed {
+        tracing::info!(%ring, %kid, "removed key's material destroyed");
+    }
+    for (ring, error) in &report.failed {
+        tracing::warn!(%ring, error, "scheduler could not process ring");
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::clock::{ManualClock, UnixTime};
+
+    fn fields(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        }
+    }
+
+    /// The rollback pass rotates a ring that is due, on the policy given
+    /// at creation: a successor `publish_lead` before the active key
+    /// retires, without a request.
+    #[tokio::test]
+    async fn the_rollback_pass_generates_a_due_successor() {
+        let clock = Arc::new(ManualClock::new(UnixTime::from_secs(1_800_000_000)));
+        let keys = KeyManager::ephemeral(clock.clone()).await.unwrap();
+        let data =
+            fields(json!({ "alg": "EdDSA", "rotation_period": "30d", "publish_lead": "2d" }));
+        handle(&keys, "update", "rings/auto", &data).await.unwrap();
+        assert!(
+            scheduled(&keys).await.generated.is_empty(),
+            "nothing due yet"
+        );
+        clock.advance(Duration::from_secs(29 * 86_400));
+        let report = scheduled(&keys).await;
+        assert_eq!(report.generated.len(), 1, "{report:?}");
+        let Reply::Data(ring, _) = handle(&keys, "read", "rings/auto", &Map::new())
+            .await
+            .unwrap();
+        let states: Vec<&str> = ring["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["state"].as_str().unwrap())
+            .collect();
+        assert_eq!(states, ["active", "published"]);
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_are_404_and_wrong_operations_405() {
+        let keys = KeyManager::ephemeral(Arc::new(crate::clock::SystemClock))
+            .await
+            .unwrap();
+        let none = Map::new();
+        for (op, path, status) in [
+            ("read", "nothing", 404),
+            ("read", "sign/x/y", 404),
+            ("delete", "sign/x", 405),
+            ("read", "sign/x", 405),
+            ("update", "jwks/x", 405),
+            ("list", "rings/x/rotate", 405),
+        ] {
+            let err = handle(&keys, op, path, &none).await.unwrap_err();
+            assert_eq!(err.status, status, "{op} {path}: {err:?}");
+        }
+    }
 }
