@@ -93,6 +93,19 @@ pub enum Error {
         /// The key.
         kid: Kid,
     },
+    /// The ring's stored state does not match its sealed manifest, or
+    /// rolled back (see `keyring::manifest`): the ring neither signs nor
+    /// changes until an operator restores the store.
+    #[error(
+        "key ring {ring} is refused: {reason}; it neither signs nor changes until an operator \
+         restores the store (see docs/threat-model.md)"
+    )]
+    RingRefused {
+        /// The ring.
+        ring: RingName,
+        /// Why (a [`Refusal`](crate::keyring::Refusal)).
+        reason: String,
+    },
     /// The audit log could not record the intent of an action, so the
     /// action was not taken.
     #[error("audit unavailable: the action's intent could not be recorded, so nothing was done")]

@@ -262,7 +262,17 @@ pub async fn prepare(opts: &ServerOptions) -> anyhow::Result<Prepared> {
             None,
         ),
     };
+    // The metrics recorder before anything counts (a ring refused at
+    // Unseal is counted there).
+    let _ = crate::telemetry::metrics_handle();
     let keys = KeyManager::open(store, Arc::new(SystemClock), Arc::new(opts.kek.clone())).await?;
+    keys.set_legacy_audit_key_file(opts.data_dir.join("audit.key"));
+    // Before Unseal: a store rolled back while this server was stopped is
+    // caught against the generations this data directory saw.
+    if let Err(e) = keys.track_generations(&opts.data_dir.join(crate::keyring::Generations::FILE)) {
+        keys.close().await;
+        anyhow::bail!("data dir: {e}");
+    }
     // The audit log before anything is served or created: a file cut short
     // while the server was stopped (it ends before the checkpoint anchored
     // in the store) is refused here.

@@ -110,6 +110,18 @@ fn describe() {
         "signet_audit_up",
         "0 while the scheduler cannot write audit intent or outcome records (it then changes nothing), else 1."
     );
+    describe_counter!(
+        "signet_ring_refusals_total",
+        "Times a ring was refused because its stored state differs from its sealed manifest or rolled back, by reason (missing, forged, differs, rollback)."
+    );
+    describe_counter!(
+        "signet_manifest_ignored_rows_total",
+        "Key rows found in the store that the ring's sealed manifest does not list (ignored)."
+    );
+    describe_gauge!(
+        "signet_rings_refused",
+        "Rings refused now (they neither sign nor change until the store is restored)."
+    );
     counter!("signet_scheduler_runs_total").absolute(0);
     counter!("signet_scheduler_failures_total").absolute(0);
     counter!("signet_audit_failures_total").absolute(0);
@@ -135,6 +147,13 @@ pub fn render(keys: &KeyManager) -> String {
     };
     let now = keys.now();
     gauge!("signet_sealed").set(if keys.is_sealed() { 1.0 } else { 0.0 });
+    let refused = keys
+        .snapshot()
+        .rings()
+        .iter()
+        .filter(|r| r.is_refused())
+        .count();
+    gauge!("signet_rings_refused").set(refused as f64);
     for ring in keys.snapshot().rings() {
         let name = ring.name().to_string();
         let mut counts = [0u32; 6];

@@ -43,6 +43,12 @@ impl AuditKey {
         super::CheckpointSigner::derive(&self.key)
     }
 
+    /// The key ring manifests are tagged with, derived from this key (see
+    /// `keyring::manifest`).
+    pub(crate) fn manifest_key(&self) -> crate::keyring::manifest::ManifestKey {
+        crate::keyring::manifest::ManifestKey::derive(&self.key)
+    }
+
     /// The lowercase hex HMAC-SHA256 of `value` under this key: stable for
     /// the same key and value, unrelated across keys.
     pub fn hmac_hex(&self, value: &[u8]) -> String {

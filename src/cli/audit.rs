@@ -261,6 +261,7 @@ async fn accept_gap(args: AcceptGapArgs) -> anyhow::Result<()> {
         Arc::new(kek),
     )
     .await?;
+    keys.set_legacy_audit_key_file(c.store.data_dir.join("audit.key"));
     keys.unseal().await.context("cannot unseal")?;
     let key = keys.load_audit_key().await?;
     let config = c

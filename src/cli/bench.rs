@@ -295,7 +295,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// A private directory for the bench's Unix socket.
-fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+pub(super) fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let name = format!(
         "signet-bench-{}-{}",

@@ -4,6 +4,7 @@
 mod audit;
 mod authz;
 mod bench;
+mod bench_store;
 mod check;
 mod client;
 mod dev;
@@ -96,6 +97,10 @@ enum Command {
     /// by hand; see docs/openbao.md). Also entered when the binary is
     /// started with no arguments and the plugin cookie in its environment.
     Plugin(plugin::PluginArgs),
+    /// Measure what a store of many rings costs at Unseal and refresh
+    /// (sealed manifests checked for every ring), on SQLite in a
+    /// temporary directory.
+    BenchStore(bench_store::BenchStoreArgs),
 }
 
 /// A command given input it cannot use (a missing file, a malformed
@@ -205,6 +210,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rings(cmd) => client::rings(cmd).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Plugin(args) => plugin::run(args).await,
+        Command::BenchStore(args) => bench_store::run(args).await,
     }
 }
 

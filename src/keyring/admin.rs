@@ -99,14 +99,18 @@ impl KeyManager {
         };
         let now = self.now();
         let record = sealed_record(&*kek, &name, &loaded, Timeline::immediate(now), None).await?;
-        let ring = RingRecord {
+        let mut ring = RingRecord {
             name: name.clone(),
             spec,
             policy: Policy::default(),
             generation: 1,
             keys: vec![record],
+            manifest: None,
         };
+        let manifest_key = self.manifest_key().ok_or(Error::Sealed)?;
+        ring.manifest = Some(manifest_key.seal(&ring));
         self.store().create_ring(&ring).await?;
+        self.saw_generations([(&name, 1)]);
         let kid = loaded.key.kid();
         tracing::info!(ring = %name, alg = %spec, kid = %kid, "key ring created");
         let ring = Ring {
@@ -114,6 +118,7 @@ impl KeyManager {
             verified: HashSet::from([kid.clone()]),
             loaded: [(kid, Arc::new(loaded))].into_iter().collect(),
             broken: HashSet::new(),
+            refused: None,
         };
         let out = info(&ring, now);
         self.install(ring);
@@ -444,6 +449,11 @@ impl KeyManager {
             return Ok(()); // sealed: nothing can be generated or re-sealed
         };
         let ring = self.current(name)?;
+        if ring.refused.is_some() {
+            // Refused rings change nothing; the refusal was logged and
+            // counted when it was found.
+            return Ok(());
+        }
         let now = self.now();
         let policy = ring.record.policy;
         let mut changes = Vec::new();
@@ -541,6 +551,12 @@ impl KeyManager {
         policy: Option<Policy>,
     ) -> Result<Arc<Ring>, Error> {
         let name = &ring.record.name;
+        if let Some(refusal) = &ring.refused {
+            return Err(Error::RingRefused {
+                ring: name.clone(),
+                reason: refusal.to_string(),
+            });
+        }
         let mut insert = Vec::new();
         let mut update = Vec::new();
         let mut new_loaded = Vec::new();
@@ -591,31 +607,44 @@ impl KeyManager {
                 }
             }
         }
+        let manifest_key = self.manifest_key().ok_or(Error::Sealed)?;
+        // The ring as it will be, so its manifest goes in the same write.
+        let mut record = ring.record.clone();
+        record.generation = ring.record.generation + 1;
+        if let Some(policy) = policy {
+            record.policy = policy;
+        }
+        for changed in &update {
+            if let Some(k) = record.keys.iter_mut().find(|k| k.kid == changed.kid) {
+                *k = changed.clone();
+                if changed.request_id.is_none() {
+                    // The store keeps the stored id when none is given.
+                    k.request_id
+                        .clone_from(&stored(ring, &changed.kid)?.request_id);
+                }
+            }
+        }
+        record.keys.extend(insert.iter().cloned());
+        let manifest = manifest_key.seal(&record);
+        record.manifest = Some(manifest.clone());
         let write = RingUpdate {
             ring: name.clone(),
             expected_generation: ring.record.generation,
             insert,
             update,
             policy,
+            manifest: Some(manifest),
         };
         let generation = self.store().update_ring(&write).await?;
-
-        let mut record = ring.record.clone();
+        debug_assert_eq!(generation, record.generation);
         record.generation = generation;
-        if let Some(policy) = write.policy {
-            record.policy = policy;
-        }
-        for changed in write.update {
-            if let Some(k) = record.keys.iter_mut().find(|k| k.kid == changed.kid) {
-                *k = changed;
-            }
-        }
-        record.keys.extend(write.insert);
+        self.saw_generations([(name, generation)]);
         let mut next = Ring {
             record,
             loaded: ring.loaded.clone(),
             verified: ring.verified.clone(),
             broken: ring.broken.clone(),
+            refused: None,
         };
         for kid in &destroyed {
             // The last Arc (after any in-flight Sign) drops and wipes it.

@@ -42,6 +42,9 @@ pub struct Ring {
     pub(crate) verified: HashSet<Kid>,
     /// Keys whose sealed record failed its integrity check.
     pub(crate) broken: HashSet<Kid>,
+    /// Why the ring's stored state is not trusted (see `manifest`): it
+    /// neither signs nor changes while set.
+    pub(crate) refused: Option<super::manifest::Refusal>,
 }
 
 // Hand-written so private keys can never reach a log through `{:?}`.
@@ -53,6 +56,7 @@ impl fmt::Debug for Ring {
             .field("record", &self.record)
             .field("loaded_kids", &loaded)
             .field("broken_kids", &self.broken)
+            .field("refused", &self.refused)
             .finish()
     }
 }
@@ -178,6 +182,12 @@ impl Ring {
             ));
         }
         next
+    }
+
+    /// Whether the ring is refused (its stored state differs from its
+    /// sealed manifest, or rolled back): it neither signs nor changes.
+    pub fn is_refused(&self) -> bool {
+        self.refused.is_some()
     }
 
     /// Whether the key's sealed record failed its integrity check.

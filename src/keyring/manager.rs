@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use super::{
     KeyInfo, KeySet, Policy, Ring, RingName,
     keyset::{JwkSet, LoadedKey},
+    manifest::{Generations, ManifestKey},
 };
 use crate::{
     Error,
@@ -56,6 +57,17 @@ pub(super) struct Shared {
     changes: tokio::sync::watch::Sender<u64>,
     /// How current the snapshot is, for a replica of a shared store.
     freshness: Freshness,
+    /// The key ring manifests are tagged with (see `manifest`): present
+    /// exactly while the KEK is. A std mutex, as for `kek`.
+    manifest_key: Mutex<Option<Arc<ManifestKey>>>,
+    /// The highest manifest generation seen per ring, kept in the data
+    /// directory once [`KeyManager::track_generations`] names the file.
+    /// Only touched with the writer lock held.
+    pub(super) generations: Mutex<Generations>,
+    /// Where an earlier version kept the audit key (one per data
+    /// directory), to move into the store at Unseal before anything is
+    /// derived from the store's key.
+    legacy_audit_key: Mutex<Option<std::path::PathBuf>>,
 }
 
 /// When this process last read the whole store, and how old that may get
@@ -116,6 +128,7 @@ impl KeyManager {
                     loaded: HashMap::new(),
                     verified: HashSet::new(),
                     broken: HashSet::new(),
+                    refused: None,
                 };
                 (ring.record.name.clone(), Arc::new(ring))
             })
@@ -138,6 +151,9 @@ impl KeyManager {
                 min_publish_lead: std::sync::atomic::AtomicU64::new(0),
                 changes: tokio::sync::watch::Sender::new(0),
                 freshness: Freshness::new(),
+                manifest_key: Mutex::new(None),
+                generations: Mutex::new(Generations::default()),
+                legacy_audit_key: Mutex::new(None),
             }),
         })
     }
@@ -290,6 +306,78 @@ impl KeyManager {
 
     pub(super) fn set_kek(&self, kek: Option<Arc<dyn Kek>>) {
         *self.shared.kek.lock().unwrap_or_else(|p| p.into_inner()) = kek;
+    }
+
+    /// The manifest key, while unsealed.
+    pub(super) fn manifest_key(&self) -> Option<Arc<ManifestKey>> {
+        self.shared
+            .manifest_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(super) fn set_manifest_key(&self, key: Option<Arc<ManifestKey>>) {
+        *self
+            .shared
+            .manifest_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = key;
+    }
+
+    /// Moves the audit key file an earlier version left at `file` into the
+    /// store at the next Unseal, if the store holds none yet (see
+    /// [`adopt_legacy_audit_key`](super::adopt_legacy_audit_key)).
+    pub fn set_legacy_audit_key_file(&self, file: std::path::PathBuf) {
+        *self
+            .shared
+            .legacy_audit_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(file);
+    }
+
+    pub(super) fn legacy_audit_key_file(&self) -> Option<std::path::PathBuf> {
+        self.shared
+            .legacy_audit_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Keeps the highest manifest generation seen per ring in `file` (in
+    /// the data directory), so a store rolled back while this process was
+    /// stopped is caught at its next start too. Call before unsealing.
+    pub fn track_generations(&self, file: &std::path::Path) -> Result<(), String> {
+        let loaded = Generations::open(file)?;
+        *self
+            .shared
+            .generations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = loaded;
+        Ok(())
+    }
+
+    /// Records that each ring was trusted at its generation, and writes the
+    /// marks down (once) if any rose. Writer lock held. A failed write is
+    /// logged, not returned: the changes it follows are committed already.
+    pub(super) fn saw_generations<'a>(&self, seen: impl IntoIterator<Item = (&'a RingName, u64)>) {
+        let mut gens = self
+            .shared
+            .generations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut raised = false;
+        for (ring, generation) in seen {
+            raised |= gens.raise(ring.as_str(), generation);
+        }
+        if raised && let Err(e) = gens.save() {
+            metrics::counter!("signet_generation_record_failures_total").increment(1);
+            tracing::error!(
+                error = %e,
+                "cannot write the ring-generation record in the data directory; a rollback of \
+                 the store across a restart would not be caught"
+            );
+        }
     }
 
     /// Whether the store answers (a cheap read).

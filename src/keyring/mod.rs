@@ -10,6 +10,7 @@ mod admin;
 mod keyset;
 mod lifecycle;
 mod manager;
+pub(crate) mod manifest;
 mod name;
 mod policy;
 pub mod scheduler;
@@ -17,11 +18,13 @@ mod sign;
 #[cfg(test)]
 mod tests;
 mod unseal;
+mod vet;
 
 pub use admin::TickReport;
 pub use keyset::{JwkSet, KeyInfo, KeySet, Ring};
 pub use lifecycle::{KeyState, Timeline, project};
 pub use manager::{KeyManager, RingInfo};
+pub use manifest::{Generations, Refusal};
 pub use name::{RequestId, RingName};
 pub use policy::{MAX_DURATION, Policy, PolicyError, Short, Warning, ttl_rule_of_thumb};
 pub use sign::{SignParams, Signed};

@@ -54,6 +54,12 @@ impl KeyManager {
     pub async fn sign(&self, p: SignParams<'_>) -> Result<Signed, Error> {
         let ring = self.ring(p.ring, "key_ring")?;
         self.check_fresh()?;
+        if let Some(refusal) = &ring.refused {
+            return Err(Error::RingRefused {
+                ring: ring.name().clone(),
+                reason: refusal.to_string(),
+            });
+        }
         let policy = ring.record().policy;
         let mut ttl = match p.ttl {
             None => policy.default_token_ttl,

@@ -6,7 +6,7 @@ use std::{
     sync::Arc,
 };
 
-use super::{KeyManager, KeySet, Ring, RingName, keyset::LoadedKey};
+use super::{KeyManager, KeySet, Ring, RingName, keyset::LoadedKey, vet::Vetted};
 use crate::{
     Error,
     crypto::Kid,
@@ -65,6 +65,7 @@ pub(super) async fn open_ring(
         loaded: HashMap::new(),
         verified: HashSet::new(),
         broken: HashSet::new(),
+        refused: None,
     };
     for key in &ring.record.keys {
         let Some(blob) = &key.sealed else {
@@ -209,12 +210,25 @@ impl KeyManager {
         let kek = self.shared.kek_provider.open().await.map_err(Error::Kek)?;
         check_kek(self.store(), &*kek, &describe).await?;
 
+        if let Some(file) = self.legacy_audit_key_file() {
+            adopt_legacy_audit_key(self.store(), &*kek, &file).await?;
+        }
+        let manifest_key = Arc::new(store_secret(self.store(), &*kek).await?.manifest_key());
         let mut rings = HashMap::new();
+        let mut trusted = Vec::new();
         for record in self.store().load().await? {
-            let ring = open_ring(Some(&*kek), record, None, OnKekError::Abort).await?;
+            let ring = match self.vet(&manifest_key, record, None).await? {
+                Vetted::Trusted(record) => {
+                    trusted.push((record.name.clone(), record.generation));
+                    open_ring(Some(&*kek), record, None, OnKekError::Abort).await?
+                }
+                Vetted::Refused(ring) => ring,
+            };
             rings.insert(ring.record.name.clone(), Arc::new(ring));
         }
+        self.saw_generations(trusted.iter().map(|(n, g)| (n, *g)));
         self.install_all(KeySet { rings });
+        self.set_manifest_key(Some(manifest_key));
         self.set_kek(Some(kek));
         self.mark_fresh();
         let status = self.status();
@@ -233,6 +247,7 @@ impl KeyManager {
     pub async fn seal(&self) -> Status {
         let _writer = self.shared.writer.lock().await;
         self.set_kek(None);
+        self.set_manifest_key(None);
         let current = self.snapshot();
         let rings = current
             .rings
@@ -243,6 +258,7 @@ impl KeyManager {
                     loaded: HashMap::new(),
                     verified: r.verified.clone(),
                     broken: r.broken.clone(),
+                    refused: r.refused.clone(),
                 };
                 (name.clone(), Arc::new(ring))
             })
@@ -293,30 +309,41 @@ impl KeyManager {
     /// [`KeyManager::audit_key`]), without looking for a legacy file: what
     /// Unseal loads again. Needs the service unsealed.
     pub async fn load_audit_key(&self) -> Result<crate::audit::AuditKey, Error> {
-        use crate::audit::AuditKey;
         let kek = self.kek().ok_or(Error::Sealed)?;
-        let wrapped = match self.store().audit_key().await? {
-            Some(wrapped) => wrapped,
-            None => {
-                let key = zeroize::Zeroizing::new(
-                    crate::crypto::random_bytes::<32>()
-                        .map_err(|_| kek_unavailable("audit key: no randomness".into()))?,
-                );
-                let wrapped = kek
-                    .wrap(&key, AuditKey::WRAP_AAD)
-                    .await
-                    .map_err(Error::Kek)?;
-                self.store().init_audit_key(&wrapped).await?
-            }
-        };
-        let key = kek
-            .unwrap(&wrapped, AuditKey::WRAP_AAD)
-            .await
-            .map_err(|_| {
-                kek_unavailable("the store's audit key does not open under this KEK".into())
-            })?;
-        Ok(AuditKey::from_bytes(key))
+        store_secret(self.store(), &*kek).await
     }
+}
+
+/// The store's audit key (32 random bytes wrapped by the KEK, made on first
+/// use: of replicas starting together the first to store one wins), opened
+/// under `kek`. It digests audit records and is the root the checkpoint
+/// signer and the ring manifest key are derived from.
+async fn store_secret(
+    store: &dyn KeyStore,
+    kek: &dyn Kek,
+) -> Result<crate::audit::AuditKey, Error> {
+    use crate::audit::AuditKey;
+    let wrapped = match store.audit_key().await? {
+        Some(wrapped) => wrapped,
+        None => {
+            let key = zeroize::Zeroizing::new(
+                crate::crypto::random_bytes::<32>()
+                    .map_err(|_| kek_unavailable("audit key: no randomness".into()))?,
+            );
+            let wrapped = kek
+                .wrap(&key, AuditKey::WRAP_AAD)
+                .await
+                .map_err(Error::Kek)?;
+            store.init_audit_key(&wrapped).await?
+        }
+    };
+    let key = kek
+        .unwrap(&wrapped, AuditKey::WRAP_AAD)
+        .await
+        .map_err(|_| {
+            kek_unavailable("the store's audit key does not open under this KEK".into())
+        })?;
+    Ok(AuditKey::from_bytes(key))
 }
 
 fn kek_unavailable(what: String) -> Error {
@@ -374,22 +401,43 @@ impl KeyManager {
     pub async fn refresh(&self) -> Result<usize, Error> {
         let _writer = self.shared.writer.lock().await;
         let kek = self.kek();
+        let manifest_key = self.manifest_key();
         let current = self.snapshot();
         let mut rings = current.rings.clone();
         let mut changed = 0;
+        let mut trusted = Vec::new();
         for record in self.store().load().await? {
             let prev = current.ring(&record.name);
             if prev.is_some_and(|p| {
-                p.record.generation == record.generation && (kek.is_none() || !has_unopened(p))
+                p.record.generation == record.generation
+                    && p.refused.is_none()
+                    && (kek.is_none() || !has_unopened(p))
             }) {
                 continue;
             }
-            let ring =
-                open_ring(kek.as_deref(), record, prev.map(|p| &**p), OnKekError::Skip).await?;
-            tracing::info!(ring = %ring.record.name, generation = ring.record.generation, "ring refreshed from the store");
+            let ring = match (&kek, &manifest_key) {
+                (Some(kek), Some(key)) => match self.vet(key, record, prev.map(|p| &**p)).await? {
+                    Vetted::Trusted(record) => {
+                        trusted.push((record.name.clone(), record.generation));
+                        open_ring(Some(&**kek), record, prev.map(|p| &**p), OnKekError::Skip)
+                            .await?
+                    }
+                    Vetted::Refused(ring) => ring,
+                },
+                _ => match self.sealed_view(record, prev.map(|p| &**p)) {
+                    Some(record) => {
+                        open_ring(None, record, prev.map(|p| &**p), OnKekError::Skip).await?
+                    }
+                    None => continue,
+                },
+            };
+            if ring.refused.is_none() {
+                tracing::info!(ring = %ring.record.name, generation = ring.record.generation, "ring refreshed from the store");
+            }
             rings.insert(ring.record.name.clone(), Arc::new(ring));
             changed += 1;
         }
+        self.saw_generations(trusted.iter().map(|(n, g)| (n, *g)));
         if changed > 0 {
             self.install_all(KeySet { rings });
         }
@@ -409,7 +457,29 @@ pub async fn rekey(
     new: &dyn Kek,
 ) -> Result<usize, Error> {
     check_kek(store, old, old_describe).await?;
-    let mut rings = store.load().await?;
+    // Only what the manifests vouch for is re-wrapped, and each ring gets
+    // the manifest of its next generation (the one the rekey writes). A
+    // store without an audit key has no manifests yet: the next Unseal
+    // writes them.
+    let manifest_key = match store.audit_key().await? {
+        Some(_) => Some(store_secret(store, old).await?.manifest_key()),
+        None => None,
+    };
+    let mut rings = Vec::new();
+    for record in store.load().await? {
+        let record = match (&manifest_key, &record.manifest) {
+            (Some(key), Some(_)) => {
+                key.check(record.clone())
+                    .map_err(|refusal| Error::RingRefused {
+                        ring: record.name.clone(),
+                        reason: refusal.to_string(),
+                    })?
+                    .record
+            }
+            _ => record,
+        };
+        rings.push(record);
+    }
     let mut count = 0;
     for ring in &mut rings {
         let alg = ring.spec.alg();
@@ -426,6 +496,11 @@ pub async fn rekey(
                 .map_err(|e| seal_error(e, &ring.name, &key.kid))?;
             key.sealed = Some(rewrapped);
             count += 1;
+        }
+        if let Some(key) = &manifest_key {
+            let mut next = ring.clone();
+            next.generation += 1;
+            ring.manifest = Some(key.seal(&next));
         }
     }
     // The audit key goes over to the new KEK in the same transaction.

@@ -25,7 +25,7 @@ impl From<Error> for Status {
             | Error::Stale(_)
             | Error::Kek(_)
             | Error::WrongKek(_) => Code::Unavailable,
-            Error::DataLoss { .. } => Code::DataLoss,
+            Error::DataLoss { .. } | Error::RingRefused { .. } => Code::DataLoss,
             Error::Crypto(_) => Code::Internal,
         };
         let mut status = Status::new(code, message(&e));

@@ -19,6 +19,7 @@ pub(super) struct RingColumns {
     pub rsa_bits: i64,
     pub policy_json: String,
     pub generation: i64,
+    pub manifest: Option<Vec<u8>>,
 }
 
 /// The columns of a `keys` row.
@@ -42,6 +43,7 @@ pub(super) fn ring_record(db: &str, c: RingColumns) -> Result<RingRecord, StoreE
         policy: serde_json::from_str(&c.policy_json).map_err(|_| bad("bad policy"))?,
         generation: u64::try_from(c.generation).map_err(|_| bad("negative generation"))?,
         keys: Vec::new(),
+        manifest: c.manifest,
     })
 }
 

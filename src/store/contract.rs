@@ -22,10 +22,56 @@ pub async fn run_all(store: &dyn KeyStore) {
     unknown_ring(store).await;
     destroyed_material_is_gone_and_kid_stays_reserved(store).await;
     policy_and_reason_change_with_the_generation(store).await;
+    manifest_is_kept_with_its_ring(store).await;
     kek_check_is_written_once(store).await;
     audit_key_is_written_once(store).await;
     audit_anchors_are_replaced_per_log(store).await;
     rekey_replaces_blobs_and_check_atomically(store).await;
+}
+
+async fn manifest_is_kept_with_its_ring(store: &dyn KeyStore) {
+    let name = RingName::parse("c-manifest", "n").unwrap();
+    let mut r = ring("c-manifest", vec![key_record(1)]);
+    r.manifest = Some(b"manifest-1".to_vec());
+    store.create_ring(&r).await.unwrap();
+    let got = get(store, "c-manifest").await;
+    assert_eq!(
+        got.manifest.as_deref(),
+        Some(&b"manifest-1"[..]),
+        "created with its manifest"
+    );
+
+    let update = |expected, manifest: Option<&[u8]>| RingUpdate {
+        ring: name.clone(),
+        expected_generation: expected,
+        insert: vec![],
+        update: vec![],
+        policy: None,
+        manifest: manifest.map(<[u8]>::to_vec),
+    };
+    store
+        .update_ring(&update(1, Some(b"manifest-2")))
+        .await
+        .unwrap();
+    assert_eq!(
+        get(store, "c-manifest").await.manifest.as_deref(),
+        Some(&b"manifest-2"[..]),
+        "an update replaces the manifest with its generation"
+    );
+    store.update_ring(&update(2, None)).await.unwrap();
+    assert_eq!(
+        get(store, "c-manifest").await.manifest.as_deref(),
+        Some(&b"manifest-2"[..]),
+        "an update without one leaves it"
+    );
+    let lost = store.update_ring(&update(1, Some(b"stale"))).await;
+    assert!(matches!(lost, Err(StoreError::Conflict(_))), "{lost:?}");
+    let got = get(store, "c-manifest").await;
+    assert_eq!(
+        (got.generation, got.manifest.as_deref()),
+        (3, Some(&b"manifest-2"[..])),
+        "a lost compare-and-swap writes no manifest"
+    );
 }
 
 async fn audit_key_is_written_once(store: &dyn KeyStore) {
@@ -97,6 +143,7 @@ fn ring(name: &str, keys: Vec<KeyRecord>) -> RingRecord {
         policy: Policy::default(),
         generation: 0,
         keys,
+        manifest: None,
     }
 }
 
@@ -146,6 +193,7 @@ async fn update_applies_and_bumps_generation(store: &dyn KeyStore) {
     let g = store
         .update_ring(&RingUpdate {
             policy: None,
+            manifest: None,
             ring: RingName::parse("c-upd", "n").unwrap(),
             expected_generation: 1,
             insert: vec![second.clone()],
@@ -170,6 +218,7 @@ async fn stale_generation_conflicts_and_changes_nothing(store: &dyn KeyStore) {
     let r = store
         .update_ring(&RingUpdate {
             policy: None,
+            manifest: None,
             ring: before.name.clone(),
             expected_generation: 7,
             insert: vec![key_record(2)],
@@ -193,6 +242,7 @@ async fn kid_never_reused(store: &dyn KeyStore) {
     let r = store
         .update_ring(&RingUpdate {
             policy: None,
+            manifest: None,
             ring: RingName::parse("c-kid", "n").unwrap(),
             expected_generation: 1,
             insert: vec![k],
@@ -214,6 +264,7 @@ async fn failed_update_is_atomic(store: &dyn KeyStore) {
     let r = store
         .update_ring(&RingUpdate {
             policy: None,
+            manifest: None,
             ring: before.name.clone(),
             expected_generation: 1,
             insert: vec![key_record(2)],
@@ -235,6 +286,7 @@ async fn unknown_ring(store: &dyn KeyStore) {
     let r = store
         .update_ring(&RingUpdate {
             policy: None,
+            manifest: None,
             ring: RingName::parse("c-none", "n").unwrap(),
             expected_generation: 1,
             insert: vec![],
@@ -257,6 +309,7 @@ async fn destroyed_material_is_gone_and_kid_stays_reserved(store: &dyn KeyStore)
     store
         .update_ring(&RingUpdate {
             policy: None,
+            manifest: None,
             ring: RingName::parse("c-tomb", "n").unwrap(),
             expected_generation: 1,
             insert: vec![],
@@ -273,6 +326,7 @@ async fn destroyed_material_is_gone_and_kid_stays_reserved(store: &dyn KeyStore)
     let r = store
         .update_ring(&RingUpdate {
             policy: None,
+            manifest: None,
             ring: got.name.clone(),
             expected_generation: 2,
             insert: vec![k],
@@ -357,8 +411,24 @@ async fn rekey_replaces_blobs_and_check_atomically(store: &dyn KeyStore) {
     assert_eq!(store.kek_check().await.unwrap(), before_check);
     assert_ne!(get(store, "c-rekey-a").await.keys, a.keys);
 
+    let manifest_before = get(store, "c-rekey-a").await.manifest;
+    let mut all = all;
+    for ring in &mut all {
+        if ring.name.as_str() == "c-rekey-a" {
+            ring.manifest = Some(b"manifest after rekey".to_vec());
+        }
+    }
+    assert_ne!(
+        manifest_before.as_deref(),
+        Some(&b"manifest after rekey"[..])
+    );
     store.rekey(b"new-check", audit, &all).await.unwrap();
     assert_eq!(store.audit_key().await.unwrap().as_deref(), audit);
+    assert_eq!(
+        get(store, "c-rekey-a").await.manifest.as_deref(),
+        Some(&b"manifest after rekey"[..]),
+        "a rekey writes the manifest given for the new generation"
+    );
     assert_eq!(
         store.kek_check().await.unwrap().as_deref(),
         Some(&b"new-check"[..])
@@ -401,6 +471,7 @@ async fn policy_and_reason_change_with_the_generation(store: &dyn KeyStore) {
             insert: vec![],
             update: vec![revised.clone()],
             policy: Some(policy),
+            manifest: None,
         })
         .await
         .unwrap();
@@ -425,6 +496,7 @@ async fn policy_and_reason_change_with_the_generation(store: &dyn KeyStore) {
             insert: vec![],
             update: vec![without_id],
             policy: None,
+            manifest: None,
         })
         .await
         .unwrap();
@@ -448,6 +520,7 @@ async fn policy_and_reason_change_with_the_generation(store: &dyn KeyStore) {
             insert: vec![],
             update: vec![promoted.clone()],
             policy: None,
+            manifest: None,
         })
         .await
         .unwrap();

@@ -99,6 +99,9 @@ impl KeyStore for MemoryStore {
         if let Some(policy) = update.policy {
             next.policy = policy;
         }
+        if let Some(manifest) = &update.manifest {
+            next.manifest = Some(manifest.clone());
+        }
         next.generation += 1;
         let generation = next.generation;
         rings.insert(update.ring.clone(), next);
@@ -169,6 +172,9 @@ impl KeyStore for MemoryStore {
                     })?;
                 stored.timeline = key.timeline;
                 stored.sealed = key.sealed.clone();
+            }
+            if let Some(manifest) = &ring.manifest {
+                cur.manifest = Some(manifest.clone());
             }
             cur.generation += 1;
         }

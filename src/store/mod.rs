@@ -98,6 +98,11 @@ pub struct RingRecord {
     pub generation: u64,
     /// Every key the ring ever had, oldest first.
     pub keys: Vec<KeyRecord>,
+    /// The ring's sealed manifest (see `keyring::manifest`): opaque to the
+    /// store, which keeps it with the ring and writes it in the same
+    /// transaction as the change it describes. `None` for a ring written
+    /// before manifests existed.
+    pub manifest: Option<Vec<u8>>,
 }
 
 /// A change to one ring, applied atomically if the ring is still at
@@ -117,6 +122,10 @@ pub struct RingUpdate {
     pub update: Vec<KeyRecord>,
     /// A new policy for the ring, if it changes.
     pub policy: Option<Policy>,
+    /// The ring's new sealed manifest, describing the ring as it is after
+    /// this update (at `expected_generation + 1`); replaces the stored one
+    /// in the same transaction. `None` leaves the stored one.
+    pub manifest: Option<Vec<u8>>,
 }
 
 /// Why a store operation failed.
@@ -220,7 +229,8 @@ pub trait KeyStore: Send + Sync + 'static {
     /// nothing is written and the answer is [`StoreError::Conflict`] naming
     /// a ring that changed or is missing. Keys are matched by kid
     /// ([`StoreError::KidNotFound`] if unknown); ring specs, policies and
-    /// the set of keys never change. Every ring gets generation + 1.
+    /// the set of keys never change. Every ring gets generation + 1, and the
+    /// `manifest` given with it (describing that generation) when `Some`.
     async fn rekey(
         &self,
         check: &[u8],

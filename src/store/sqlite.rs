@@ -168,7 +168,7 @@ impl KeyStore for SqliteStore {
         // One read transaction, so rings and keys come from the same snapshot.
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let ring_rows = sqlx::query(
-            "SELECT name, alg, rsa_bits, policy_json, generation FROM rings ORDER BY name",
+            "SELECT name, alg, rsa_bits, policy_json, generation, manifest FROM rings ORDER BY name",
         )
         .fetch_all(&mut *tx)
         .await
@@ -216,13 +216,14 @@ impl KeyStore for SqliteStore {
             return Err(StoreError::RingExists(ring.name.clone()));
         }
         sqlx::query(
-            "INSERT INTO rings (name, alg, rsa_bits, policy_json, generation) \
-             VALUES (?, ?, ?, ?, 1)",
+            "INSERT INTO rings (name, alg, rsa_bits, policy_json, generation, manifest) \
+             VALUES (?, ?, ?, ?, 1, ?)",
         )
         .bind(ring.name.as_str())
         .bind(ring.spec.alg().name())
         .bind(i64::from(ring.spec.rsa_bits()))
         .bind(to_json(&ring.policy, &ring.name, None, "policy")?)
+        .bind(ring.manifest.as_deref())
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -256,6 +257,9 @@ impl KeyStore for SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_error)?;
+        }
+        if let Some(manifest) = &update.manifest {
+            set_manifest(&mut tx, &update.ring, manifest).await?;
         }
         tx.commit().await.map_err(db_error)?;
         if update.update.iter().any(|k| k.sealed.is_none()) {
@@ -355,6 +359,9 @@ impl KeyStore for SqliteStore {
             bump_generation(&mut tx, &ring.name, ring.generation).await?;
             for key in &ring.keys {
                 update_key(&mut tx, &ring.name, key).await?;
+            }
+            if let Some(manifest) = &ring.manifest {
+                set_manifest(&mut tx, &ring.name, manifest).await?;
             }
         }
         // Every ring must be listed, or blobs would stay under the old KEK.
@@ -508,6 +515,21 @@ async fn update_key(
     Ok(())
 }
 
+/// Replaces the sealed manifest of `ring` (inside the write that changes it).
+async fn set_manifest(
+    tx: &mut SqliteConnection,
+    ring: &RingName,
+    manifest: &[u8],
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE rings SET manifest = ? WHERE name = ?")
+        .bind(manifest)
+        .bind(ring.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
 /// Rebuilds a ring (without its keys) from a `rings` row.
 fn ring_from_row(row: &SqliteRow) -> Result<RingRecord, StoreError> {
     let cols = RingColumns {
@@ -516,6 +538,7 @@ fn ring_from_row(row: &SqliteRow) -> Result<RingRecord, StoreError> {
         rsa_bits: row.try_get("rsa_bits").map_err(db_error)?,
         policy_json: row.try_get("policy_json").map_err(db_error)?,
         generation: row.try_get("generation").map_err(db_error)?,
+        manifest: row.try_get("manifest").map_err(db_error)?,
     };
     columns::ring_record(DB, cols)
 }

@@ -537,7 +537,7 @@ async fn audit_verify_command() {
 }
 
 /// An audit key file from an earlier version (one per data directory) moves
-/// into the store on first use and is removed; later calls read the store.
+/// into the store at Unseal and is removed; later calls read the store.
 /// A file that does not open under the KEK is refused and left alone.
 #[tokio::test]
 async fn a_legacy_audit_key_file_moves_into_the_store() {
@@ -557,7 +557,6 @@ async fn a_legacy_audit_key_file_moves_into_the_store() {
     )
     .await
     .unwrap();
-    keys.unseal().await.unwrap();
 
     let raw = Zeroizing::new([9u8; 32]);
     let wrapped = spec
@@ -570,13 +569,13 @@ async fn a_legacy_audit_key_file_moves_into_the_store() {
     let file = dir.path().join("audit.key");
     std::fs::write(&file, &wrapped).unwrap();
     let want = AuditKey::from_bytes(raw).hmac_hex(b"alice");
+    // Unseal moves it, before anything is derived from the store's key.
+    keys.set_legacy_audit_key_file(file.clone());
+    keys.unseal().await.unwrap();
+    assert!(!file.exists(), "moved into the store at Unseal");
 
     let got = keys.audit_key(&file).await.unwrap();
     assert_eq!(got.hmac_hex(b"alice"), want, "the file's key is kept");
-    assert!(
-        !file.exists(),
-        "the file is gone once the store holds the key"
-    );
     let again = keys.audit_key(&file).await.unwrap();
     assert_eq!(again.hmac_hex(b"alice"), want, "read back from the store");
 

@@ -230,6 +230,7 @@ async fn server_follows_the_timeline_tick_by_tick() {
             }],
             update: vec![],
             policy: None,
+            manifest: None,
         })
         .await;
     assert!(

@@ -27,6 +27,7 @@ mod grpc_sign;
 mod http_abuse;
 mod lifecycle;
 mod lifecycle_props;
+mod manifest;
 mod openbao;
 mod ops;
 mod pkcs11;

@@ -23,6 +23,7 @@ fn ring(name: &str) -> RingRecord {
         policy: Policy::default(),
         generation: 0,
         keys: vec![contract::key_record(100), contract::key_record(200)],
+        manifest: None,
     }
 }
 
@@ -107,6 +108,7 @@ async fn sqlite_concurrent_updates_have_one_winner() {
                 store
                     .update_ring(&RingUpdate {
                         policy: None,
+                        manifest: None,
                         ring: RingName::parse("race", "n").unwrap(),
                         expected_generation: 1,
                         insert: vec![contract::key_record(1000 + i)],
@@ -150,6 +152,7 @@ async fn sqlite_destroyed_blob_leaves_the_disk() {
     store
         .update_ring(&RingUpdate {
             policy: None,
+            manifest: None,
             ring: r.name.clone(),
             expected_generation: 1,
             insert: vec![],
@@ -271,6 +274,7 @@ async fn postgres_concurrent_updates_have_one_winner() {
                     store
                         .update_ring(&RingUpdate {
                             policy: None,
+                            manifest: None,
                             ring: RingName::parse("race", "n").unwrap(),
                             expected_generation: 1,
                             insert: vec![contract::key_record(1000 + i)],
@@ -330,7 +334,7 @@ async fn postgres_replicas_migrate_once_when_starting_together() {
                 .unwrap();
         assert_eq!(
             applied,
-            vec![(1, true), (2, true)],
+            vec![(1, true), (2, true), (3, true)],
             "each migration applied once"
         );
         let tables: Vec<String> = sqlx::query_scalar(
@@ -429,6 +433,7 @@ async fn postgres_committed_changes_are_announced() {
         assert_eq!(next().await, "watched", "create_ring announced");
         let update = RingUpdate {
             policy: None,
+            manifest: None,
             ring: RingName::parse("watched", "n").unwrap(),
             expected_generation: 1,
             insert: vec![contract::key_record(300)],

@@ -64,6 +64,9 @@ struct StoredRing {
     policy: Policy,
     generation: u64,
     keys: Vec<StoredKey>,
+    /// The ring's sealed manifest (opaque here), base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    manifest: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -196,12 +199,17 @@ impl<B: KvBackend> KvStore<B> {
                 request_id: k.request_id,
             });
         }
+        let manifest = match &stored.manifest {
+            Some(m) => Some(B64.decode(m).map_err(|_| bad("corrupt manifest"))?),
+            None => None,
+        };
         Ok(RingRecord {
             name: stored.name,
             spec,
             policy: stored.policy,
             generation: stored.generation,
             keys,
+            manifest,
         })
     }
 
@@ -275,6 +283,7 @@ impl<B: KvBackend> KeyStore for KvStore<B> {
             policy: ring.policy,
             generation: 1,
             keys,
+            manifest: ring.manifest.as_ref().map(|m| B64.encode(m)),
         };
         self.put_json(&ring_key(&ring.name), &stored).await
     }
@@ -328,6 +337,9 @@ impl<B: KvBackend> KeyStore for KvStore<B> {
         }
         if let Some(policy) = update.policy {
             next.policy = policy;
+        }
+        if let Some(manifest) = &update.manifest {
+            next.manifest = Some(B64.encode(manifest));
         }
         next.generation += 1;
         self.put_json(&ring_key(&update.ring), &next).await?;
@@ -430,6 +442,9 @@ impl<B: KvBackend> KeyStore for KvStore<B> {
                 }
             }
             stored.generation += 1;
+            if let Some(manifest) = &ring.manifest {
+                stored.manifest = Some(B64.encode(manifest));
+            }
             next.push(stored);
         }
         let journal = Journal {

@@ -62,6 +62,7 @@ fn ring(keys: Vec<KeyRecord>) -> RingRecord {
         policy: Policy::default(),
         generation: 0,
         keys,
+        manifest: Some(b"m1".to_vec()),
     }
 }
 
@@ -94,13 +95,17 @@ async fn a_crash_at_any_step_leaves_the_old_ring_or_the_new() {
             insert: vec![contract::key_record(200)],
             update: vec![retimed],
             policy: None,
+            manifest: Some(b"m2".to_vec()),
         };
         store.kv.budget.store(budget, Ordering::SeqCst);
         let result = store.update_ring(&update).await;
         store.kv.budget.store(usize::MAX, Ordering::SeqCst);
         let after = store.load().await.unwrap();
         match result {
-            Ok(_) => assert_eq!(after[0].generation, 2, "budget {budget}"),
+            Ok(_) => {
+                assert_eq!(after[0].generation, 2, "budget {budget}");
+                assert_eq!(after[0].manifest.as_deref(), Some(&b"m2"[..]));
+            }
             Err(_) if after[0].generation == 1 => assert_eq!(after, before),
             Err(_) => {
                 // Committed; only the clean-up after the commit failed.

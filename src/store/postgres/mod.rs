@@ -52,8 +52,8 @@ use sqlx::{
 use self::{
     schema::{SchemaName, close_quietly, create_schema},
     sql::{
-        DB, bump_generation, db_error, describe, insert_key, key_from_row, ring_from_row, to_json,
-        update_key,
+        DB, bump_generation, db_error, describe, insert_key, key_from_row, ring_from_row,
+        set_manifest, to_json, update_key,
     },
 };
 use super::{KeyStore, RingRecord, RingUpdate, StoreError, columns};
@@ -323,7 +323,7 @@ impl KeyStore for PostgresStore {
         // Byte order, as the other stores list rings, whatever the
         // database's collation.
         let ring_rows = sqlx::query(
-            "SELECT name, alg, rsa_bits, policy_json, generation FROM rings \
+            "SELECT name, alg, rsa_bits, policy_json, generation, manifest FROM rings \
              ORDER BY name COLLATE \"C\"",
         )
         .fetch_all(&mut *tx)
@@ -368,13 +368,14 @@ impl KeyStore for PostgresStore {
         // same name makes this wait for its commit and then insert nothing,
         // where a SELECT would see no row and the INSERT fail on the key.
         let created = sqlx::query(
-            "INSERT INTO rings (name, alg, rsa_bits, policy_json, generation) \
-             VALUES ($1, $2, $3, $4, 1) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO rings (name, alg, rsa_bits, policy_json, generation, manifest) \
+             VALUES ($1, $2, $3, $4, 1, $5) ON CONFLICT (name) DO NOTHING",
         )
         .bind(ring.name.as_str())
         .bind(ring.spec.alg().name())
         .bind(i64::from(ring.spec.rsa_bits()))
         .bind(to_json(&ring.policy, &ring.name, None, "policy")?)
+        .bind(ring.manifest.as_deref())
         .execute(&mut *tx)
         .await
         .map_err(db_error)?
@@ -413,6 +414,9 @@ impl KeyStore for PostgresStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_error)?;
+        }
+        if let Some(manifest) = &update.manifest {
+            set_manifest(&mut tx, &update.ring, manifest).await?;
         }
         self.notify(&mut tx, &update.ring).await?;
         tx.commit().await.map_err(db_error)?;
@@ -532,6 +536,9 @@ impl KeyStore for PostgresStore {
             bump_generation(&mut tx, &ring.name, ring.generation).await?;
             for key in &ring.keys {
                 update_key(&mut tx, &ring.name, key).await?;
+            }
+            if let Some(manifest) = &ring.manifest {
+                set_manifest(&mut tx, &ring.name, manifest).await?;
             }
         }
         // Every ring must be listed, or blobs would stay under the old KEK.

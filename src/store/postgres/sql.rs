@@ -87,6 +87,21 @@ pub(super) async fn insert_key(
     Ok(())
 }
 
+/// Replaces the sealed manifest of `ring` (inside the write that changes it).
+pub(super) async fn set_manifest(
+    tx: &mut PgConnection,
+    ring: &RingName,
+    manifest: &[u8],
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE rings SET manifest = $1 WHERE name = $2")
+        .bind(manifest)
+        .bind(ring.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
 /// Replaces the timeline, sealed blob and reason of an existing key; `None`
 /// deletes the blob and leaves the tombstone.
 pub(super) async fn update_key(
@@ -126,6 +141,7 @@ pub(super) fn ring_from_row(row: &PgRow) -> Result<RingRecord, StoreError> {
         rsa_bits: row.try_get("rsa_bits").map_err(db_error)?,
         policy_json: row.try_get("policy_json").map_err(db_error)?,
         generation: row.try_get("generation").map_err(db_error)?,
+        manifest: row.try_get("manifest").map_err(db_error)?,
     };
     columns::ring_record(DB, cols)
 }
