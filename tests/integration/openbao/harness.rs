@@ -107,18 +107,33 @@ impl Bao {
         }
     }
 
-    /// `bao server -dev` (in-memory storage, unsealed, root token `root`).
+    /// `bao server -dev` (in-memory storage, unsealed, root token `root`),
+    /// with a file audit device writing to [`Bao::audit_log`].
     pub fn dev() -> Self {
         let mut bao = Self::new();
+        let config = bao.dir.path().join("audit.hcl");
+        std::fs::write(
+            &config,
+            format!(
+                "audit \"file\" \"signet-audit\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
+                bao.audit_log().display()
+            ),
+        )
+        .unwrap();
         let args = vec![
             "server".to_owned(),
             "-dev".into(),
+            format!("-config={}", config.display()),
             format!("-dev-plugin-dir={}", bao.plugins().display()),
             "-dev-root-token-id=root".into(),
             format!("-dev-listen-address={}", bao.addr),
         ];
         bao.spawn(&args);
         bao
+    }
+
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.path().join("audit.log")
     }
 
     pub fn spawn(&mut self, args: &[String]) {

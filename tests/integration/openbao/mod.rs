@@ -11,7 +11,7 @@ mod harness;
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use harness::{Bao, http, sign};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::common::{eventually, process::BIN, verify};
 
@@ -79,6 +79,31 @@ fn every_algorithm_signs_through_openbao_and_verifies_against_the_public_jwks() 
         claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
         90
     );
+    // The audit trail is OpenBao's: a Sign is a request and a response
+    // record on the path, values HMAC'd unless the mount says otherwise.
+    bao.ok(&[
+        "secrets",
+        "tune",
+        "-audit-non-hmac-response-keys=kid",
+        "-audit-non-hmac-response-keys=jti",
+        "signet/",
+    ]);
+    let signed = sign(&bao, "rs256", json!({ "sub": "audited" }));
+    let audit = std::fs::read_to_string(bao.audit_log()).unwrap();
+    let record: Value = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["type"] == "response" && r["response"]["data"]["jti"] == signed["jti"])
+        .unwrap_or_else(|| panic!("no response record with jti {}", signed["jti"]));
+    assert_eq!(record["request"]["path"], "signet/sign/rs256");
+    assert_eq!(record["request"]["operation"], "update");
+    assert_eq!(record["response"]["data"]["kid"], signed["kid"]);
+    let hidden = record["response"]["data"]["token"].as_str().unwrap();
+    assert!(hidden.starts_with("hmac-sha256:"), "{hidden}");
+    let claims = record["request"]["data"]["claims"].as_str().unwrap();
+    assert!(claims.starts_with("hmac-sha256:"), "{claims}");
+    assert!(!audit.contains("audited"), "no claim in the clear");
+
     // The plugin's own log lines reach OpenBao's log, at their level.
     let log = std::fs::read_to_string(bao.log()).unwrap();
     assert!(
