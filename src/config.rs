@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::{
     crypto::{Algorithm, KeySpec},
-    keyring::RingName,
+    keyring::{Issuer, RingName},
     seal::KekSpec,
 };
 
@@ -472,6 +472,13 @@ pub struct RingConfig {
     /// RSA modulus size (2048, 3072, 4096); omit for other algorithms.
     #[serde(default)]
     pub rsa_bits: u32,
+    /// Issuer URL (`https://…`, or `http://` to a loopback host): set as
+    /// `iss` in every token of the ring, and its OIDC discovery document is
+    /// served at `{issuer}/.well-known/openid-configuration`. Applied at
+    /// start to a ring that exists with another issuer. Omit for none (an
+    /// issuer set with `signet policy set --issuer` is then kept).
+    #[serde(default)]
+    pub issuer: Option<String>,
 }
 
 /// Parses an octal file mode such as `"0660"`; group and owner bits only
@@ -496,8 +503,8 @@ pub struct Checked {
     pub config: Config,
     /// The KEK provider.
     pub kek: KekSpec,
-    /// The rings, validated.
-    pub rings: Vec<(RingName, KeySpec)>,
+    /// The rings, validated, with their issuers.
+    pub rings: Vec<(RingName, KeySpec, Option<Issuer>)>,
 }
 
 /// Why a configuration file was refused. The message names the file, the
@@ -538,10 +545,16 @@ impl Config {
                 .map_err(|e| format!("rings[{i}].algorithm: {e}"))?;
             let spec = KeySpec::new(alg, r.rsa_bits)
                 .map_err(|e| format!("rings[{i}].{}: {e}", e.field()))?;
-            if rings.iter().any(|(n, _)| n == &name) {
+            if rings.iter().any(|(n, _, _)| n == &name) {
                 return Err(format!("rings[{i}].name: {name} is configured twice"));
             }
-            rings.push((name, spec));
+            let issuer = r
+                .issuer
+                .as_deref()
+                .map(|text| Issuer::parse(text, &format!("rings[{i}].issuer")))
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            rings.push((name, spec, issuer));
         }
         self.audit
             .audit_config(&self.store.data_dir)

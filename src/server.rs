@@ -53,8 +53,10 @@ pub struct ServerOptions {
     pub max_staleness: std::time::Duration,
     /// KEK provider.
     pub kek: KekSpec,
-    /// Rings to create when missing.
-    pub rings: Vec<(RingName, KeySpec)>,
+    /// Rings to create when missing, with the issuer each must have (an
+    /// existing ring with another issuer gets this one; `None` leaves a
+    /// ring's issuer as stored).
+    pub rings: Vec<(RingName, KeySpec, Option<crate::keyring::Issuer>)>,
     /// Serve sealed (only Status and Unseal do anything) instead of
     /// unsealing at start.
     pub start_sealed: bool,
@@ -69,6 +71,38 @@ pub struct ServerOptions {
     pub checkpoint_sinks: Vec<crate::audit::SinkSpec>,
     /// HTTPS on the HTTP listener (`[http_tls]`); `None` for plain HTTP.
     pub http_tls: Option<http::HttpTlsFiles>,
+}
+
+/// Gives ring `name` the configured `issuer` if it has another (or none).
+/// A replica that loses the write to another one starting with the same
+/// configuration re-reads the store and finds it done.
+async fn apply_issuer(
+    keys: &KeyManager,
+    name: &RingName,
+    issuer: &crate::keyring::Issuer,
+) -> Result<(), crate::Error> {
+    for attempt in 0..3 {
+        let policy = keys.ring_info(name.as_str(), "ring")?.policy;
+        if policy.issuer.as_ref() == Some(issuer) {
+            return Ok(());
+        }
+        let from = policy.issuer.clone();
+        let policy = crate::keyring::Policy {
+            issuer: Some(issuer.clone()),
+            ..policy
+        };
+        match keys.update_policy(name.as_str(), policy).await {
+            Ok(_) => {
+                tracing::info!(ring = %name, issuer = %issuer, from = ?from.as_ref().map(|i| i.as_str()), "issuer set from the configuration");
+                return Ok(());
+            }
+            Err(crate::Error::Conflict(_)) if attempt < 2 => {
+                keys.refresh().await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A server ready to serve: store open, keys unsealed (unless asked not
@@ -321,7 +355,7 @@ pub async fn prepare(opts: &ServerOptions) -> anyhow::Result<Prepared> {
             return Err(anyhow::Error::new(e)
                 .context("cannot unseal; Signet stays sealed and nothing on disk was changed"));
         }
-        for (name, spec) in &opts.rings {
+        for (name, spec, issuer) in &opts.rings {
             match keys.snapshot().ring(name) {
                 Some(ring) if ring.record().spec != *spec => tracing::warn!(
                     ring = %name,
@@ -330,7 +364,10 @@ pub async fn prepare(opts: &ServerOptions) -> anyhow::Result<Prepared> {
                     "ring exists with another algorithm; keeping the stored one"
                 ),
                 Some(_) => {}
-                None => match keys.create_ring(name.as_str(), *spec).await {
+                None => match keys
+                    .create_ring_with_issuer(name.as_str(), *spec, issuer.clone())
+                    .await
+                {
                     Ok(_) => {}
                     // Another replica created it first: take theirs.
                     Err(crate::Error::RingExists(_)) => {
@@ -338,6 +375,13 @@ pub async fn prepare(opts: &ServerOptions) -> anyhow::Result<Prepared> {
                     }
                     Err(e) => return Err(e.into()),
                 },
+            }
+            if let Some(issuer) = issuer
+                && let Err(e) = apply_issuer(&keys, name, issuer).await
+            {
+                keys.close().await;
+                return Err(anyhow::Error::new(e)
+                    .context(format!("ring {name}: cannot set the configured issuer")));
             }
         }
     }
@@ -548,20 +592,23 @@ impl Prepared {
             Some(audit.clone()),
             stopped(),
         ));
+        // /metrics and the status page: on the admin listener, or (signet
+        // dev, which has none) on the HTTP listener.
+        let admin = http::admin_router(self.keys.clone(), Some(audit.clone()));
+        let public = http::router_with(self.keys.clone(), false);
+        let (public, admin) = match self.metrics {
+            Some(listener) => (public, Some((listener, admin))),
+            None => (public.merge(admin), None),
+        };
         let http_task = tokio::spawn(http::serve_with(
             self.http,
-            http::router_with(self.keys.clone(), self.metrics.is_none()),
+            public,
             http::HttpLimits::default(),
             http_tls,
             stopped(),
         ));
-        let metrics_task = self.metrics.map(|listener| {
-            tokio::spawn(http::serve_router(
-                listener,
-                http::metrics_router(self.keys.clone()),
-                stopped(),
-            ))
-        });
+        let metrics_task = admin
+            .map(|(listener, admin)| tokio::spawn(http::serve_router(listener, admin, stopped())));
         if let Some(path) = &anchored {
             tokio::spawn(crate::anchor::keep(
                 self.keys.clone(),

@@ -13,7 +13,10 @@
 //! ReportVerificationFailures refuse an unknown ring first), and HTTP JWKS
 //! requests are counted by status alone, not by path.
 
-use std::sync::OnceLock;
+use std::{
+    collections::BTreeMap,
+    sync::{Mutex, OnceLock},
+};
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -128,6 +131,15 @@ fn describe() {
     counter!(HTTP_CONNECTIONS_REFUSED).absolute(0);
 }
 
+/// Verification failures counted so far, by `(ring, reason, source)`: the
+/// same numbers as `signet_verification_failures_total`, kept where the
+/// status page can read them (a metrics recorder cannot be read back). A
+/// std mutex: held to add one number or copy the map, never across an
+/// await. Bounded like the metric's labels: rings that exist, the reasons
+/// of [`Failure`] and two sources.
+static FAILURES: Mutex<BTreeMap<(String, &'static str, &'static str), u64>> =
+    Mutex::new(BTreeMap::new());
+
 /// Counts a verification failure.
 pub fn verification_failure(ring: &str, reason: Failure, source: &'static str, n: u64) {
     counter!(
@@ -137,6 +149,43 @@ pub fn verification_failure(ring: &str, reason: Failure, source: &'static str, n
         "source" => source
     )
     .increment(n);
+    if n > 0 {
+        // Poisoned only by a panic while adding a number: still consistent.
+        let mut failures = FAILURES.lock().unwrap_or_else(|p| p.into_inner());
+        let total = failures
+            .entry((ring.to_owned(), reason.name(), source))
+            .or_insert(0);
+        *total = total.saturating_add(n);
+    }
+}
+
+/// One line of [`verification_failures`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailureCount {
+    /// The ring the failures were counted on.
+    pub ring: String,
+    /// The reason ([`Failure::name`]).
+    pub reason: &'static str,
+    /// `own` (the Verify RPC) or `reported` (by verifiers).
+    pub source: &'static str,
+    /// Failures since the process started.
+    pub count: u64,
+}
+
+/// Every verification failure counted since the process started, by ring,
+/// reason and source, sorted in that order; reasons never seen are absent.
+pub fn verification_failures() -> Vec<FailureCount> {
+    FAILURES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|((ring, reason, source), count)| FailureCount {
+            ring: ring.clone(),
+            reason,
+            source,
+            count: *count,
+        })
+        .collect()
 }
 
 /// Renders every metric as Prometheus text, after refreshing the gauges

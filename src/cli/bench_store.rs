@@ -72,7 +72,7 @@ pub async fn run(args: BenchStoreArgs) -> anyhow::Result<()> {
         ..Policy::default()
     };
     for name in &names {
-        writer.update_policy(name, policy).await?;
+        writer.update_policy(name, policy.clone()).await?;
     }
     let start = Instant::now();
     let changed = reader.refresh().await?;

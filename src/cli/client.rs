@@ -67,34 +67,12 @@ pub async fn connect(addr: &str) -> anyhow::Result<Channel> {
 /// Connects over the server's Unix socket: the server knows the caller by
 /// its uid, so there is no certificate to give.
 async fn connect_unix(path: &str) -> anyhow::Result<Channel> {
-    let path = PathBuf::from(path);
-    let shown = path.display().to_string();
-    // The URI is required by the API and unused: the connector below
-    // decides where the connection goes.
-    let endpoint = Endpoint::from_static("http://signet.invalid");
-    endpoint
-        .connect_timeout(Duration::from_secs(5))
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .map_err(|e| {
-            use std::error::Error as _;
-            let cause = e
-                .source()
-                .map(ToString::to_string)
-                .unwrap_or_else(|| e.to_string());
-            anyhow!(
-                "cannot connect to unix:{shown}: {cause} (is the server running, and may this \
-                 user open the socket? its mode and group are listen.grpc_socket_mode and \
-                 listen.grpc_socket_group)"
-            )
-        })
+    signet_proto::connect_unix(path).await.map_err(|e| {
+        anyhow!(
+            "{e} (is the server running, and may this user open the socket? its mode and group \
+             are listen.grpc_socket_mode and listen.grpc_socket_group)"
+        )
+    })
 }
 
 /// Turns a gRPC status into a one-line error: the code, then the server's
@@ -148,9 +126,29 @@ pub struct SignArgs {
 pub struct KeysArgs {
     #[command(flatten)]
     ring: RingArgs,
-    /// Print JSON instead of a table.
-    #[arg(long)]
+    /// Print JSON instead of a table (the same as --format json).
+    #[arg(long, conflicts_with = "format")]
     json: bool,
+    /// table: every key with its timeline. json: the same as JSON. pem: the
+    /// public key of each key in the JWKS (published, active, retiring) as
+    /// SPKI PEM, for verifiers that take a key file (nginx, Envoy,
+    /// openssl), each after a line naming its kid, alg and state.
+    #[arg(long, value_enum, default_value = "table")]
+    format: KeysFormat,
+    /// With --format pem: only this key, and the PEM alone.
+    #[arg(long)]
+    kid: Option<String>,
+}
+
+/// What `signet keys` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeysFormat {
+    /// A table, one key a line.
+    Table,
+    /// JSON, one object per key.
+    Json,
+    /// SPKI PEM public keys.
+    Pem,
 }
 
 /// Options of `signet rotate`.
@@ -211,6 +209,11 @@ pub enum RingsCommand {
         /// RSA modulus size for RS256/PS256: 2048, 3072 or 4096.
         #[arg(long)]
         rsa_bits: Option<u32>,
+        /// Issuer URL: set as `iss` in every token of the ring, and served
+        /// as OIDC discovery at ISSUER/.well-known/openid-configuration
+        /// (https://HOST/v1/rings/NAME reaches this ring's document).
+        #[arg(long)]
+        issuer: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -280,6 +283,12 @@ pub(super) fn state_name(k: &pb::KeyInfo) -> &'static str {
 }
 
 pub async fn keys(args: KeysArgs) -> anyhow::Result<()> {
+    if args.format == KeysFormat::Pem {
+        return keys_pem(args).await;
+    }
+    if args.kid.is_some() {
+        anyhow::bail!("--kid applies to --format pem only");
+    }
     let mut client = KeyAdminClient::new(connect(&args.ring.client.addr).await?);
     let resp = client
         .list_keys(pb::ListKeysRequest {
@@ -288,7 +297,7 @@ pub async fn keys(args: KeysArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
-    if args.json {
+    if args.json || args.format == KeysFormat::Json {
         let keys: Vec<_> = resp
             .keys
             .iter()
@@ -327,6 +336,48 @@ pub async fn keys(args: KeysArgs) -> anyhow::Result<()> {
             time(leaves),
             k.reason,
         );
+    }
+    Ok(())
+}
+
+/// `signet keys --format pem`: the ring's JWKS, each key as SPKI PEM.
+async fn keys_pem(args: KeysArgs) -> anyhow::Result<()> {
+    let ring = args.ring.ring;
+    let mut client = SignerClient::new(connect(&args.ring.client.addr).await?);
+    let resp = client
+        .get_jwks(pb::GetJwksRequest {
+            key_ring: ring.clone(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let set: crate::keyring::JwkSet = serde_json::from_str(&resp.jwks_json)
+        .context("the server sent a JWKS that is not a JWK Set")?;
+    let state = |kid: &str| {
+        resp.keys
+            .iter()
+            .find(|k| k.kid == kid)
+            .map_or("published", state_name)
+    };
+    let pem = |jwk: &crate::crypto::Jwk| {
+        jwk.to_spki_pem()
+            .map_err(|_| anyhow!("kid {}: the server sent a key that is not valid", jwk.kid))
+    };
+    if let Some(kid) = args.kid {
+        let jwk = set.keys.iter().find(|k| k.kid == kid).with_context(|| {
+            format!(
+                "kid {kid} is not in ring {ring}'s JWKS (only published, active and retiring \
+                 keys have a public key to show; see `signet keys --ring {ring}`)"
+            )
+        })?;
+        print!("{}", pem(jwk)?);
+        return Ok(());
+    }
+    for jwk in &set.keys {
+        // Text before a PEM block is allowed (RFC 7468 section 5.2) and
+        // ignored by PEM readers.
+        println!("kid {} alg {} state {}", jwk.kid, jwk.alg, state(&jwk.kid));
+        print!("{}", pem(jwk)?);
     }
     Ok(())
 }
@@ -408,6 +459,7 @@ pub async fn rings(cmd: RingsCommand) -> anyhow::Result<()> {
             name,
             alg,
             rsa_bits,
+            issuer,
             client,
         } => {
             let mut admin = KeyAdminClient::new(connect(&client.addr).await?);
@@ -416,6 +468,7 @@ pub async fn rings(cmd: RingsCommand) -> anyhow::Result<()> {
                     name,
                     algorithm: alg,
                     rsa_bits: rsa_bits.unwrap_or(0),
+                    issuer: issuer.unwrap_or_default(),
                 })
                 .await
                 .map_err(status_error)?
@@ -426,6 +479,12 @@ pub async fn rings(cmd: RingsCommand) -> anyhow::Result<()> {
                 "created ring {} ({}), active kid {kid}",
                 ring.name, ring.algorithm
             );
+            if !ring.issuer.is_empty() {
+                println!(
+                    "issuer {}: discovery at {}/.well-known/openid-configuration",
+                    ring.issuer, ring.issuer
+                );
+            }
             Ok(())
         }
     }

@@ -10,7 +10,7 @@ use super::{ListenArgs, init_logging, shutdown_signal};
 use crate::{
     crypto::{Algorithm, KeySpec},
     hardening,
-    keyring::RingName,
+    keyring::{Issuer, RingName},
     seal::{KekSpec, LocalKek},
     server::{self, ServerOptions},
 };
@@ -24,6 +24,11 @@ pub struct DevArgs {
     /// file DATA_DIR/kek, created with mode 0600 on first start.
     #[arg(long)]
     kek: Option<String>,
+    /// Issuer URL of the ring `default`, e.g. http://127.0.0.1:8080 (the
+    /// HTTP listener): tokens get it as `iss`, and OIDC discovery is served
+    /// at ISSUER/.well-known/openid-configuration.
+    #[arg(long)]
+    issuer: Option<String>,
 }
 
 fn loopback_only(flag: &str, addr: SocketAddr) -> anyhow::Result<()> {
@@ -46,6 +51,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     } = args.listen;
     loopback_only("--grpc-listen", grpc_listen)?;
     loopback_only("--http-listen", http_listen)?;
+    let issuer = args
+        .issuer
+        .as_deref()
+        .map(|text| Issuer::parse(text, "--issuer"))
+        .transpose()?;
     // Development machines rarely allow mlockall; say so and go on.
     hardening::harden_process(true)?;
 
@@ -78,6 +88,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         rings: vec![(
             RingName::parse("default", "ring")?,
             KeySpec::new(Algorithm::Rs256, 0)?,
+            issuer,
         )],
         start_sealed: false,
         tls: None,
@@ -105,8 +116,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          \x20 gRPC  http://{grpc_addr}   (reflection on: grpcurl -plaintext {grpc_addr} list)\n\
          \x20 JWKS  http://{http_addr}/.well-known/jwks.json\n\
          \x20 metrics http://{http_addr}/metrics  (dev only: signet server keeps them off this listener)\n\
+         \x20 status  http://{http_addr}/status  (read-only status page; signet server: on listen.metrics)\n\
          \x20 data  {data}  (keys sealed under KEK {kek}; audit log in it)\n\
          \x20 ring  default  {spec}  active kid {active}\n\
+         {oidc}\
          try:\n\
          \x20 export SIGNET_ADDR=http://{grpc_addr}\n\
          \x20 signet sign --claims '{{\"sub\":\"alice\"}}'\n\
@@ -114,6 +127,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          Ctrl-C stops the server.\n",
         data = data_dir.display(),
         spec = ring.spec,
+        oidc = match &ring.policy.issuer {
+            Some(issuer) => format!(
+                "  OIDC  {} (issuer {issuer}: the iss of every token)\n",
+                issuer.discovery_url()
+            ),
+            None => String::new(),
+        },
     );
     let mut out = std::io::stdout().lock();
     out.write_all(banner.as_bytes())?;

@@ -8,6 +8,7 @@ mod bench_store;
 mod check;
 mod client;
 mod dev;
+mod health;
 mod operator;
 mod plugin;
 mod policy;
@@ -101,6 +102,9 @@ enum Command {
     /// (sealed manifests checked for every ring), on SQLite in a
     /// temporary directory.
     BenchStore(bench_store::BenchStoreArgs),
+    /// GET a health URL (default the local /readyz); exit 0 on 200. The
+    /// container image's HEALTHCHECK.
+    Health(health::HealthArgs),
 }
 
 /// A command given input it cannot use (a missing file, a malformed
@@ -211,6 +215,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args).await,
         Command::Plugin(args) => plugin::run(args).await,
         Command::BenchStore(args) => bench_store::run(args).await,
+        Command::Health(args) => health::run(args).await,
     }
 }
 

@@ -10,7 +10,7 @@ use super::{
     parse_duration,
 };
 use crate::{
-    keyring::{Policy, Short},
+    keyring::{Issuer, Policy, Short},
     pb::{self, key_admin_client::KeyAdminClient},
     rpc::{duration_to_proto, policy_from_proto},
 };
@@ -53,6 +53,13 @@ pub struct Change {
     /// Clock difference tolerated between Signet and verifiers.
     #[arg(long, value_parser = parse_duration)]
     clock_skew: Option<Duration>,
+    /// Issuer URL: set as `iss` in every token of the ring, and served as
+    /// OIDC discovery at ISSUER/.well-known/openid-configuration.
+    #[arg(long, conflicts_with = "no_issuer")]
+    issuer: Option<String>,
+    /// Remove the ring's issuer: tokens get no `iss`, no discovery document.
+    #[arg(long)]
+    no_issuer: bool,
 }
 
 impl Change {
@@ -71,9 +78,17 @@ impl Change {
         set(&mut p.clock_skew, self.clock_skew);
         p
     }
+
+    /// The issuer to send: `None` keeps the ring's, `""` removes it.
+    fn issuer(&self) -> Option<String> {
+        if self.no_issuer {
+            return Some(String::new());
+        }
+        self.issuer.clone()
+    }
 }
 
-/// Prints `p` one field a line.
+/// Prints `p` one field a line, then the issuer.
 pub(super) fn print_policy(p: &Policy) {
     let rows = [
         ("rotation_period", p.rotation_period),
@@ -86,6 +101,13 @@ pub(super) fn print_policy(p: &Policy) {
     ];
     for (name, d) in rows {
         println!("{name:<18} {}", Short(d));
+    }
+    match &p.issuer {
+        Some(issuer) => println!("{:<18} {issuer}", "issuer"),
+        None => println!(
+            "{:<18} - (tokens get no iss; no discovery document)",
+            "issuer"
+        ),
     }
 }
 
@@ -100,11 +122,14 @@ async fn current(
         .await
         .map_err(status_error)?
         .into_inner();
-    let p = resp
-        .ring
-        .and_then(|r| r.policy)
-        .context("the server sent no policy")?;
-    policy_from_proto(&p).map_err(status_error)
+    let ring = resp.ring.context("the server sent no ring")?;
+    let p = ring.policy.context("the server sent no policy")?;
+    let mut policy = policy_from_proto(&p).map_err(status_error)?;
+    policy.issuer = match ring.issuer.as_str() {
+        "" => None,
+        text => Some(Issuer::parse(text, "issuer")?),
+    };
+    Ok(policy)
 }
 
 pub async fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
@@ -121,7 +146,13 @@ pub async fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
         }
         PolicyCommand::Check(change) => {
             let mut client = KeyAdminClient::new(connect(&change.ring.client.addr).await?);
-            let p = change.apply(current(&mut client, &change.ring.ring).await?);
+            let mut p = change.apply(current(&mut client, &change.ring.ring).await?);
+            if let Some(text) = change.issuer() {
+                p.issuer = match text.as_str() {
+                    "" => None,
+                    text => Some(Issuer::parse(text, "--issuer")?),
+                };
+            }
             print_policy(&p);
             match p.validate() {
                 Ok(warnings) => {
@@ -136,7 +167,7 @@ pub async fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
         }
         PolicyCommand::Set(change) => {
             let mut client = KeyAdminClient::new(connect(&change.ring.client.addr).await?);
-            let p = change.apply(current(&mut client, &change.ring.ring).await?);
+            let mut p = change.apply(current(&mut client, &change.ring.ring).await?);
             let resp = client
                 .update_policy(pb::UpdatePolicyRequest {
                     key_ring: change.ring.ring.clone(),
@@ -149,10 +180,15 @@ pub async fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
                         jwks_max_age: Some(duration_to_proto(p.jwks_max_age)),
                         clock_skew: Some(duration_to_proto(p.clock_skew)),
                     }),
+                    issuer: change.issuer(),
                 })
                 .await
                 .map_err(status_error)?
                 .into_inner();
+            p.issuer = match resp.issuer.as_str() {
+                "" => None,
+                text => Some(Issuer::parse(text, "issuer")?),
+            };
             println!(
                 "policy of ring {} updated (existing key timelines keep their times):",
                 change.ring.ring

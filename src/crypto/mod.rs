@@ -9,6 +9,7 @@ pub mod claims;
 mod jwk;
 pub mod jws;
 mod key;
+mod pem;
 pub mod verify;
 
 pub use algorithm::{Algorithm, KeySpec, KeySpecError};

@@ -1,5 +1,6 @@
 //! The verifier-facing HTTP surface: each ring's JWKS with caching headers
-//! done right, health, readiness and metrics.
+//! done right, its OIDC discovery document and keys as PEM, health,
+//! readiness and metrics.
 //!
 //! Verifiers fetch keys here without credentials; nothing private is
 //! reachable from this router. JWKS bodies are served from prepared bytes,
@@ -8,6 +9,9 @@
 //! - `serve`: our accept loop, with header and idle timeouts, a connection
 //!   cap and a shutdown deadline ([`HttpLimits`]).
 //! - `tls`: HTTPS on the listener (`[http_tls]`), reloaded on SIGHUP.
+//! - `discovery`: `/.well-known/openid-configuration` of rings with an
+//!   issuer, and `/v1/rings/{ring}/keys/{kid}.pem`.
+//! - `status`: the read-only status page of the admin listener.
 
 use std::{
     collections::HashMap,
@@ -30,7 +34,9 @@ use tokio::net::TcpListener;
 
 use crate::{Error, keyring::KeyManager, telemetry};
 
+mod discovery;
 mod serve;
+pub mod status;
 mod tls;
 
 pub use serve::{HttpLimits, serve_with};
@@ -75,6 +81,12 @@ pub fn metrics_router(keys: KeyManager) -> Router {
         .with_state(state)
 }
 
+/// The admin listener's routes (`listen.metrics`): `/metrics` and the
+/// status page ([`status`]), which shows the chain of `audit` when given.
+pub fn admin_router(keys: KeyManager, audit: Option<crate::audit::AuditLog>) -> Router {
+    metrics_router(keys.clone()).merge(status::router(keys, audit))
+}
+
 /// The verifier routes, with `/metrics` only if `with_metrics`.
 pub fn router_with(keys: KeyManager, with_metrics: bool) -> Router {
     // Installs the recorder on first use so /metrics always has data.
@@ -86,6 +98,18 @@ pub fn router_with(keys: KeyManager, with_metrics: bool) -> Router {
     let router = Router::new()
         .route("/.well-known/jwks.json", get(default_jwks))
         .route("/v1/rings/{ring}/jwks.json", get(ring_jwks))
+        // `{issuer}/.well-known/jwks.json` is what discovery documents name
+        // as jwks_uri, so a ring's issuer may be its /v1/rings/{ring} prefix.
+        .route("/v1/rings/{ring}/.well-known/jwks.json", get(ring_jwks))
+        .route(
+            "/.well-known/openid-configuration",
+            get(discovery::default_configuration),
+        )
+        .route(
+            "/v1/rings/{ring}/.well-known/openid-configuration",
+            get(discovery::ring_configuration),
+        )
+        .route("/v1/rings/{ring}/keys/{file}", get(discovery::key_pem))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz));
     let router = if with_metrics {
@@ -127,6 +151,74 @@ async fn ring_jwks(
     jwks(&s, &ring, &headers)
 }
 
+/// How long a verifier may cache what it fetched about `ring` at `now`: the
+/// ring's `jwks_max_age`, but never past the next lifecycle change, so no
+/// verifier holds a set that lacks a key about to sign; a little random
+/// jitter spreads a fleet's refreshes.
+fn max_age(ring: &crate::keyring::Ring, now: crate::clock::UnixTime) -> u64 {
+    let until_change = ring.next_change(now).map_or(u64::MAX, |t| {
+        u64::try_from(t.as_secs() - now.as_secs()).unwrap_or(0)
+    });
+    let max_age = ring
+        .record()
+        .policy
+        .jwks_max_age
+        .as_secs()
+        .min(until_change);
+    let jitter_cap = (max_age / 10).min(30);
+    let jitter = if jitter_cap == 0 {
+        0
+    } else {
+        u64::from(
+            crate::crypto::random_bytes::<2>()
+                .map(u16::from_le_bytes)
+                .unwrap_or(0),
+        ) % (jitter_cap + 1)
+    };
+    max_age - jitter
+}
+
+/// A strong ETag: the base64url SHA-256 of `body`, quoted.
+fn etag_of(body: &[u8]) -> HeaderValue {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body);
+    HeaderValue::from_str(&format!("\"{}\"", B64.encode(digest.as_ref())))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"\""))
+}
+
+/// `body` as `content_type` with `Cache-Control: public, max-age` and its
+/// ETag, or `304 Not Modified` when `If-None-Match` names that ETag (or
+/// `*`).
+fn cacheable(
+    headers: &HeaderMap,
+    etag: &HeaderValue,
+    max_age: u64,
+    content_type: &'static str,
+    body: Bytes,
+) -> (StatusCode, Response) {
+    let cache_control = HeaderValue::from_str(&format!("public, max-age={max_age}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("no-cache"));
+    let matches = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|tag| {
+            let tag = tag.trim();
+            tag == "*" || tag.as_bytes() == etag.as_bytes()
+        });
+    let mut out = HeaderMap::new();
+    out.insert(header::ETAG, etag.clone());
+    out.insert(header::CACHE_CONTROL, cache_control);
+    if matches {
+        return (
+            StatusCode::NOT_MODIFIED,
+            (StatusCode::NOT_MODIFIED, out).into_response(),
+        );
+    }
+    out.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    (StatusCode::OK, (StatusCode::OK, out, body).into_response())
+}
+
 /// The ring's prepared JWKS and the max-age to serve it with; `None` while
 /// the ring publishes no key at all.
 fn prepare(s: &AppState, ring_name: &str) -> Result<Option<(Arc<Prepared>, u64)>, Error> {
@@ -143,25 +235,7 @@ fn prepare(s: &AppState, ring_name: &str) -> Result<Option<(Arc<Prepared>, u64)>
         return Ok(None);
     }
     let generation = ring.record().generation;
-    let policy = ring.record().policy;
-    // Never cache past the next lifecycle change, so no verifier holds a set
-    // that lacks a key about to sign; a little random jitter spreads a
-    // fleet's refreshes.
-    let until_change = ring.next_change(now).map_or(u64::MAX, |t| {
-        u64::try_from(t.as_secs() - now.as_secs()).unwrap_or(0)
-    });
-    let max_age = policy.jwks_max_age.as_secs().min(until_change);
-    let jitter_cap = (max_age / 10).min(30);
-    let jitter = if jitter_cap == 0 {
-        0
-    } else {
-        u64::from(
-            crate::crypto::random_bytes::<2>()
-                .map(u16::from_le_bytes)
-                .unwrap_or(0),
-        ) % (jitter_cap + 1)
-    };
-    let max_age = max_age - jitter;
+    let max_age = max_age(&ring, now);
 
     let mut cache = s.prepared.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(p) = cache.get(ring_name)
@@ -171,9 +245,7 @@ fn prepare(s: &AppState, ring_name: &str) -> Result<Option<(Arc<Prepared>, u64)>
         return Ok(Some((p.clone(), max_age)));
     }
     let body = Bytes::from(serde_json::to_vec(&ring.jwks(now)).unwrap_or_default());
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body);
-    let etag = HeaderValue::from_str(&format!("\"{}\"", B64.encode(digest.as_ref())))
-        .unwrap_or_else(|_| HeaderValue::from_static("\"\""));
+    let etag = etag_of(&body);
     let p = Arc::new(Prepared {
         generation,
         kids,
@@ -219,30 +291,15 @@ fn jwks(s: &AppState, ring: &str, headers: &HeaderMap) -> Response {
             return unavailable(&e.to_string());
         }
     };
-    let cache_control = HeaderValue::from_str(&format!("public, max-age={max_age}"))
-        .unwrap_or_else(|_| HeaderValue::from_static("no-cache"));
-    let matches = headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|tag| {
-            let tag = tag.trim();
-            tag == "*" || tag.as_bytes() == p.etag.as_bytes()
-        });
-    let mut out = HeaderMap::new();
-    out.insert(header::ETAG, p.etag.clone());
-    out.insert(header::CACHE_CONTROL, cache_control);
-    if matches {
-        counter!("signet_jwks_requests_total", "status" => "304").increment(1);
-        return (StatusCode::NOT_MODIFIED, out).into_response();
-    }
-    counter!("signet_jwks_requests_total", "status" => "200").increment(1);
-    out.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(JWK_SET_CONTENT_TYPE),
+    let (status, response) = cacheable(
+        headers,
+        &p.etag,
+        max_age,
+        JWK_SET_CONTENT_TYPE,
+        p.body.clone(),
     );
-    (StatusCode::OK, out, p.body.clone()).into_response()
+    counter!("signet_jwks_requests_total", "status" => status.as_str().to_owned()).increment(1);
+    response
 }
 
 /// How long readiness waits for the store before calling it unreachable:

@@ -60,7 +60,23 @@ pub struct TickReport {
 impl KeyManager {
     /// Creates a ring with one key that is published and active at once.
     pub async fn create_ring(&self, name: &str, spec: KeySpec) -> Result<RingInfo, Error> {
-        self.create_ring_from(name, spec, None).await
+        self.create_ring_from(name, spec, Policy::default(), None)
+            .await
+    }
+
+    /// [`KeyManager::create_ring`] with an issuer: every token of the ring
+    /// gets it as `iss`, and its discovery document names it.
+    pub async fn create_ring_with_issuer(
+        &self,
+        name: &str,
+        spec: KeySpec,
+        issuer: Option<super::Issuer>,
+    ) -> Result<RingInfo, Error> {
+        let policy = Policy {
+            issuer,
+            ..Policy::default()
+        };
+        self.create_ring_from(name, spec, policy, None).await
     }
 
     /// Creates a ring whose first key is `key`, imported rather than
@@ -77,7 +93,7 @@ impl KeyManager {
         if key.alg() != spec.alg() {
             return Err(crate::crypto::CryptoError.into());
         }
-        self.create_ring_from(name, spec, Some(LoadedKey::new(key)))
+        self.create_ring_from(name, spec, Policy::default(), Some(LoadedKey::new(key)))
             .await
     }
 
@@ -85,6 +101,7 @@ impl KeyManager {
         &self,
         name: &str,
         spec: KeySpec,
+        policy: Policy,
         key: Option<LoadedKey>,
     ) -> Result<RingInfo, Error> {
         let name = RingName::parse(name, "name")?;
@@ -102,7 +119,7 @@ impl KeyManager {
         let mut ring = RingRecord {
             name: name.clone(),
             spec,
-            policy: Policy::default(),
+            policy,
             generation: 1,
             keys: vec![record],
             manifest: None,
@@ -219,7 +236,7 @@ impl KeyManager {
             && let Some(active) = ring.active_at(now)
             && let Some(next) = promotable(&ring, now)
         {
-            let policy = ring.record.policy;
+            let policy = &ring.record.policy;
             let mut retired = active.timeline;
             retired.retire_at = Some(now);
             retired.remove_at = Some(now.saturating_add(policy.grace));
@@ -391,7 +408,8 @@ impl KeyManager {
         let _writer = self.shared.writer.lock().await;
         let kek = self.kek().ok_or(Error::Sealed)?;
         let ring = self.current(&name)?;
-        self.commit(&ring, &*kek, Vec::new(), Some(policy)).await?;
+        self.commit(&ring, &*kek, Vec::new(), Some(policy.clone()))
+            .await?;
         tracing::info!(ring = %name, ?policy, "policy updated");
         for w in &warnings {
             tracing::warn!(ring = %name, "policy advice: {w}");
@@ -455,7 +473,7 @@ impl KeyManager {
             return Ok(());
         }
         let now = self.now();
-        let policy = ring.record.policy;
+        let policy = &ring.record.policy;
         let mut changes = Vec::new();
         let mut generated = None;
         match ring.active_at(now) {
@@ -611,8 +629,8 @@ impl KeyManager {
         // The ring as it will be, so its manifest goes in the same write.
         let mut record = ring.record.clone();
         record.generation = ring.record.generation + 1;
-        if let Some(policy) = policy {
-            record.policy = policy;
+        if let Some(policy) = &policy {
+            record.policy = policy.clone();
         }
         for changed in &update {
             if let Some(k) = record.keys.iter_mut().find(|k| k.kid == changed.kid) {
@@ -758,7 +776,7 @@ fn scheduled_changes(
     reason: Option<String>,
     request_id: Option<RequestId>,
 ) -> Vec<Change> {
-    let policy = ring.record.policy;
+    let policy = &ring.record.policy;
     let activate = now.saturating_add(policy.publish_lead);
     let mut changes = vec![Change::Insert {
         key: Box::new(key),
@@ -790,7 +808,7 @@ fn scheduled_changes(
 /// revoked, and in the JWKS for at least `jwks_max_age + clock_skew`, so
 /// every verifier's cached set already holds it.
 fn promotable(ring: &Ring, now: UnixTime) -> Option<&KeyRecord> {
-    let policy = ring.record.policy;
+    let policy = &ring.record.policy;
     let settled = policy.jwks_max_age.saturating_add(policy.clock_skew);
     ring.record.keys.iter().find(|k| {
         k.sealed.is_some()
@@ -808,7 +826,7 @@ fn immediate_changes(
     reason: Option<&str>,
     request_id: Option<RequestId>,
 ) -> Vec<Change> {
-    let policy = ring.record.policy;
+    let policy = &ring.record.policy;
     let mut changes = vec![Change::Insert {
         key: Box::new(key),
         timeline: Timeline::immediate(now),

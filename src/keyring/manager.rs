@@ -242,7 +242,7 @@ impl KeyManager {
         let show = |d: std::time::Duration| humantime::format_duration(d).to_string();
         let mut out = Vec::new();
         for ring in self.snapshot().rings() {
-            let p = ring.record().policy;
+            let p = &ring.record().policy;
             for (field, value) in [("grace", p.grace), ("publish_lead", p.publish_lead)] {
                 if value <= max {
                     out.push(format!(
@@ -561,7 +561,7 @@ pub(super) fn info(ring: &Ring, now: UnixTime) -> RingInfo {
     RingInfo {
         name: ring.record.name.clone(),
         spec: ring.record.spec,
-        policy: ring.record.policy,
+        policy: ring.record.policy.clone(),
         keys: ring.key_infos(now),
     }
 }

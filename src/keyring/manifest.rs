@@ -252,7 +252,7 @@ impl Manifest {
             generation: r.generation,
             alg: r.spec.alg().name().to_owned(),
             rsa_bits: r.spec.rsa_bits(),
-            policy: r.policy,
+            policy: r.policy.clone(),
             keys: r
                 .keys
                 .iter()

@@ -7,6 +7,7 @@
 //! before swapping in a new snapshot.
 
 mod admin;
+mod issuer;
 mod keyset;
 mod lifecycle;
 mod manager;
@@ -21,6 +22,7 @@ mod unseal;
 mod vet;
 
 pub use admin::TickReport;
+pub use issuer::Issuer;
 pub use keyset::{JwkSet, KeyInfo, KeySet, Ring};
 pub use lifecycle::{KeyState, Timeline, project};
 pub use manager::{KeyManager, RingInfo};

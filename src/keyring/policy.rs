@@ -13,7 +13,7 @@ const DAY: u64 = 24 * HOUR;
 
 /// A ring's policy. Stored with the ring; every field has a safe default.
 /// Changing it never rewrites existing timelines: the next successor uses it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
     /// How long a key signs before its successor takes over. Default 90 d.
@@ -39,6 +39,12 @@ pub struct Policy {
     /// Clock difference tolerated between Signet and verifiers. Default 60 s.
     #[serde(with = "secs")]
     pub clock_skew: Duration,
+    /// The `iss` of every token the ring signs, and the issuer its OIDC
+    /// discovery document names. Default none: no `iss` is set, no
+    /// discovery document is served. Left out of the stored form when
+    /// unset, so policies stored before it existed read (and seal) alike.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<super::Issuer>,
 }
 
 impl Default for Policy {
@@ -51,6 +57,7 @@ impl Default for Policy {
             default_token_ttl: Duration::from_secs(15 * MINUTE),
             jwks_max_age: Duration::from_secs(HOUR),
             clock_skew: Duration::from_secs(60),
+            issuer: None,
         }
     }
 }
@@ -264,35 +271,35 @@ mod tests {
             (
                 Policy {
                     grace: Duration::from_secs(HOUR),
-                    ..base
+                    ..base.clone()
                 },
                 "policy: grace (1h) must be >= max_token_ttl + jwks_max_age + clock_skew (1h + 1h + 1m = 2h 1m)",
             ),
             (
                 Policy {
                     publish_lead: Duration::from_secs(HOUR),
-                    ..base
+                    ..base.clone()
                 },
                 "policy: publish_lead (1h) must be >= jwks_max_age + clock_skew (1h + 1m = 1h 1m)",
             ),
             (
                 Policy {
                     rotation_period: d(6),
-                    ..base
+                    ..base.clone()
                 },
                 "policy: rotation_period (6d) must be > publish_lead (6d)",
             ),
             (
                 Policy {
                     default_token_ttl: Duration::from_secs(2 * HOUR),
-                    ..base
+                    ..base.clone()
                 },
                 "policy: default_token_ttl (2h) must be <= max_token_ttl (1h)",
             ),
             (
                 Policy {
                     rotation_period: d(400),
-                    ..base
+                    ..base.clone()
                 },
                 "policy: rotation_period (400d) must be between 1h and 365d",
             ),
@@ -318,7 +325,7 @@ mod tests {
             Duration::MAX,
         ] {
             for (i, name) in names.iter().enumerate() {
-                let mut p = base;
+                let mut p = base.clone();
                 let field = [
                     &mut p.rotation_period,
                     &mut p.publish_lead,
@@ -345,13 +352,14 @@ mod tests {
                 default_token_ttl: huge,
                 jwks_max_age: huge,
                 clock_skew: huge,
+                issuer: None,
             };
             assert!(all.validate().is_err());
         }
         // Exactly ten years is allowed where the other rules allow it.
         let p = Policy {
             grace: MAX_DURATION,
-            ..base
+            ..base.clone()
         };
         assert!(p.validate().is_ok());
     }

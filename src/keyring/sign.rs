@@ -60,7 +60,7 @@ impl KeyManager {
                 reason: refusal.to_string(),
             });
         }
-        let policy = ring.record().policy;
+        let policy = &ring.record().policy;
         let mut ttl = match p.ttl {
             None => policy.default_token_ttl,
             Some(t) if t < Duration::from_secs(1) => {
@@ -82,17 +82,54 @@ impl KeyManager {
         let mut claims = claims::parse_object(p.claims_json, Limits::CLAIMS, "claims_json")?;
         claims::check_registered(&claims)?;
         let extra = ExtraHeader::parse(p.header_json)?;
+        // A ring with an issuer names it in every token; a caller's own
+        // `iss` is refused rather than silently replaced, so a caller that
+        // meant another issuer learns it at once.
+        if let Some(issuer) = &policy.issuer
+            && claims.contains_key("iss")
+        {
+            return Err(InputError::new(
+                "claims_json.iss",
+                format!(
+                    "must not be given: ring {} sets iss to its issuer {issuer}",
+                    ring.name()
+                ),
+            )
+            .into());
+        }
         if let Some(grant) = p.grant {
             let typ = extra.typ.as_deref().unwrap_or("JWT");
             let accepted = grant
                 .check(&claims, p.ttl, policy.default_token_ttl, typ)
                 .map_err(Error::ClaimRule)?;
-            if let Some(iss) = accepted.iss {
-                claims.insert("iss".into(), Value::from(iss));
+            match (accepted.iss, &policy.issuer) {
+                // The caller's rule allows one issuer and the ring sets
+                // another: the token would carry an iss the rule forbids.
+                (Some(allowed), Some(issuer)) if allowed != issuer.as_str() => {
+                    return Err(Error::ClaimRule(crate::authz::Violation {
+                        field: "claims_json.iss".into(),
+                        rule: accepted.rule,
+                        message: format!(
+                            "claims_json.iss: ring {} sets iss {:?}, which is not allowed \
+                             for {} (rule {}: {allowed:?} only)",
+                            ring.name(),
+                            issuer.as_str(),
+                            grant.identity,
+                            accepted.rule
+                        ),
+                    }));
+                }
+                (Some(iss), None) => {
+                    claims.insert("iss".into(), Value::from(iss));
+                }
+                _ => {}
             }
             if let Some(capped) = accepted.ttl {
                 ttl = capped;
             }
+        }
+        if let Some(issuer) = &policy.issuer {
+            claims.insert("iss".into(), Value::from(issuer.as_str()));
         }
 
         let now = self.now();

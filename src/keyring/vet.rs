@@ -178,7 +178,7 @@ impl KeyManager {
             return None;
         }
         if let Some(prev) = prev {
-            record.policy = prev.record.policy;
+            record.policy = prev.record.policy.clone();
             for key in &mut record.keys {
                 if let Some(old) = prev.record.keys.iter().find(|k| k.kid == key.kid)
                     && (old.sealed.is_none() || old.timeline.revoked_at.is_some())

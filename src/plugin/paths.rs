@@ -21,7 +21,7 @@ use serde_json::{Map, Value, json};
 use crate::{
     Error,
     crypto::{Algorithm, KeySpec, claims::InputError},
-    keyring::{KeyInfo, KeyManager, Policy, RingInfo, SignParams, TickReport, project},
+    keyring::{Issuer, KeyInfo, KeyManager, Policy, RingInfo, SignParams, TickReport, project},
 };
 
 /// A successful answer.
@@ -249,10 +249,18 @@ fn policy_from(base: Policy, data: &Map<String, Value>) -> Result<Policy, Refusa
             *slot = d;
         }
     }
+    // The ring's `iss`: an https URL, or empty to have none.
+    if let Some(text) = text(data, "issuer")? {
+        p.issuer = match text.as_str() {
+            "" => None,
+            t => Some(Issuer::parse(t, "issuer").map_err(Error::InvalidArgument)?),
+        };
+    }
     Ok(p)
 }
 
-const POLICY_FIELDS: [&str; 7] = [
+const POLICY_FIELDS: [&str; 8] = [
+    "issuer",
     "rotation_period",
     "publish_lead",
     "grace",
@@ -342,8 +350,9 @@ async fn set_policy(keys: &KeyManager, name: &str, data: &Map<String, Value>) ->
     only(data, &POLICY_FIELDS)?;
     let current = keys.ring_info(name, "name")?.policy;
     let policy = policy_from(current, data)?;
+    let answer = policy_json(&policy);
     let warnings = keys.update_policy(name, policy).await?;
-    let Reply::Data(m, _) = data_of(policy_json(&policy));
+    let Reply::Data(m, _) = data_of(answer);
     Ok(Reply::Data(
         m,
         warnings.iter().map(ToString::to_string).collect(),

@@ -6,7 +6,7 @@ use tonic::Status;
 
 use super::status::invalid;
 use crate::{
-    keyring::{KeyInfo, KeyState, MAX_DURATION, Policy, RingInfo},
+    keyring::{Issuer, KeyInfo, KeyState, MAX_DURATION, Policy, RingInfo},
     pb,
 };
 
@@ -66,6 +66,9 @@ pub fn policy_from(p: &pb::Policy) -> Result<Policy, Status> {
         default_token_ttl: field("default_token_ttl", &p.default_token_ttl)?,
         jwks_max_age: field("jwks_max_age", &p.jwks_max_age)?,
         clock_skew: field("clock_skew", &p.clock_skew)?,
+        // Not part of the protobuf Policy: CreateKeyRing and UpdatePolicy
+        // carry it in a field of their own.
+        issuer: None,
     })
 }
 
@@ -110,7 +113,26 @@ pub(crate) fn ring_info(r: &RingInfo) -> pb::KeyRingInfo {
         grace: Some(duration(r.policy.grace)),
         keys: r.keys.iter().map(key_info).collect(),
         policy: Some(policy(&r.policy)),
+        issuer: issuer(&r.policy),
     }
+}
+
+/// A ring's issuer as a protobuf string: empty for none.
+pub(crate) fn issuer(p: &Policy) -> String {
+    p.issuer
+        .as_ref()
+        .map(|i| i.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+/// An issuer from a request: empty for none, else [`Issuer::parse`]d.
+pub(crate) fn issuer_from(text: &str) -> Result<Option<Issuer>, Status> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    Issuer::parse(text, "issuer")
+        .map(Some)
+        .map_err(|e| Status::from(crate::Error::from(e)))
 }
 
 /// A protobuf Duration as a std one: positive and whole seconds.
@@ -232,6 +254,7 @@ mod tests {
                 let req = pb::UpdatePolicyRequest {
                     key_ring: "p".into(),
                     policy: Some(policy_of(&fields)),
+                    issuer: None,
                 };
                 let after = keys.ring_info("p", "key_ring").unwrap().policy;
                 match svc.update_policy(Request::new(req)).await {
@@ -255,7 +278,7 @@ mod tests {
                         if s.code() == Code::InvalidArgument {
                             prop_assert!(s.message().starts_with("policy."), "{}", s.message());
                         }
-                        prop_assert_eq!(keys.ring_info("p", "key_ring").unwrap().policy, after);
+                        prop_assert_eq!(keys.ring_info("p", "key_ring").unwrap().policy, after.clone());
                     }
                 }
                 prop_assert_eq!(before, after);

@@ -35,7 +35,11 @@ impl KeyAdmin for KeyAdminService {
             .parse::<Algorithm>()
             .and_then(|alg| KeySpec::new(alg, r.rsa_bits))
             .map_err(|e| Error::InvalidArgument(InputError::from(e)))?;
-        let ring = self.keys.create_ring(&r.name, spec).await?;
+        let issuer = convert::issuer_from(&r.issuer)?;
+        let ring = self
+            .keys
+            .create_ring_with_issuer(&r.name, spec, issuer)
+            .await?;
         Ok(Response::new(pb::CreateKeyRingResponse {
             ring: Some(convert::ring_info(&ring)),
         }))
@@ -109,15 +113,22 @@ impl KeyAdmin for KeyAdminService {
         request: Request<pb::UpdatePolicyRequest>,
     ) -> Result<Response<pb::UpdatePolicyResponse>, Status> {
         let r = request.into_inner();
-        let policy = r
+        let mut policy = r
             .policy
             .as_ref()
             .ok_or_else(|| invalid("policy", "is required"))
             .and_then(convert::policy_from)?;
-        let warnings = self.keys.update_policy(&r.key_ring, policy).await?;
+        // Unset keeps the ring's issuer, so a client that knows nothing of
+        // issuers cannot drop one by changing a duration.
+        policy.issuer = match r.issuer.as_deref() {
+            Some(text) => convert::issuer_from(text)?,
+            None => self.keys.ring_info(&r.key_ring, "key_ring")?.policy.issuer,
+        };
+        let warnings = self.keys.update_policy(&r.key_ring, policy.clone()).await?;
         Ok(Response::new(pb::UpdatePolicyResponse {
             policy: Some(convert::policy(&policy)),
             warnings: warnings.iter().map(ToString::to_string).collect(),
+            issuer: convert::issuer(&policy),
         }))
     }
 

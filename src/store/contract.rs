@@ -470,7 +470,7 @@ async fn policy_and_reason_change_with_the_generation(store: &dyn KeyStore) {
             expected_generation: 1,
             insert: vec![],
             update: vec![revised.clone()],
-            policy: Some(policy),
+            policy: Some(policy.clone()),
             manifest: None,
         })
         .await

@@ -96,7 +96,7 @@ impl KeyStore for MemoryStore {
                 key.request_id = changed.request_id.clone();
             }
         }
-        if let Some(policy) = update.policy {
+        if let Some(policy) = update.policy.clone() {
             next.policy = policy;
         }
         if let Some(manifest) = &update.manifest {

@@ -512,6 +512,7 @@ async fn a_failing_sink_stops_every_mutation_before_it_happens() {
     unavailable(
         admin
             .update_policy(pb::UpdatePolicyRequest {
+                issuer: Default::default(),
                 key_ring: "r".into(),
                 ..Default::default()
             })
@@ -521,6 +522,7 @@ async fn a_failing_sink_stops_every_mutation_before_it_happens() {
     unavailable(
         admin
             .create_key_ring(pb::CreateKeyRingRequest {
+                issuer: Default::default(),
                 name: "new".into(),
                 algorithm: "ES256".into(),
                 ..Default::default()

@@ -83,6 +83,7 @@ async fn no_private_key_anywhere() {
     ] {
         let r = admin
             .create_key_ring(pb::CreateKeyRingRequest {
+                issuer: Default::default(),
                 name: name.into(),
                 algorithm: alg.into(),
                 rsa_bits: 0,

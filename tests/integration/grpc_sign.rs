@@ -220,6 +220,7 @@ async fn create_key_ring_validates() {
         let err = server
             .admin()
             .create_key_ring(pb::CreateKeyRingRequest {
+                issuer: Default::default(),
                 name: name.into(),
                 algorithm: alg.into(),
                 rsa_bits: bits,
@@ -236,6 +237,7 @@ async fn create_key_ring_validates() {
     let ok = server
         .admin()
         .create_key_ring(pb::CreateKeyRingRequest {
+            issuer: Default::default(),
             name: "big".into(),
             algorithm: "PS256".into(),
             rsa_bits: 3072,

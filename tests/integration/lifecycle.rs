@@ -416,6 +416,7 @@ async fn policy_rules_over_grpc_and_changes_never_rewrite_the_past() {
     for (p, want) in cases {
         let err = admin
             .update_policy(pb::UpdatePolicyRequest {
+                issuer: Default::default(),
                 key_ring: "r".into(),
                 policy: Some(p),
             })
@@ -426,6 +427,7 @@ async fn policy_rules_over_grpc_and_changes_never_rewrite_the_past() {
     }
     let resp = admin
         .update_policy(pb::UpdatePolicyRequest {
+            issuer: Default::default(),
             key_ring: "r".into(),
             policy: Some(policy(30 * DAY, 2 * DAY, 3 * DAY, 3600)),
         })

@@ -61,6 +61,7 @@ fn policy() -> impl Strategy<Value = Policy> {
                     default_token_ttl: Duration::from_secs((max_ttl * pct / 100).max(1)),
                     jwks_max_age: Duration::from_secs(max_age),
                     clock_skew: Duration::from_secs(skew),
+                    issuer: None,
                 }
             },
         )
@@ -303,8 +304,8 @@ impl Model {
                 self.keys.unseal().await.unwrap();
             }
             Event::SetPolicy(p) => {
-                self.keys.update_policy("p", *p).await.unwrap();
-                self.policy = *p;
+                self.keys.update_policy("p", p.clone()).await.unwrap();
+                self.policy = p.clone();
             }
             Event::JumpForward(s) => {
                 self.clock.advance(Duration::from_secs(*s));
@@ -345,7 +346,7 @@ proptest! {
             let keys = KeyManager::open(store.clone(), clock.clone(), kek.clone()).await.unwrap();
             keys.unseal().await.unwrap();
             keys.create_ring("p", KeySpec::new(Algorithm::EdDsa, 0).unwrap()).await.unwrap();
-            keys.update_policy("p", p).await.unwrap();
+            keys.update_policy("p", p.clone()).await.unwrap();
             let start = signet::clock::Clock::now(&*clock).as_secs();
             let mut m = Model {
                 clock,

@@ -466,7 +466,7 @@ async fn publish_lead_must_exceed_the_replica_refresh_bound() {
         publish_lead: Duration::from_secs(86_400),
         ..Default::default()
     };
-    let err = keys.update_policy("r", policy).await.unwrap_err();
+    let err = keys.update_policy("r", policy.clone()).await.unwrap_err();
     let status = tonic::Status::from(err);
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
     assert!(

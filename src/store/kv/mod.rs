@@ -280,7 +280,7 @@ impl<B: KvBackend> KeyStore for KvStore<B> {
             name: ring.name.clone(),
             alg: ring.spec.alg().name().to_owned(),
             rsa_bits: ring.spec.rsa_bits(),
-            policy: ring.policy,
+            policy: ring.policy.clone(),
             generation: 1,
             keys,
             manifest: ring.manifest.as_ref().map(|m| B64.encode(m)),
@@ -335,8 +335,8 @@ impl<B: KvBackend> KeyStore for KvStore<B> {
             let stored = self.stored_key(&update.ring, key).await?;
             next.keys.push(stored);
         }
-        if let Some(policy) = update.policy {
-            next.policy = policy;
+        if let Some(policy) = &update.policy {
+            next.policy = policy.clone();
         }
         if let Some(manifest) = &update.manifest {
             next.manifest = Some(B64.encode(manifest));

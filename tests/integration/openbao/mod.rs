@@ -179,8 +179,23 @@ fn lifecycle_policy_acl_and_relaunch_through_openbao() {
         "{err}"
     );
     assert_eq!(bao.read("signet/rings/payments/policy"), policy);
-    let changed = bao.write("signet/rings/payments/policy", &["default_token_ttl=5m"]);
+    let changed = bao.write(
+        "signet/rings/payments/policy",
+        &["default_token_ttl=5m", "issuer=https://pay.example"],
+    );
     assert_eq!(changed["default_token_ttl"], 300);
+    let signed = sign(&bao, "payments", json!({}));
+    let claims = verify(signed["token"].as_str().unwrap(), &bao.jwks("payments"));
+    assert_eq!(claims["iss"], "https://pay.example", "the ring's issuer");
+    let err = bao.refused(&[
+        "write",
+        "signet/rings/payments/policy",
+        "issuer=http://x.example",
+    ]);
+    assert!(
+        err.contains("Code: 400") && err.contains("issuer: "),
+        "{err}"
+    );
     let timeline = bao.read("signet/timeline/payments");
     assert_eq!(timeline["keys"].as_array().unwrap().len(), 3);
 

@@ -93,6 +93,7 @@ async fn out_of_range_policy_durations_are_refused_unchanged_and_audited() {
         for (seconds, nanos, rule) in bad {
             let s = admin
                 .update_policy(pb::UpdatePolicyRequest {
+                    issuer: Default::default(),
                     key_ring: "ops".into(),
                     policy: Some(policy_with(i, prost_types::Duration { seconds, nanos })),
                 })
@@ -114,6 +115,7 @@ async fn out_of_range_policy_durations_are_refused_unchanged_and_audited() {
     }
     let s = admin
         .update_policy(pb::UpdatePolicyRequest {
+            issuer: Default::default(),
             key_ring: "ops".into(),
             policy: Some(policy_with(
                 2,

@@ -1,12 +1,21 @@
 //! A verifier for Rust token consumers (resource servers, gateways).
 //!
 //! Given a JWKS URL it fetches and caches the key set, honouring
-//! `Cache-Control: max-age` and `ETag` (conditional refetch), refreshes at
-//! most once per cooldown (default 30 s) when a token names an unknown kid,
-//! keeps the last good set when a fetch fails, verifies with the algorithm
-//! pinned to the key (never taken from the token), classifies failures with
-//! the same reasons as `Signer.Verify`, and can report its failure counts
-//! back with `ReportVerificationFailures`.
+//! `Cache-Control: max-age` (at least 30 s, whatever the server says) and
+//! `ETag` (conditional refetch), refreshes at most once per cooldown
+//! (default 30 s) when a token names an unknown kid, verifies with the
+//! algorithm pinned to the key (never taken from the token), classifies
+//! failures with the same reasons as `Signer.Verify`, and can report its
+//! failure counts back with `ReportVerificationFailures`.
+//!
+//! The fetch path is built for a JWKS endpoint that is slow or down:
+//!
+//! - one fetch at a time (single-flight), run outside every lock: callers
+//!   that need its result wait for that fetch, never start their own;
+//! - a stale set keeps verifying while its refresh runs in the background,
+//!   and stays in use (the last good set) while refreshes fail;
+//! - after `n` failures in a row, no automatic fetch for 2^n s (at most
+//!   5 min); each fetch gives up after 10 s.
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
@@ -23,14 +32,16 @@
 //! (a sidecar on the same host): a JWKS fetched in the clear over a network
 //! lets anyone on the path add a key and mint tokens this verifier accepts.
 
+mod fetch;
+
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
 
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::{Request, StatusCode, Uri, body::Bytes, header};
+use fetch::{Fetcher, Shared};
+use hyper::Uri;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
@@ -56,41 +67,22 @@ pub struct FetchError {
     reason: String,
 }
 
-/// The largest JWKS body accepted: a few hundred keys. A larger answer is
-/// refused rather than buffered.
-const MAX_JWKS_BYTES: usize = 1 << 20;
-
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
-
-struct Cached {
-    set: JwkSet,
-    etag: Option<String>,
-    fresh_until: UnixTime,
-}
-
 /// A caching JWKS verifier. Cheap to share behind an `Arc`.
 pub struct Verifier {
-    url: Uri,
-    client: HttpsClient,
-    /// Why https fetches cannot succeed yet, if the trust store is missing.
-    trust_note: Option<String>,
-    clock: Arc<dyn Clock>,
+    fetcher: Fetcher,
     cooldown: Duration,
     leeway: Duration,
-    /// The cache; an async mutex so one refresh runs at a time and others
-    /// wait for its result instead of fetching again.
-    cache: tokio::sync::Mutex<Option<Cached>>,
     last_unknown_refresh: Mutex<Option<UnixTime>>,
     /// Whether an unknown kid may trigger a refetch (within the cooldown).
     unknown_kid_refetch: bool,
     counts: Mutex<HashMap<Failure, u64>>,
-    fetches: Mutex<u64>,
 }
 
 impl Verifier {
     /// A verifier for the JWKS at `url`: `https://…`, checked against the
     /// system's trust store, or `http://` to a loopback address. A 30 s
-    /// unknown-kid cooldown and 60 s leeway on `exp`/`nbf`.
+    /// unknown-kid cooldown, 60 s leeway on `exp`/`nbf`, a 10 s fetch
+    /// timeout, and a set cached at least 30 s whatever its `max-age`.
     pub fn new(url: &str) -> Result<Self, FetchError> {
         let fail = |reason: String| FetchError {
             url: url.to_owned(),
@@ -128,17 +120,20 @@ impl Verifier {
                 ),
             };
         Ok(Self {
-            url: uri,
-            client: Client::builder(TokioExecutor::new()).build(connector),
-            trust_note,
-            clock: Arc::new(SystemClock),
+            fetcher: Fetcher {
+                url: uri,
+                client: Client::builder(TokioExecutor::new()).build(connector),
+                trust_note,
+                clock: Arc::new(SystemClock),
+                timeout: Duration::from_secs(10),
+                min_max_age: Duration::from_secs(30),
+                shared: Arc::new(Shared::default()),
+            },
             cooldown: Duration::from_secs(30),
             leeway: Duration::from_secs(60),
-            cache: tokio::sync::Mutex::new(None),
             last_unknown_refresh: Mutex::new(None),
             unknown_kid_refetch: true,
             counts: Mutex::new(HashMap::new()),
-            fetches: Mutex::new(0),
         })
     }
 
@@ -147,7 +142,7 @@ impl Verifier {
     /// behind a private PKI.
     pub fn with_root_ca_pem(mut self, pem: &[u8]) -> Result<Self, FetchError> {
         let fail = |reason: String| FetchError {
-            url: self.url.to_string(),
+            url: self.fetcher.url.to_string(),
             reason,
         };
         let mut roots = RootCertStore::empty();
@@ -161,14 +156,15 @@ impl Verifier {
             return Err(fail("root CA: no certificate in the PEM".into()));
         }
         let connector = https_connector(roots).map_err(|e| fail(e.to_string()))?;
-        self.client = Client::builder(TokioExecutor::new()).build(connector);
-        self.trust_note = None;
+        self.fetcher.client = Client::builder(TokioExecutor::new()).build(connector);
+        self.fetcher.trust_note = None;
         Ok(self)
     }
 
-    /// Uses `clock` for cache expiry and token times (tests, simulations).
+    /// Uses `clock` for cache expiry, backoff and token times (tests,
+    /// simulations).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
+        self.fetcher.clock = clock;
         self
     }
 
@@ -184,73 +180,42 @@ impl Verifier {
         self
     }
 
-    /// How many fetches (including conditional ones) were made.
+    /// Sets how long one fetch may take, connection included (default
+    /// 10 s).
+    pub fn with_fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.fetcher.timeout = timeout;
+        self
+    }
+
+    /// Sets the shortest time a fetched set is used before it is refreshed,
+    /// whatever its `max-age` (default 30 s): a server answering `max-age=0`
+    /// would otherwise be asked again at every verification.
+    pub fn with_max_age_floor(mut self, floor: Duration) -> Self {
+        self.fetcher.min_max_age = floor;
+        self
+    }
+
+    /// How many fetches (including conditional ones) were started.
     pub fn fetches(&self) -> u64 {
-        *self.fetches.lock().unwrap_or_else(|p| p.into_inner())
+        self.fetcher.shared.fetches.load(Ordering::Relaxed)
     }
 
-    /// Fetches the key set now (conditionally, with the ETag). On failure
-    /// the last good set stays in use.
+    /// How many fetches in a row have failed (0 after a success).
+    pub fn consecutive_failures(&self) -> u32 {
+        self.fetcher.state().failures
+    }
+
+    /// Fetches the key set now (conditionally, with the ETag), or waits for
+    /// the fetch already in flight and returns its result. On failure the
+    /// last good set stays in use.
     pub async fn refresh(&self) -> Result<(), FetchError> {
-        let mut cache = self.cache.lock().await;
-        self.fetch_into(&mut cache).await
-    }
-
-    async fn fetch_into(&self, cache: &mut Option<Cached>) -> Result<(), FetchError> {
-        let fail = |reason: String| FetchError {
-            url: self.url.to_string(),
-            reason,
-        };
-        *self.fetches.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        let mut req = Request::get(self.url.clone());
-        if let Some(etag) = cache.as_ref().and_then(|c| c.etag.as_deref()) {
-            req = req.header(header::IF_NONE_MATCH, etag);
+        let seen = self.fetcher.state().attempts;
+        let guard = self.fetcher.shared.fetching.clone().lock_owned().await;
+        if self.fetcher.state().attempts != seen {
+            drop(guard);
+            return self.fetcher.last_result();
         }
-        let req = req.body(Empty::new()).map_err(|e| fail(e.to_string()))?;
-        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
-            .await
-            .map_err(|_| fail("timed out after 10s".into()))?
-            .map_err(|e| match &self.trust_note {
-                Some(note) => fail(format!("{}; {note}", with_causes(&e))),
-                None => fail(with_causes(&e)),
-            })?;
-        let now = self.clock.now();
-        let max_age = resp
-            .headers()
-            .get(header::CACHE_CONTROL)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_max_age)
-            .unwrap_or(0);
-        let fresh_until = now.saturating_add(Duration::from_secs(max_age));
-        let etag = resp
-            .headers()
-            .get(header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        match resp.status() {
-            StatusCode::NOT_MODIFIED => {
-                if let Some(c) = cache.as_mut() {
-                    c.fresh_until = fresh_until;
-                }
-                Ok(())
-            }
-            StatusCode::OK => {
-                let body = Limited::new(resp.into_body(), MAX_JWKS_BYTES)
-                    .collect()
-                    .await
-                    .map_err(|e| fail(format!("reading the body: {e}")))?
-                    .to_bytes();
-                let set: JwkSet = serde_json::from_slice(&body)
-                    .map_err(|e| fail(format!("not a JWK Set: {e}")))?;
-                *cache = Some(Cached {
-                    set,
-                    etag,
-                    fresh_until,
-                });
-                Ok(())
-            }
-            s => Err(fail(format!("HTTP {s}"))),
-        }
+        self.fetcher.fetch(guard).await
     }
 
     /// Verifies `token`. Failures are counted for [`Verifier::report`].
@@ -268,17 +233,19 @@ impl Verifier {
     }
 
     async fn verify_inner(&self, token: &str) -> Result<Verified, Rejected> {
-        let mut cache = self.cache.lock().await;
-        let now = self.clock.now();
-        if cache.as_ref().is_none_or(|c| now >= c.fresh_until)
-            && let Err(e) = self.fetch_into(&mut cache).await
-        {
-            tracing::warn!(error = %e, "JWKS refresh failed; keeping the last good key set");
-        }
+        let now = self.fetcher.clock.now();
+        let set = match self.fetcher.current(now) {
+            // Fresh, or stale with a refresh started in the background:
+            // either way this verification uses the set at hand.
+            Some(set) => set,
+            // Nothing fetched yet: wait for the (one) fetch.
+            None => {
+                self.fetcher.fetch_or_join(now).await;
+                self.fetcher.set()
+            }
+        };
         let leeway = i64::try_from(self.leeway.as_secs()).unwrap_or(0);
-        let attempt = |cache: &Option<Cached>| {
-            let empty = JwkSet { keys: Vec::new() };
-            let set = cache.as_ref().map_or(&empty, |c| &c.set);
+        let attempt = |set: &JwkSet| {
             verify::verify(
                 token,
                 |kid| match set.keys.iter().find(|k| k.kid == kid) {
@@ -289,12 +256,10 @@ impl Verifier {
                 leeway,
             )
         };
-        match attempt(&cache) {
+        match attempt(&set) {
             Err(r) if r.failure == Failure::UnknownKid && self.may_refresh_for_unknown(now) => {
-                if let Err(e) = self.fetch_into(&mut cache).await {
-                    tracing::warn!(error = %e, "JWKS refresh for an unknown kid failed");
-                }
-                attempt(&cache)
+                self.fetcher.fetch_or_join(now).await;
+                attempt(&self.fetcher.set())
             }
             other => other,
         }
@@ -362,20 +327,6 @@ impl Verifier {
     }
 }
 
-/// An error and its causes, `outer: inner: ...`: hyper's client error says
-/// only "client error (Connect)"; the certificate or socket error that
-/// explains it is further down.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
-}
-
 /// Whether `uri`'s host is a loopback address or `localhost`.
 fn is_loopback(uri: &Uri) -> bool {
     match uri.host() {
@@ -407,23 +358,9 @@ fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// `max-age=N` from a Cache-Control value; `no-cache`/`no-store` mean 0.
-fn parse_max_age(v: &str) -> Option<u64> {
-    let mut max_age = None;
-    for d in v.split(',').map(str::trim) {
-        if d.eq_ignore_ascii_case("no-cache") || d.eq_ignore_ascii_case("no-store") {
-            return Some(0);
-        }
-        if let Some(n) = d.strip_prefix("max-age=") {
-            max_age = n.trim_matches('"').parse().ok();
-        }
-    }
-    max_age
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{Verifier, parse_max_age};
+    use super::{Verifier, fetch::parse_max_age};
 
     #[test]
     fn urls() {
