@@ -7,7 +7,8 @@
 //!
 //! # Layout
 //!
-//! - [`clock`]: injected time, so lifecycle logic is deterministic in tests.
+//! - [`clock`]: injected time, so lifecycle logic is deterministic in tests
+//!   (from `signet-verifier`, shared with the verifier).
 //! - [`crypto`]: algorithms, private keys ([`crypto::SigningKey`]), JWKs and
 //!   thumbprints, strict claims parsing, JWS assembly.
 //! - [`keyring`]: rings, timelines, policy, the lock-free key snapshot and
@@ -23,8 +24,13 @@
 //! - [`authz`]: the access policy: which identity may do what on which ring.
 //! - [`tls`]: mTLS acceptor and peer identities.
 //! - [`cli`]: the `signet` command: server, client subcommands, benchmark.
-//! - [`pb`]: generated protobuf code.
+//! - [`pb`]: generated protobuf code (from `signet-proto`).
 //! - [`plugin`]: `signet plugin`, the OpenBao/Vault secrets plugin.
+//! - [`verifier`]: the `signet-verifier` crate, re-exported: a caching JWKS
+//!   verifier for resource servers; its [`verifier::verify`] is what the
+//!   Verify RPC runs.
+//! - [`fault`]: named fault points for the fault-injection tests (a
+//!   feature of test builds; nothing without it).
 
 #![forbid(unsafe_code)]
 
@@ -32,10 +38,11 @@ pub mod anchor;
 pub mod audit;
 pub mod authz;
 pub mod cli;
-pub mod clock;
+pub use signet_verifier::clock;
 pub mod config;
 pub mod crypto;
 mod error;
+pub mod fault;
 pub mod hardening;
 pub mod http;
 pub mod keyring;
@@ -47,6 +54,6 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
-pub mod verifier;
+pub use signet_verifier as verifier;
 
 pub use error::Error;

@@ -6,5 +6,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    #[cfg(feature = "fault-injection")]
+    signet::fault::setup();
     signet::cli::main()
 }

@@ -326,6 +326,7 @@ impl SinkWorker {
             Output::Stdout => write_stream(&mut io::stdout().lock(), &buf, &mut self.torn)?,
             Output::Stream(stream) => write_stream(stream, &buf, &mut self.torn)?,
             Output::File(file) => {
+                crate::fault!("audit-write");
                 file.write_all(&buf)?;
                 match self.config.fsync {
                     FsyncPolicy::Always => file.sync_data()?,

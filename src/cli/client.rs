@@ -7,7 +7,10 @@ use clap::{Args, Subcommand};
 use tonic::transport::{Channel, Endpoint};
 
 use super::{ClientArgs, parse_duration, transport_error};
-use crate::pb::{self, key_admin_client::KeyAdminClient, signer_client::SignerClient};
+use crate::{
+    crypto::Spki as _,
+    pb::{self, key_admin_client::KeyAdminClient, signer_client::SignerClient},
+};
 
 /// Connects to `addr` (`http://HOST:PORT`, `HOST:PORT`, or
 /// `https://HOST:PORT` for a server with `[tls]`: the client certificate,

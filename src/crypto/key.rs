@@ -22,11 +22,7 @@ use ed25519_dalek::{
 };
 use zeroize::Zeroizing;
 
-use super::{
-    Algorithm, CryptoError, KeySpec,
-    jwk::{Jwk, Kid, PublicParams},
-    random_bytes,
-};
+use super::{Algorithm, CryptoError, Jwk, KeySpec, Kid, params::PublicParams, random_bytes};
 
 enum Inner {
     Rsa(RsaKeyPair, &'static dyn RsaEncoding),
@@ -107,7 +103,7 @@ impl SigningKey {
             }
             Inner::Ed25519(sk) => PublicParams::ed25519(sk.verifying_key().as_bytes()),
         };
-        let jwk = Jwk::new(alg, &params);
+        let jwk = params.jwk(alg);
         Ok(Self { alg, inner, jwk })
     }
 

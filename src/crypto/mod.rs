@@ -6,15 +6,15 @@
 
 mod algorithm;
 pub mod claims;
-mod jwk;
 pub mod jws;
 mod key;
+mod params;
 mod pem;
-pub mod verify;
 
 pub use algorithm::{Algorithm, KeySpec, KeySpecError};
-pub use jwk::{Jwk, Kid};
 pub use key::SigningKey;
+pub use pem::Spki;
+pub use signet_verifier::{Jwk, Kid, verify};
 
 /// A cryptographic operation failed.
 ///

@@ -19,9 +19,20 @@ use super::{CryptoError, Jwk};
 /// The PEM label of an X.509 SubjectPublicKeyInfo (RFC 7468 section 13).
 const LABEL: &str = "PUBLIC KEY";
 
-impl Jwk {
+/// A public JWK as SPKI (an extension trait: [`Jwk`] is the verifier
+/// crate's type, which has no aws-lc-rs encoders).
+pub trait Spki {
     /// The key as an X.509 SubjectPublicKeyInfo, DER.
-    pub fn to_spki_der(&self) -> Result<Vec<u8>, CryptoError> {
+    fn to_spki_der(&self) -> Result<Vec<u8>, CryptoError>;
+
+    /// The key as SPKI PEM, LF line endings, 64 columns.
+    fn to_spki_pem(&self) -> Result<String, CryptoError> {
+        encode_string(LABEL, LineEnding::LF, &self.to_spki_der()?).map_err(|_| CryptoError)
+    }
+}
+
+impl Spki for Jwk {
+    fn to_spki_der(&self) -> Result<Vec<u8>, CryptoError> {
         let member = |v: &Option<String>| -> Result<Vec<u8>, CryptoError> {
             let text = v.as_deref().ok_or(CryptoError)?;
             B64.decode(text).map_err(|_| CryptoError)
@@ -47,15 +58,11 @@ impl Jwk {
         };
         Ok(der.as_ref().to_vec())
     }
-
-    /// The key as SPKI PEM, LF line endings, 64 columns.
-    pub fn to_spki_pem(&self) -> Result<String, CryptoError> {
-        encode_string(LABEL, LineEnding::LF, &self.to_spki_der()?).map_err(|_| CryptoError)
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::Spki as _;
     use crate::crypto::{Algorithm, KeySpec, SigningKey};
 
     /// Every algorithm's PEM parses back (with dalek's SPKI decoder, an

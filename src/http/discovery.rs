@@ -15,7 +15,7 @@ use axum::{
 };
 
 use super::{AppState, DEFAULT_RING, cacheable, error, etag_of, max_age, unavailable};
-use crate::Error;
+use crate::{Error, crypto::Spki as _};
 
 /// The media type of the discovery document (OIDC Discovery section 4.2).
 const DISCOVERY_CONTENT_TYPE: &str = "application/json";

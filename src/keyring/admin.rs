@@ -429,6 +429,17 @@ impl KeyManager {
     /// intent cannot be recorded is left as it is this pass (reported as
     /// failed) and tried again at the next.
     pub async fn tick_audited(&self, audit: Option<&crate::audit::AuditLog>) -> TickReport {
+        self.tick_holding(audit, &|_| false).await
+    }
+
+    /// [`KeyManager::tick_audited`], keeping the material of every removed
+    /// key for which `hold` says so (the scheduler's rule after a clock
+    /// jump forwards).
+    pub async fn tick_holding(
+        &self,
+        audit: Option<&crate::audit::AuditLog>,
+        hold: &(dyn Fn(&KeyRecord) -> bool + Sync),
+    ) -> TickReport {
         let mut report = TickReport::default();
         let names: Vec<RingName> = self
             .snapshot()
@@ -437,7 +448,7 @@ impl KeyManager {
             .map(|r| r.name().clone())
             .collect();
         for name in names {
-            match self.tick_ring(&name, &mut report, audit).await {
+            match self.tick_ring(&name, &mut report, audit, hold).await {
                 Ok(()) => {}
                 // Another replica's scheduler wrote first: nothing to do but
                 // take in its change.
@@ -461,6 +472,7 @@ impl KeyManager {
         name: &RingName,
         report: &mut TickReport,
         audit: Option<&crate::audit::AuditLog>,
+        hold: &(dyn Fn(&KeyRecord) -> bool + Sync),
     ) -> Result<(), Error> {
         let _writer = self.shared.writer.lock().await;
         let Some(kek) = self.kek() else {
@@ -504,7 +516,11 @@ impl KeyManager {
         let mut destroyed = Vec::new();
         for key in &ring.record.keys {
             let state = key.timeline.state_at(now);
-            if key.sealed.is_some() && matches!(state, KeyState::Removed | KeyState::Revoked) {
+            let held = state == KeyState::Removed && hold(key);
+            if key.sealed.is_some()
+                && matches!(state, KeyState::Removed | KeyState::Revoked)
+                && !held
+            {
                 changes.push(Change::Destroy {
                     kid: key.kid.clone(),
                     timeline: key.timeline,
@@ -531,6 +547,9 @@ impl KeyManager {
                     return Err(Error::AuditUnavailable);
                 }
             }
+        }
+        if !destroyed.is_empty() {
+            crate::fault!("scheduler-destroy");
         }
         self.commit(&ring, &*kek, changes, None).await?;
         for kid in destroyed {
@@ -877,6 +896,7 @@ pub(super) async fn sealed_record(
         alg: key.key.alg(),
         timeline: &timeline,
     };
+    crate::fault!("seal");
     let sealed = envelope::seal(kek, ctx, &key.key)
         .await
         .map_err(|e| super::unseal::seal_error(e, ring, &kid))?;

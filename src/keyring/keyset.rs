@@ -6,12 +6,10 @@ use std::{
     sync::Arc,
 };
 
-use serde::Serialize;
-
 use super::{KeyState, RingName, Timeline};
 use crate::{
     clock::UnixTime,
-    crypto::{Algorithm, Jwk, Kid, SigningKey, jws},
+    crypto::{Algorithm, Kid, SigningKey, jws},
     store::{KeyRecord, RingRecord},
 };
 
@@ -76,12 +74,7 @@ pub struct KeyInfo {
     pub timeline: Timeline,
 }
 
-/// A JSON Web Key Set (RFC 7517 section 5).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct JwkSet {
-    /// The published keys.
-    pub keys: Vec<Jwk>,
-}
+pub use signet_verifier::JwkSet;
 
 impl Ring {
     /// The ring's name.

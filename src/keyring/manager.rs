@@ -539,6 +539,7 @@ impl KeyManager {
     /// Loads a fresh key of `spec` into a ring-to-be: generation off the
     /// reactor (RSA takes up to a second and must not stall signing).
     pub(super) async fn generate(&self, spec: KeySpec) -> Result<LoadedKey, Error> {
+        crate::fault!("generate");
         tokio::task::spawn_blocking(move || crate::crypto::SigningKey::generate(spec))
             .await
             .map_err(|_| Error::ShuttingDown)?

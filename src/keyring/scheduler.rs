@@ -8,7 +8,7 @@ use std::{collections::HashMap, future::Future, time::Duration};
 use metrics::counter;
 
 use super::{KeyManager, KeyState, RingName};
-use crate::{clock::UnixTime, crypto::Kid};
+use crate::{clock::UnixTime, crypto::Kid, store::KeyRecord};
 
 /// Default time between scheduler ticks.
 pub const DEFAULT_TICK: Duration = Duration::from_secs(30);
@@ -20,14 +20,47 @@ const WARN_EVERY: i64 = 3600;
 /// ticks before the scheduler calls it a jump (NTP slews far less).
 const JUMP: Duration = Duration::from_secs(60);
 
-/// Compares the service clock with the monotonic one between ticks.
+/// Compares the service clock with the monotonic one between ticks, and
+/// remembers each forward jump until the time it skipped has really passed.
 struct JumpWatch {
     last: Option<(UnixTime, std::time::Instant)>,
+    holds: Vec<Hold>,
+}
+
+/// A forward jump of the service clock from `left` (where the clock would
+/// be without it) to `to`, seen at the monotonic instant `at`.
+///
+/// The rule: a key that signed before the jump (`activate_at < to`) may
+/// have signed tokens whose grace, in real time, has not passed even
+/// though the service clock says its `remove_at` has. Its material is kept
+/// until `left` plus the monotonic time since the jump reaches `remove_at`
+/// (every token it signed has then really expired); an operator can still
+/// revoke it at once. Keys that began signing after the jump are not held.
+/// A hold lasts for the life of the process (one per jump: jumps are rare).
+struct Hold {
+    at: std::time::Instant,
+    left: UnixTime,
+    to: UnixTime,
+}
+
+impl Hold {
+    /// The service time as it would be without the jump: `left` plus the
+    /// real time since.
+    fn real(&self) -> UnixTime {
+        self.left
+            .saturating_add(Duration::from_secs(self.at.elapsed().as_secs()))
+    }
+
+    fn holds(&self, key: &KeyRecord) -> bool {
+        key.timeline.activate_at < self.to
+            && key.timeline.remove_at.is_some_and(|r| r > self.real())
+    }
 }
 
 impl JumpWatch {
     /// How far the service clock moved beyond the monotonic time since the
     /// last call, in seconds (negative: backwards), when more than [`JUMP`].
+    /// A forward jump starts a [`Hold`].
     fn check(&mut self, now: UnixTime) -> Option<i64> {
         let mono = std::time::Instant::now();
         let jump = self.last.and_then(|(then, at)| {
@@ -37,7 +70,19 @@ impl JumpWatch {
             (off.unsigned_abs() > JUMP.as_secs()).then_some(off)
         });
         self.last = Some((now, mono));
+        if let Some(off) = jump.filter(|off| *off > 0) {
+            self.holds.push(Hold {
+                at: mono,
+                left: now.saturating_sub(Duration::from_secs(off.unsigned_abs())),
+                to: now,
+            });
+        }
         jump
+    }
+
+    /// Whether a forward jump holds back destroying `key`.
+    fn holds(&self, key: &KeyRecord) -> bool {
+        self.holds.iter().any(|h| h.holds(key))
     }
 }
 
@@ -108,7 +153,11 @@ pub async fn run(
     // After a stall (suspend, a paused VM), tick once, not in a burst.
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut observer = Observer::default();
-    let mut watch = JumpWatch { last: None };
+    let mut watch = JumpWatch {
+        last: None,
+        holds: Vec::new(),
+    };
+    let mut announced: std::collections::HashSet<(RingName, Kid)> = Default::default();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -144,7 +193,8 @@ pub async fn run(
         if let Err(e) = keys.refresh().await {
             tracing::warn!(error = %e, "could not refresh from the store");
         }
-        let report = keys.tick_audited(audit.as_ref()).await;
+        hold_back(&keys, &watch, &mut announced, audit.as_ref()).await;
+        let report = keys.tick_holding(audit.as_ref(), &|k| watch.holds(k)).await;
         counter!("signet_scheduler_runs_total").increment(1);
         if let Some(log) = &audit {
             record(log, &report).await;
@@ -157,6 +207,44 @@ pub async fn run(
             );
         }
         observer.observe(&keys);
+    }
+}
+
+/// Logs and audits (once per key) each removed key whose destruction a
+/// clock jump holds back.
+async fn hold_back(
+    keys: &KeyManager,
+    watch: &JumpWatch,
+    announced: &mut std::collections::HashSet<(RingName, Kid)>,
+    audit: Option<&crate::audit::AuditLog>,
+) {
+    let now = keys.now();
+    for ring in keys.snapshot().rings() {
+        for k in &ring.record().keys {
+            let removed = k.timeline.state_at(now) == KeyState::Removed;
+            if !(removed && k.sealed.is_some() && watch.holds(k)) {
+                continue;
+            }
+            if !announced.insert((ring.name().clone(), k.kid.clone())) {
+                continue;
+            }
+            let why = "its removal was made due by a clock jump forwards: the key material \
+                       is kept until its grace has really passed";
+            tracing::warn!(ring = %ring.name(), kid = %k.kid, "destruction held back: {why}");
+            counter!("signet_destroy_held_total").increment(1);
+            if let Some(log) = audit {
+                let mut rec = crate::audit::AuditRecord::new(
+                    "scheduler/hold",
+                    crate::audit::Outcome::Ok,
+                    "OK",
+                );
+                (rec.ring, rec.kid) = (ring.name().to_string(), k.kid.to_string());
+                rec.reason = Some(why.to_owned());
+                if log.append(rec).await.is_err() {
+                    counter!("signet_audit_failures_total").increment(1);
+                }
+            }
+        }
     }
 }
 

@@ -494,6 +494,7 @@ pub async fn rekey(
             let rewrapped = envelope::rewrap(old, new, ctx, blob)
                 .await
                 .map_err(|e| seal_error(e, &ring.name, &key.kid))?;
+            crate::fault!("rekey-rewrap");
             key.sealed = Some(rewrapped);
             count += 1;
         }

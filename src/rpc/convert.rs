@@ -6,9 +6,18 @@ use tonic::Status;
 
 use super::status::invalid;
 use crate::{
+    clock::UnixTime,
     keyring::{Issuer, KeyInfo, KeyState, MAX_DURATION, Policy, RingInfo},
     pb,
 };
+
+/// A time as a protobuf timestamp (whole seconds).
+pub(crate) fn timestamp(t: UnixTime) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.as_secs(),
+        nanos: 0,
+    }
+}
 
 pub(crate) fn key_state(s: KeyState) -> pb::KeyState {
     match s {
@@ -27,12 +36,12 @@ pub(crate) fn key_info(k: &KeyInfo) -> pb::KeyInfo {
         kid: k.kid.to_string(),
         alg: k.alg.name().to_owned(),
         state: key_state(k.state).into(),
-        created_at: Some(t.created_at.to_proto()),
-        publish_at: Some(t.publish_at.to_proto()),
-        activate_at: Some(t.activate_at.to_proto()),
-        retire_at: t.retire_at.map(|t| t.to_proto()),
-        remove_at: t.remove_at.map(|t| t.to_proto()),
-        revoked_at: t.revoked_at.map(|t| t.to_proto()),
+        created_at: Some(timestamp(t.created_at)),
+        publish_at: Some(timestamp(t.publish_at)),
+        activate_at: Some(timestamp(t.activate_at)),
+        retire_at: t.retire_at.map(timestamp),
+        remove_at: t.remove_at.map(timestamp),
+        revoked_at: t.revoked_at.map(timestamp),
         reason: k.reason.clone().unwrap_or_default(),
     }
 }
@@ -148,22 +157,6 @@ pub(crate) fn ttl(d: &prost_types::Duration) -> Result<Duration, Status> {
     }
     // Non-negative, checked above.
     Ok(Duration::from_secs(d.seconds.unsigned_abs()))
-}
-
-impl From<crate::crypto::verify::Failure> for pb::VerifyFailure {
-    fn from(f: crate::crypto::verify::Failure) -> Self {
-        use crate::crypto::verify::Failure;
-        match f {
-            Failure::Malformed => pb::VerifyFailure::Malformed,
-            Failure::MissingKid => pb::VerifyFailure::MissingKid,
-            Failure::UnknownKid => pb::VerifyFailure::UnknownKid,
-            Failure::AlgMismatch => pb::VerifyFailure::AlgMismatch,
-            Failure::BadSignature => pb::VerifyFailure::BadSignature,
-            Failure::Expired => pb::VerifyFailure::Expired,
-            Failure::NotYetValid => pb::VerifyFailure::NotYetValid,
-            Failure::RevokedKey => pb::VerifyFailure::RevokedKey,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -89,7 +89,7 @@ impl Signer for SignerService {
             token: signed.token,
             kid: signed.kid.to_string(),
             alg: signed.alg.name().to_owned(),
-            expires_at: Some(signed.expires_at.to_proto()),
+            expires_at: Some(convert::timestamp(signed.expires_at)),
         }))
     }
 

@@ -48,6 +48,11 @@ fn message(e: &Error) -> String {
     match e {
         Error::Store(inner) => {
             tracing::warn!(error = %inner, "store error");
+            if disk_full(inner) {
+                return "key store unavailable: its disk is full, so nothing was written; free \
+                        space on the store's disk, then retry"
+                    .to_owned();
+            }
             e.to_string()
         }
         Error::Kek(inner) => {
@@ -65,6 +70,14 @@ fn message(e: &Error) -> String {
         }
         _ => e.to_string(),
     }
+}
+
+/// Whether the store failed for want of disk space (SQLite's SQLITE_FULL,
+/// PostgreSQL's "No space left on device"): the transaction was rolled
+/// back, and the caller can be told what to fix.
+fn disk_full(e: &crate::store::StoreError) -> bool {
+    matches!(e, crate::store::StoreError::Unavailable(detail)
+        if detail.contains("disk is full") || detail.contains("No space left on device"))
 }
 
 /// An INVALID_ARGUMENT status for a request field that fails a rule the RPC

@@ -247,6 +247,7 @@ impl KeyStore for SqliteStore {
         for (seq, key) in (first_seq..).zip(&update.insert) {
             insert_key(&mut tx, &update.ring, seq, key).await?;
         }
+        crate::fault!("store-insert");
         for key in &update.update {
             update_key(&mut tx, &update.ring, key).await?;
         }
@@ -258,10 +259,13 @@ impl KeyStore for SqliteStore {
                 .await
                 .map_err(db_error)?;
         }
+        crate::fault!("store-manifest");
         if let Some(manifest) = &update.manifest {
             set_manifest(&mut tx, &update.ring, manifest).await?;
         }
+        crate::fault!("store-commit");
         tx.commit().await.map_err(db_error)?;
+        crate::fault!("store-committed");
         if update.update.iter().any(|k| k.sealed.is_none()) {
             self.scrub_wal().await;
         }
@@ -387,7 +391,9 @@ impl KeyStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
+        crate::fault!("store-rekey-commit");
         tx.commit().await.map_err(db_error)?;
+        crate::fault!("store-rekey-committed");
         // The blobs sealed under the old KEK must not outlive the rekey.
         self.scrub_wal().await;
         Ok(())

@@ -312,7 +312,17 @@ async fn permission_matrix_over_mtls_and_every_call_audited() {
         Err(_) => Err(tonic::Status::unavailable("handshake")),
     };
     assert!(r.is_err(), "an untrusted certificate is refused");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Refused handshakes are recorded as the server sees them fail, not
+    // before the client's error: wait for both records.
+    let path = f.audit_path.clone();
+    crate::common::wait_for("both refused handshakes audited", move || {
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .matches(r#""rpc":"tls.handshake""#)
+            .count()
+            >= 2
+    })
+    .await;
 
     // Every call is in the audit log, with identity, outcome and code.
     let log = std::fs::read_to_string(&f.audit_path).unwrap();
@@ -413,9 +423,18 @@ async fn audit_failure_fails_closed_and_recovers() {
     // The sink works again: requests succeed (the log retries the sink).
     std::fs::remove_file(&link).unwrap();
     std::os::unix::fs::symlink(&real, &link).unwrap();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let ok = signer.sign(sign_req("internal")).await;
-    assert!(ok.is_ok(), "{ok:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = signer.sign(sign_req("internal")).await;
+        if r.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sink never came back: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(signet::audit::verify_file(&real).unwrap().is_valid());
 }
 

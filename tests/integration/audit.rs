@@ -400,8 +400,17 @@ async fn a_sink_that_recovers_resumes_its_chain() {
     log.reopen().await.unwrap();
     assert!(log.append(sign_record(6)).await.is_err());
     relink(&link, &real);
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let last = log.append(sign_record(7)).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let last = loop {
+        match log.append(sign_record(7)).await {
+            Ok(seq) => break seq,
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "the retry never found the space: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let report = verify_file(&real).unwrap();
     assert!(report.is_valid(), "{report:?}");
     assert_eq!(report.resyncs.len(), 2, "{report:?}");

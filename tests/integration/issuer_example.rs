@@ -5,7 +5,7 @@
 
 #[path = "../../signet-proto/examples/issuer.rs"]
 #[allow(dead_code)] // its `main` is the example's, not ours
-mod example;
+pub(crate) mod example; // verifier_example uses it too
 
 use signet_proto::Client;
 

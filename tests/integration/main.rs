@@ -20,9 +20,16 @@ mod canary;
 mod check_config;
 mod cli;
 mod client_tls;
+mod clock_jumps;
 mod closed;
+mod crash;
 mod deploy;
+mod diskfull;
 mod durable;
+// Needs the fault points compiled in: `--features fault-injection`.
+#[cfg(feature = "fault-injection")]
+mod faults;
+mod fuzz_replay;
 mod grpc_errors;
 mod grpc_sign;
 mod http_abuse;
@@ -39,5 +46,6 @@ mod replicas;
 mod staleness;
 mod status_page;
 mod store_contract;
+mod verifier_example;
 mod verifier_fetch;
 mod verifier_surface;

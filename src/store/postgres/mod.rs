@@ -404,6 +404,7 @@ impl KeyStore for PostgresStore {
         for (seq, key) in (first_seq..).zip(&update.insert) {
             insert_key(&mut tx, &update.ring, seq, key).await?;
         }
+        crate::fault!("store-insert");
         for key in &update.update {
             update_key(&mut tx, &update.ring, key).await?;
         }
@@ -415,11 +416,14 @@ impl KeyStore for PostgresStore {
                 .await
                 .map_err(db_error)?;
         }
+        crate::fault!("store-manifest");
         if let Some(manifest) = &update.manifest {
             set_manifest(&mut tx, &update.ring, manifest).await?;
         }
         self.notify(&mut tx, &update.ring).await?;
+        crate::fault!("store-commit");
         tx.commit().await.map_err(db_error)?;
+        crate::fault!("store-committed");
         Ok(generation)
     }
 
@@ -567,6 +571,7 @@ impl KeyStore for PostgresStore {
         for ring in rings {
             self.notify(&mut tx, &ring.name).await?;
         }
+        crate::fault!("store-rekey-commit");
         tx.commit().await.map_err(db_error)
     }
 }
