@@ -25,6 +25,7 @@
 //! - [`tls`]: mTLS acceptor and peer identities.
 //! - [`cli`]: the `signet` command: server, client subcommands, benchmark.
 //! - [`pb`]: generated protobuf code (from `signet-proto`).
+//! - [`plugin`]: `signet plugin`, the OpenBao/Vault secrets plugin.
 //! - [`verifier`]: the `signet-verifier` crate, re-exported: a caching JWKS
 //!   verifier for resource servers; its [`verifier::verify`] is what the
 //!   Verify RPC runs.
@@ -46,6 +47,7 @@ pub mod hardening;
 pub mod http;
 pub mod keyring;
 pub mod pb;
+pub mod plugin;
 pub mod rpc;
 pub mod seal;
 pub mod server;

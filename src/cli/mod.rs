@@ -10,6 +10,7 @@ mod client;
 mod dev;
 mod health;
 mod operator;
+mod plugin;
 mod policy;
 mod server;
 mod timeline;
@@ -93,6 +94,10 @@ enum Command {
     /// Measure Sign throughput and latency over gRPC against the raw
     /// in-process signing rate.
     Bench(BenchArgs),
+    /// Run as an OpenBao or Vault secrets plugin (started by the host, not
+    /// by hand; see docs/openbao.md). Also entered when the binary is
+    /// started with no arguments and the plugin cookie in its environment.
+    Plugin(plugin::PluginArgs),
     /// Measure what a store of many rings costs at Unseal and refresh
     /// (sealed manifests checked for every ring), on SQLite in a
     /// temporary directory.
@@ -151,7 +156,13 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Runs the command line and returns the process exit code. Errors print
 /// one line on stderr.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // OpenBao and Vault start a plugin with no arguments, its cookie in the
+    // environment.
+    let cli = if std::env::args_os().len() == 1 && crate::plugin::handshake::started_as_plugin() {
+        Cli::parse_from(["signet", "plugin"])
+    } else {
+        Cli::parse()
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -202,6 +213,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Timeline(args) => timeline::run(args).await,
         Command::Rings(cmd) => client::rings(cmd).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Plugin(args) => plugin::run(args).await,
         Command::BenchStore(args) => bench_store::run(args).await,
         Command::Health(args) => health::run(args).await,
     }

@@ -39,10 +39,12 @@ use crate::{
 mod columns;
 #[doc(hidden)]
 pub mod contract;
+mod kv;
 mod memory;
 mod postgres;
 mod sqlite;
 
+pub use kv::{KvBackend, KvStore, MemoryKv};
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

@@ -38,6 +38,7 @@ mod lifecycle;
 mod lifecycle_props;
 mod manifest;
 mod oidc;
+mod openbao;
 mod ops;
 mod pem;
 mod pkcs11;
