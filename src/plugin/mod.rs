@@ -103,11 +103,29 @@ pub async fn run() -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => shutdown.notify_one(),
         _ = shutdown.notified() => shutdown.notify_one(),
+        () = host_gone() => {
+            tracing::warn!("the host process is gone (OpenBao exited or was killed); stopping");
+            shutdown.notify_one();
+        }
     }
     // Serving stops once the notification reaches it; in-flight calls end
     // within the host's own kill deadline or not at all.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
     Ok(())
+}
+
+/// Completes when this process's parent (the host that started it) is no
+/// longer its parent: a host killed with SIGKILL never calls Shutdown, and
+/// a plugin left behind would keep its keys in memory with no one to serve.
+async fn host_gone() {
+    let host = nix::unistd::getppid();
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        if nix::unistd::getppid() != host {
+            return;
+        }
+    }
 }
 
 fn env(name: &str) -> Option<String> {

@@ -349,6 +349,17 @@ fn lifecycle_policy_acl_and_relaunch_through_openbao() {
         bao.plugin_pid().is_some_and(|p| p != pid),
         "a new plugin process"
     );
+
+    // OpenBao itself killed (SIGKILL: it calls no Shutdown): the plugin
+    // notices its host is gone and exits, instead of keeping its keys in
+    // memory with no one to serve.
+    let plugin = bao.plugin_pid().expect("the plugin runs");
+    drop(bao);
+    eventually(Duration::from_secs(10), "the orphaned plugin exits", || {
+        let stat = std::fs::read_to_string(format!("/proc/{plugin}/stat")).unwrap_or_default();
+        // Gone, or a zombie waiting for whoever adopted it to reap it.
+        stat.is_empty() || stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z'))
+    });
 }
 
 #[test]
