@@ -45,6 +45,12 @@ pub struct BenchArgs {
     /// How long to measure each phase, e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
+    /// Send exactly this many Signs instead of measuring for --duration,
+    /// with no warm-up and no raw phase: a fixed amount of work, for
+    /// counting instructions per Sign (e.g. under `valgrind
+    /// --tool=callgrind`, comparing two counts).
+    #[arg(long, conflicts_with = "duration")]
+    requests: Option<u64>,
     /// HTTP/2 connections the requests are spread over.
     #[arg(long, default_value_t = 2)]
     connections: usize,
@@ -233,7 +239,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(dir);
     }
     let raw_threads = thread::available_parallelism().map_or(2, |n| n.get());
-    let raw_per_sec = raw_phase(spec, raw_threads, args.duration, &claims).await?;
+    let raw_per_sec = if args.requests.is_some() {
+        0.0
+    } else {
+        raw_phase(spec, raw_threads, args.duration, &claims).await?
+    };
 
     let report = BenchReport {
         alg: spec.alg().name().to_owned(),
@@ -270,7 +280,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             } + if args.audit { ", audited" } else { "" },
             args.concurrency,
             args.connections,
-            humantime::format_duration(args.duration),
+            match args.requests {
+                Some(n) => format!("{n} requests"),
+                None => humantime::format_duration(args.duration).to_string(),
+            },
         );
         println!(
             "  gRPC Sign  {:>9.0} /s   p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms   errors {}",
@@ -348,7 +361,10 @@ async fn grpc_phase(
 ) -> anyhow::Result<GrpcResult> {
     // Warm up connections and caches; these requests are not counted.
     let warmup = (args.duration / 5).min(Duration::from_secs(1));
-    let measuring = Arc::new(AtomicBool::new(false));
+    // With --requests: no warm-up, and each task takes requests from this
+    // budget until it is spent.
+    let budget = Arc::new(AtomicU64::new(args.requests.unwrap_or(u64::MAX)));
+    let measuring = Arc::new(AtomicBool::new(args.requests.is_some()));
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(args.concurrency);
@@ -361,10 +377,15 @@ async fn grpc_phase(
             header_json: Vec::new(),
         };
         let (measuring, stop, errors) = (measuring.clone(), stop.clone(), errors.clone());
+        let budget = budget.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(4096);
             let mut first_error = None;
-            while !stop.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed)
+                && budget
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+            {
                 let start = Instant::now();
                 let result = client.sign(request.clone()).await;
                 let took = start.elapsed();
@@ -383,13 +404,17 @@ async fn grpc_phase(
             (latencies, first_error)
         }));
     }
-    tokio::time::sleep(warmup).await;
-    measuring.store(true, Ordering::Relaxed);
-    let start = Instant::now();
-    tokio::time::sleep(args.duration).await;
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = start.elapsed();
-    stop.store(true, Ordering::Relaxed);
+    let start = if args.requests.is_some() {
+        Instant::now()
+    } else {
+        tokio::time::sleep(warmup).await;
+        measuring.store(true, Ordering::Relaxed);
+        let start = Instant::now();
+        tokio::time::sleep(args.duration).await;
+        measuring.store(false, Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
+        start
+    };
     let mut latencies_us = Vec::new();
     let mut first_error = None;
     for t in tasks {
@@ -399,6 +424,7 @@ async fn grpc_phase(
             first_error = e;
         }
     }
+    let elapsed = start.elapsed();
     latencies_us.sort_unstable();
     Ok(GrpcResult {
         per_sec: latencies_us.len() as f64 / elapsed.as_secs_f64(),
