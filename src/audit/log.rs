@@ -108,6 +108,7 @@ struct Shared {
     status: Arc<Mutex<Vec<SinkStatus>>>,
     signer: writer::SignerSlot,
     anchor: watch::Receiver<writer::Anchor>,
+    stats: Arc<writer::RoundStats>,
 }
 
 impl AuditLog {
@@ -149,12 +150,14 @@ impl AuditLog {
                 }
             }
         });
+        let stats = Arc::new(writer::RoundStats::default());
         let (tx, ready) = writer::start(
             config,
             status.clone(),
             signer.clone(),
             anchor_tx,
             Some(fanout),
+            stats.clone(),
         )?;
         // The sequencer answers once its first open round is over (bounded
         // by the timeout); if it died, appends will say so.
@@ -166,6 +169,7 @@ impl AuditLog {
                 status,
                 signer,
                 anchor,
+                stats,
             }),
         })
     }
@@ -269,6 +273,16 @@ impl AuditLog {
             .next()
             .and_then(|s| s.head)
             .unwrap_or_else(|| (0, GENESIS_PREV.to_owned()))
+    }
+
+    /// `(rounds, appends)`: how many write rounds carried appends, and how
+    /// many appends they carried. Their ratio is the group-commit batch
+    /// size: each round is one write and (with `fsync = always`) one fsync
+    /// per file sink, whatever its size.
+    pub fn rounds(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = &self.shared.stats;
+        (stats.rounds.load(Relaxed), stats.appends.load(Relaxed))
     }
 
     /// Every sink's state, in configuration order.

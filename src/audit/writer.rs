@@ -52,6 +52,15 @@ pub(super) type Answers = Vec<(
     Result<u64, AuditError>,
 )>;
 
+/// How many write rounds carried appends, and how many appends they
+/// carried: their ratio is the group-commit batch size (each round is one
+/// write and, with `fsync = always`, one fsync per file sink).
+#[derive(Debug, Default)]
+pub(super) struct RoundStats {
+    pub(super) rounds: std::sync::atomic::AtomicU64,
+    pub(super) appends: std::sync::atomic::AtomicU64,
+}
+
 /// Appends waiting for the sequencer; senders wait (within their timeout)
 /// when it is full.
 const QUEUE: usize = 4096;
@@ -131,6 +140,7 @@ struct Sequencer {
     /// runtime: one wake-up of one task per round, rather than one
     /// cross-thread wake-up per caller. `None` (or closed): answered here.
     fanout: Option<mpsc::UnboundedSender<Answers>>,
+    stats: Arc<RoundStats>,
 }
 
 /// Starts the sink threads and the sequencer. The receiver answers once the
@@ -141,6 +151,7 @@ pub(super) fn start(
     signer: SignerSlot,
     anchor: watch::Sender<Anchor>,
     fanout: Option<mpsc::UnboundedSender<Answers>>,
+    stats: Arc<RoundStats>,
 ) -> Result<(mpsc::Sender<Msg>, oneshot::Receiver<()>), AuditError> {
     let (done_tx, done) = std_mpsc::channel();
     let mut slots = Vec::with_capacity(config.sinks.len());
@@ -180,6 +191,7 @@ pub(super) fn start(
         anchor,
         declared_gap: None,
         fanout,
+        stats,
     };
     thread::Builder::new()
         .name("signet-audit".into())
@@ -408,6 +420,11 @@ impl Sequencer {
                 self.anchor
                     .send_replace(Some((head.seq, head.hash.clone())));
             }
+        }
+        if !replies.is_empty() {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.stats.rounds.fetch_add(1, Relaxed);
+            self.stats.appends.fetch_add(replies.len() as u64, Relaxed);
         }
         // Before answering, so a caller that reads the head sees its line.
         self.publish();

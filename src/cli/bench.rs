@@ -123,6 +123,9 @@ pub struct BenchReport {
     pub audited: bool,
     /// Audit bytes written per Sign (the file's size over its records).
     pub audit_bytes_per_sign: Option<f64>,
+    /// Appends per audit write round (group commit: one write and, with
+    /// fsync = always, one fsync per round), warm-up included.
+    pub audit_appends_per_round: Option<f64>,
     /// Requests in flight.
     pub concurrency: usize,
     /// Successful Signs per second over gRPC.
@@ -149,6 +152,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("--concurrency and --connections must be at least 1");
     }
     let claims = args.claims.clone().into_bytes();
+    let mut audit_log: Option<crate::audit::AuditLog> = None;
     let (addr, server) = if args.in_process {
         let alg: Algorithm = args.alg.parse().context("--alg")?;
         let keys = KeyManager::ephemeral(Arc::new(SystemClock)).await?;
@@ -171,8 +175,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let key = crate::audit::AuditKey::from_bytes(zeroize::Zeroizing::new(
                 crate::crypto::random_bytes::<32>()?,
             ));
+            audit_log = Some(log.clone());
             Some(rpc::AuditParts {
-                log,
+                log: log.clone(),
                 key: Some(Arc::new(key)),
             })
         } else {
@@ -226,6 +231,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let grpc = grpc_phase(&args, &channels, &claims).await?;
     drop(channels);
     let mut audit_bytes_per_sign = None;
+    let audit_appends_per_round = audit_log.take().map(|log| {
+        let (rounds, appends) = log.rounds();
+        appends as f64 / rounds.max(1) as f64
+    });
     if let Some((stop, task, dir)) = server {
         let _ = stop.send(());
         task.await??;
@@ -250,6 +259,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         authz: args.authz,
         audited: args.audit,
         audit_bytes_per_sign,
+        audit_appends_per_round,
         concurrency: args.concurrency,
         grpc_per_sec: grpc.per_sec,
         p50_ms: grpc.percentile(0.50),
@@ -296,6 +306,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("  ratio      {:>9.1} % of raw", report.ratio * 100.0);
         if let Some(bytes) = report.audit_bytes_per_sign {
             println!("  audit      {bytes:>9.0} bytes per Sign (checkpoints included)");
+        }
+        if let Some(batch) = report.audit_appends_per_round {
+            println!("  audit      {batch:>9.1} appends per write round (group commit)");
         }
     }
     if let Some(e) = grpc.first_error {
