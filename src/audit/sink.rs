@@ -291,32 +291,35 @@ impl SinkWorker {
         signer: Option<&CheckpointSigner>,
     ) -> io::Result<Option<Head>> {
         let mut prev = self.head.as_ref().map_or(base, |h| &h.hash).to_owned();
-        let mut buf = Vec::with_capacity(records.len() * 320 + 1);
+        let mut buf = Vec::with_capacity(records.len() * 600 + 1);
         if self.torn {
             buf.push(b'\n');
         }
         let mut last = None;
         let mut last_signed = self.last_signed.clone();
         for rec in records {
-            let mut rec = AuditRecord {
-                prev,
-                ..rec.clone()
-            };
-            let signed = match signer {
+            let start = buf.len();
+            match signer {
                 Some(signer) if is_signed_kind(&rec.rpc) => {
-                    rec.checkpoint_prev = Some(last_signed.clone().unwrap_or_default());
+                    let mut rec = AuditRecord {
+                        prev,
+                        checkpoint_prev: Some(last_signed.clone().unwrap_or_default()),
+                        ..rec.clone()
+                    };
                     rec.sig = Some(signer.sign(&rec));
-                    true
+                    rec.write_line(&rec.prev, &mut buf)
+                        .map_err(io::Error::other)?;
+                    prev = line_hash(&buf[start..]);
+                    last_signed = Some(prev.clone());
                 }
-                _ => false,
-            };
-            let line = rec.to_line().map_err(io::Error::other)?;
-            prev = line_hash(&line);
-            if signed {
-                last_signed = Some(prev.clone());
+                // Every other line is written from the shared record as it
+                // is, with this sink's `prev`.
+                _ => {
+                    rec.write_line(&prev, &mut buf).map_err(io::Error::other)?;
+                    prev = line_hash(&buf[start..]);
+                }
             }
             last = Some(rec.seq);
-            buf.extend_from_slice(&line);
         }
         let out = self
             .out
