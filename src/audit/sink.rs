@@ -331,7 +331,7 @@ impl SinkWorker {
             Output::File(file) => {
                 file.write_all(&buf)?;
                 match self.config.fsync {
-                    FsyncPolicy::Always => file.sync_data()?,
+                    FsyncPolicy::Always => sync_data(file, &self.config.spec)?,
                     FsyncPolicy::Never => {}
                     FsyncPolicy::Interval(every) => {
                         self.unsynced = true;
@@ -358,6 +358,54 @@ impl SinkWorker {
         }
         self.unsynced = false;
         self.last_sync = Instant::now();
+    }
+}
+
+/// `fdatasync`s a file sink's lines. In unit tests a hook registered for
+/// the sink's path runs once the real fsync has returned, to make it slow
+/// or fail.
+fn sync_data(file: &File, spec: &SinkSpec) -> io::Result<()> {
+    file.sync_data()?;
+    #[cfg(test)]
+    if let SinkSpec::File(path) = spec {
+        test_hooks::after_sync(path)?;
+    }
+    #[cfg(not(test))]
+    let _ = spec;
+    Ok(())
+}
+
+/// Hooks run after a file sink's fsync, per path (unit tests only).
+#[cfg(test)]
+pub(super) mod test_hooks {
+    use std::{
+        collections::HashMap,
+        io,
+        path::{Path, PathBuf},
+        sync::{Arc, Mutex},
+    };
+
+    type Hook = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
+
+    static HOOKS: Mutex<Option<HashMap<PathBuf, Hook>>> = Mutex::new(None);
+
+    /// Runs `hook` after every fsync of the file sink at `path`; its error
+    /// is the fsync's.
+    pub(crate) fn on_sync(path: &Path, hook: impl Fn() -> io::Result<()> + Send + Sync + 'static) {
+        HOOKS
+            .lock()
+            .unwrap()
+            .get_or_insert_with(HashMap::new)
+            .insert(path.to_owned(), Arc::new(hook));
+    }
+
+    pub(super) fn after_sync(path: &Path) -> io::Result<()> {
+        let hook = HOOKS
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and_then(|h| h.get(path).cloned());
+        hook.map_or(Ok(()), |hook| hook())
     }
 }
 

@@ -59,6 +59,8 @@ pub(super) type Answers = Vec<(
 pub(super) struct RoundStats {
     pub(super) rounds: std::sync::atomic::AtomicU64,
     pub(super) appends: std::sync::atomic::AtomicU64,
+    /// Appends announced and not yet queued (see `AuditLog::announce`).
+    pub(super) announced: std::sync::atomic::AtomicI64,
 }
 
 /// Appends waiting for the sequencer; senders wait (within their timeout)
@@ -66,6 +68,8 @@ pub(super) struct RoundStats {
 const QUEUE: usize = 4096;
 /// The most appends written in one round.
 const MAX_BATCH: usize = 512;
+/// How often a round waiting for announced appends looks for them.
+const COMMIT_POLL: Duration = Duration::from_micros(50);
 
 /// A request to the sequencer.
 pub(super) enum Msg {
@@ -141,6 +145,11 @@ struct Sequencer {
     /// cross-thread wake-up per caller. `None` (or closed): answered here.
     fanout: Option<mpsc::UnboundedSender<Answers>>,
     stats: Arc<RoundStats>,
+    /// The longest a round waits for announced appends.
+    commit_wait: Duration,
+    /// How long the last round with appends took to write (its fsync
+    /// included): a round waits at most half of it.
+    last_write: Duration,
 }
 
 /// Starts the sink threads and the sequencer. The receiver answers once the
@@ -192,6 +201,8 @@ pub(super) fn start(
         declared_gap: None,
         fanout,
         stats,
+        commit_wait: config.commit_wait,
+        last_write: Duration::ZERO,
     };
     thread::Builder::new()
         .name("signet-audit".into())
@@ -267,6 +278,7 @@ impl Sequencer {
                     reply,
                 } => {
                     let mut batch = vec![(rec, deadline, reply)];
+                    let wait_until = Instant::now() + self.commit_wait.min(self.last_write / 2);
                     while batch.len() < MAX_BATCH {
                         match rx.try_recv() {
                             Ok(Msg::Append {
@@ -277,6 +289,12 @@ impl Sequencer {
                             Ok(other) => {
                                 pending = Some(other);
                                 break;
+                            }
+                            Err(_) if self.announced() && Instant::now() < wait_until => {
+                                // More appends are on their way and the
+                                // last round's write was slow: let them
+                                // share this one.
+                                thread::sleep(COMMIT_POLL);
                             }
                             Err(_) => break,
                         }
@@ -298,6 +316,14 @@ impl Sequencer {
         } else {
             Err(AuditError::Unavailable)
         }
+    }
+
+    /// Whether appends are announced but not queued yet.
+    fn announced(&self) -> bool {
+        self.stats
+            .announced
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
     }
 
     fn signer(&self) -> Option<Arc<CheckpointSigner>> {
@@ -391,7 +417,11 @@ impl Sequencer {
                 }
             }
         }
+        let started = Instant::now();
         let wrote = self.wait(&jobs, deadline);
+        if !replies.is_empty() {
+            self.last_write = started.elapsed();
+        }
         let any_required = self.slots.iter().any(|s| s.required);
         let ok = wrote
             .iter()

@@ -79,6 +79,10 @@ pub struct BenchArgs {
     /// per record costs.
     #[arg(long, default_value = "always", requires = "audit")]
     audit_fsync: String,
+    /// With --audit: the longest a write round waits for appends already
+    /// on their way (group commit); `0s` turns the wait off.
+    #[arg(long, default_value = "1ms", value_parser = parse_duration, requires = "audit")]
+    audit_commit_wait: Duration,
     /// Print the results as one JSON object.
     #[arg(long)]
     json: bool,
@@ -165,12 +169,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let audit = if args.audit {
             let fsync: crate::audit::FsyncPolicy =
                 args.audit_fsync.parse().context("--audit-fsync")?;
-            let log = crate::audit::AuditLog::open(crate::audit::AuditConfig::new(vec![
-                crate::audit::SinkConfig {
+            let log = crate::audit::AuditLog::open(crate::audit::AuditConfig {
+                commit_wait: args.audit_commit_wait,
+                ..crate::audit::AuditConfig::new(vec![crate::audit::SinkConfig {
                     fsync,
                     ..crate::audit::SinkConfig::file(dir.join("audit.log"))
-                },
-            ]))
+                }])
+            })
             .await?;
             let key = crate::audit::AuditKey::from_bytes(zeroize::Zeroizing::new(
                 crate::crypto::random_bytes::<32>()?,
