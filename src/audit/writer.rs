@@ -290,10 +290,14 @@ impl Sequencer {
                                 pending = Some(other);
                                 break;
                             }
-                            Err(_) if self.announced() && Instant::now() < wait_until => {
-                                // More appends are on their way and the
-                                // last round's write was slow: let them
-                                // share this one.
+                            // More appends are on their way and the last
+                            // round's write was slow: let them share this
+                            // one (not for less than a poll: a fast write is
+                            // better done now).
+                            Err(_)
+                                if self.announced()
+                                    && Instant::now() + COMMIT_POLL <= wait_until =>
+                            {
                                 thread::sleep(COMMIT_POLL);
                             }
                             Err(_) => break,
