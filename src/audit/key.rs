@@ -24,6 +24,11 @@ use zeroize::Zeroizing;
 /// `Serialize`.
 pub struct AuditKey {
     key: Zeroizing<[u8; 32]>,
+    /// The HMAC state keyed once (its inner and outer pads hashed), so a
+    /// digest costs only the message: two per audited Sign. aws-lc wipes
+    /// it on drop (`HMAC_CTX_cleanup` cleanses the whole context), like
+    /// the bytes above.
+    hmac: hmac::Key,
 }
 
 impl AuditKey {
@@ -34,7 +39,8 @@ impl AuditKey {
     /// Takes ownership of the 32 key bytes (see the type's docs for where
     /// they come from).
     pub fn from_bytes(key: Zeroizing<[u8; 32]>) -> Self {
-        Self { key }
+        let hmac = hmac::Key::new(hmac::HMAC_SHA256, key.as_slice());
+        Self { key, hmac }
     }
 
     /// The checkpoint signing key of this store, derived from this key
@@ -52,10 +58,7 @@ impl AuditKey {
     /// The lowercase hex HMAC-SHA256 of `value` under this key: stable for
     /// the same key and value, unrelated across keys.
     pub fn hmac_hex(&self, value: &[u8]) -> String {
-        // Built per call from the wiped buffer, as the KEK's AEAD key is, so
-        // the long-lived copy of the key is only ours.
-        let key = hmac::Key::new(hmac::HMAC_SHA256, self.key.as_slice());
-        hex::encode(hmac::sign(&key, value).as_ref())
+        hex::encode(hmac::sign(&self.hmac, value).as_ref())
     }
 }
 

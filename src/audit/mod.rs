@@ -33,6 +33,8 @@
 //! the [`AuditKey`].
 
 mod checkpoint;
+#[cfg(test)]
+mod group_commit_tests;
 mod key;
 mod log;
 mod record;
@@ -44,7 +46,7 @@ pub use checkpoint::{
     CHECKPOINT_RPC, CheckpointKey, CheckpointSigner, GAP_RPC, is_signed_kind, signed_bytes,
 };
 pub use key::AuditKey;
-pub use log::{AuditConfig, AuditLog, SinkStatus};
+pub use log::{Announced, AuditConfig, AuditLog, SinkStatus};
 pub use record::{AuditRecord, GENESIS_PREV, Outcome, RESYNC_RPC, code_name, line_hash};
 pub use sink::{FsyncPolicy, SinkConfig, SinkSpec};
 pub use verify::{ChainError, ResyncGap, Verifier, VerifyReport, verify_file, verify_reader};

@@ -75,7 +75,7 @@ pub fn code_name(code: i32) -> &'static str {
 /// `None`. There is deliberately no field for a private key, a token, a
 /// signature or raw claims: sensitive values go in as HMAC digests made with
 /// the [`AuditKey`](super::AuditKey).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct AuditRecord {
     /// When the line was sequenced: RFC 3339 UTC with milliseconds, e.g.
     /// `2026-01-02T03:04:05.678Z`. Set by the log.
@@ -166,10 +166,83 @@ impl AuditRecord {
     /// The record as one line: compact JSON and a newline. JSON escapes
     /// every control character inside strings, so the only newline is the
     /// last byte.
+    #[cfg(test)]
     pub(crate) fn to_line(&self) -> Result<Vec<u8>, serde_json::Error> {
-        let mut line = serde_json::to_vec(self)?;
-        line.push(b'\n');
+        let mut line = Vec::with_capacity(512);
+        self.write_line(&self.prev, &mut line)?;
         Ok(line)
+    }
+
+    /// Appends the record's line to `out` as [`to_line`](Self::to_line)
+    /// would, with `prev` in place of its own: the sink thread writes every
+    /// line of a batch this way, straight into one buffer, without copying
+    /// the record to set its `prev`.
+    pub(crate) fn write_line(
+        &self,
+        prev: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<(), serde_json::Error> {
+        serde_json::to_writer(&mut *out, &LineView { rec: self, prev })?;
+        out.push(b'\n');
+        Ok(())
+    }
+}
+
+impl Serialize for AuditRecord {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        LineView {
+            rec: self,
+            prev: &self.prev,
+        }
+        .serialize(s)
+    }
+}
+
+/// How a record serializes, with `prev` given apart (see
+/// [`AuditRecord::write_line`]). Fields in declaration order; `None`
+/// omitted. The round-trip tests below pin it to the derived
+/// `Deserialize`.
+struct LineView<'a> {
+    rec: &'a AuditRecord,
+    prev: &'a str,
+}
+
+impl Serialize for LineView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let r = self.rec;
+        let mut st = s.serialize_struct("AuditRecord", 18)?;
+        st.serialize_field("time", &r.time)?;
+        st.serialize_field("seq", &r.seq)?;
+        st.serialize_field("request_id", &r.request_id)?;
+        st.serialize_field("peer", &r.peer)?;
+        st.serialize_field("peer_addr", &r.peer_addr)?;
+        st.serialize_field("rpc", &r.rpc)?;
+        st.serialize_field("ring", &r.ring)?;
+        st.serialize_field("kid", &r.kid)?;
+        st.serialize_field("outcome", &r.outcome)?;
+        st.serialize_field("code", &r.code)?;
+        optional(&mut st, "reason", &r.reason)?;
+        optional(&mut st, "exp", &r.exp)?;
+        optional(&mut st, "jti", &r.jti)?;
+        optional(&mut st, "claims_hmac", &r.claims_hmac)?;
+        optional(&mut st, "sub_hmac", &r.sub_hmac)?;
+        st.serialize_field("prev", self.prev)?;
+        optional(&mut st, "checkpoint_prev", &r.checkpoint_prev)?;
+        optional(&mut st, "sig", &r.sig)?;
+        st.end()
+    }
+}
+
+/// Writes an optional field, or leaves it out when `None`.
+fn optional<S: serde::ser::SerializeStruct, T: Serialize>(
+    st: &mut S,
+    name: &'static str,
+    value: &Option<T>,
+) -> Result<(), S::Error> {
+    match value {
+        Some(v) => st.serialize_field(name, v),
+        None => st.skip_field(name),
     }
 }
 
@@ -224,6 +297,51 @@ mod tests {
         let text = String::from_utf8(line).unwrap();
         assert!(text.contains("\"exp\":1700000000"), "{text}");
         assert!(!text.contains("claims_hmac"), "{text}");
+    }
+
+    #[test]
+    fn every_field_round_trips_and_write_line_sets_prev() {
+        let rec = AuditRecord {
+            time: "2026-01-02T03:04:05.678Z".into(),
+            seq: 9,
+            request_id: "r".into(),
+            peer: "p".into(),
+            peer_addr: "a".into(),
+            ring: "g".into(),
+            kid: "k".into(),
+            reason: Some("why".into()),
+            exp: Some(5),
+            jti: Some("j".into()),
+            claims_hmac: Some("c".into()),
+            sub_hmac: Some("s".into()),
+            prev: "old".into(),
+            checkpoint_prev: Some("cp".into()),
+            sig: Some("sig".into()),
+            ..AuditRecord::new("x", Outcome::Intent, "INTENT")
+        };
+        let line = String::from_utf8(rec.to_line().unwrap()).unwrap();
+        assert_eq!(
+            line,
+            "{\"time\":\"2026-01-02T03:04:05.678Z\",\"seq\":9,\"request_id\":\"r\",\
+             \"peer\":\"p\",\"peer_addr\":\"a\",\"rpc\":\"x\",\"ring\":\"g\",\"kid\":\"k\",\
+             \"outcome\":\"intent\",\"code\":\"INTENT\",\"reason\":\"why\",\"exp\":5,\
+             \"jti\":\"j\",\"claims_hmac\":\"c\",\"sub_hmac\":\"s\",\"prev\":\"old\",\
+             \"checkpoint_prev\":\"cp\",\"sig\":\"sig\"}\n"
+        );
+        let back: AuditRecord = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(back, rec);
+        assert_eq!(serde_json::to_string(&rec).unwrap(), line.trim_end());
+
+        let mut out = b"before\n".to_vec();
+        rec.write_line("new", &mut out).unwrap();
+        let expected = AuditRecord {
+            prev: "new".into(),
+            ..rec.clone()
+        };
+        assert_eq!(
+            out,
+            [&b"before\n"[..], &expected.to_line().unwrap()].concat()
+        );
     }
 
     #[test]

@@ -291,32 +291,35 @@ impl SinkWorker {
         signer: Option<&CheckpointSigner>,
     ) -> io::Result<Option<Head>> {
         let mut prev = self.head.as_ref().map_or(base, |h| &h.hash).to_owned();
-        let mut buf = Vec::with_capacity(records.len() * 320 + 1);
+        let mut buf = Vec::with_capacity(records.len() * 600 + 1);
         if self.torn {
             buf.push(b'\n');
         }
         let mut last = None;
         let mut last_signed = self.last_signed.clone();
         for rec in records {
-            let mut rec = AuditRecord {
-                prev,
-                ..rec.clone()
-            };
-            let signed = match signer {
+            let start = buf.len();
+            match signer {
                 Some(signer) if is_signed_kind(&rec.rpc) => {
-                    rec.checkpoint_prev = Some(last_signed.clone().unwrap_or_default());
+                    let mut rec = AuditRecord {
+                        prev,
+                        checkpoint_prev: Some(last_signed.clone().unwrap_or_default()),
+                        ..rec.clone()
+                    };
                     rec.sig = Some(signer.sign(&rec));
-                    true
+                    rec.write_line(&rec.prev, &mut buf)
+                        .map_err(io::Error::other)?;
+                    prev = line_hash(&buf[start..]);
+                    last_signed = Some(prev.clone());
                 }
-                _ => false,
-            };
-            let line = rec.to_line().map_err(io::Error::other)?;
-            prev = line_hash(&line);
-            if signed {
-                last_signed = Some(prev.clone());
+                // Every other line is written from the shared record as it
+                // is, with this sink's `prev`.
+                _ => {
+                    rec.write_line(&prev, &mut buf).map_err(io::Error::other)?;
+                    prev = line_hash(&buf[start..]);
+                }
             }
             last = Some(rec.seq);
-            buf.extend_from_slice(&line);
         }
         let out = self
             .out
@@ -329,7 +332,7 @@ impl SinkWorker {
                 crate::fault!("audit-write");
                 file.write_all(&buf)?;
                 match self.config.fsync {
-                    FsyncPolicy::Always => file.sync_data()?,
+                    FsyncPolicy::Always => sync_data(file, &self.config.spec)?,
                     FsyncPolicy::Never => {}
                     FsyncPolicy::Interval(every) => {
                         self.unsynced = true;
@@ -356,6 +359,54 @@ impl SinkWorker {
         }
         self.unsynced = false;
         self.last_sync = Instant::now();
+    }
+}
+
+/// `fdatasync`s a file sink's lines. In unit tests a hook registered for
+/// the sink's path runs once the real fsync has returned, to make it slow
+/// or fail.
+fn sync_data(file: &File, spec: &SinkSpec) -> io::Result<()> {
+    file.sync_data()?;
+    #[cfg(test)]
+    if let SinkSpec::File(path) = spec {
+        test_hooks::after_sync(path)?;
+    }
+    #[cfg(not(test))]
+    let _ = spec;
+    Ok(())
+}
+
+/// Hooks run after a file sink's fsync, per path (unit tests only).
+#[cfg(test)]
+pub(super) mod test_hooks {
+    use std::{
+        collections::HashMap,
+        io,
+        path::{Path, PathBuf},
+        sync::{Arc, Mutex},
+    };
+
+    type Hook = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
+
+    static HOOKS: Mutex<Option<HashMap<PathBuf, Hook>>> = Mutex::new(None);
+
+    /// Runs `hook` after every fsync of the file sink at `path`; its error
+    /// is the fsync's.
+    pub(crate) fn on_sync(path: &Path, hook: impl Fn() -> io::Result<()> + Send + Sync + 'static) {
+        HOOKS
+            .lock()
+            .unwrap()
+            .get_or_insert_with(HashMap::new)
+            .insert(path.to_owned(), Arc::new(hook));
+    }
+
+    pub(super) fn after_sync(path: &Path) -> io::Result<()> {
+        let hook = HOOKS
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and_then(|h| h.get(path).cloned());
+        hook.map_or(Ok(()), |hook| hook())
     }
 }
 

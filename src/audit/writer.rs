@@ -52,11 +52,24 @@ pub(super) type Answers = Vec<(
     Result<u64, AuditError>,
 )>;
 
+/// How many write rounds carried appends, and how many appends they
+/// carried: their ratio is the group-commit batch size (each round is one
+/// write and, with `fsync = always`, one fsync per file sink).
+#[derive(Debug, Default)]
+pub(super) struct RoundStats {
+    pub(super) rounds: std::sync::atomic::AtomicU64,
+    pub(super) appends: std::sync::atomic::AtomicU64,
+    /// Appends announced and not yet queued (see `AuditLog::announce`).
+    pub(super) announced: std::sync::atomic::AtomicI64,
+}
+
 /// Appends waiting for the sequencer; senders wait (within their timeout)
 /// when it is full.
 const QUEUE: usize = 4096;
 /// The most appends written in one round.
 const MAX_BATCH: usize = 512;
+/// How often a round waiting for announced appends looks for them.
+const COMMIT_POLL: Duration = Duration::from_micros(50);
 
 /// A request to the sequencer.
 pub(super) enum Msg {
@@ -131,6 +144,12 @@ struct Sequencer {
     /// runtime: one wake-up of one task per round, rather than one
     /// cross-thread wake-up per caller. `None` (or closed): answered here.
     fanout: Option<mpsc::UnboundedSender<Answers>>,
+    stats: Arc<RoundStats>,
+    /// The longest a round waits for announced appends.
+    commit_wait: Duration,
+    /// How long the last round with appends took to write (its fsync
+    /// included): a round waits at most half of it.
+    last_write: Duration,
 }
 
 /// Starts the sink threads and the sequencer. The receiver answers once the
@@ -141,6 +160,7 @@ pub(super) fn start(
     signer: SignerSlot,
     anchor: watch::Sender<Anchor>,
     fanout: Option<mpsc::UnboundedSender<Answers>>,
+    stats: Arc<RoundStats>,
 ) -> Result<(mpsc::Sender<Msg>, oneshot::Receiver<()>), AuditError> {
     let (done_tx, done) = std_mpsc::channel();
     let mut slots = Vec::with_capacity(config.sinks.len());
@@ -180,6 +200,9 @@ pub(super) fn start(
         anchor,
         declared_gap: None,
         fanout,
+        stats,
+        commit_wait: config.commit_wait,
+        last_write: Duration::ZERO,
     };
     thread::Builder::new()
         .name("signet-audit".into())
@@ -255,6 +278,7 @@ impl Sequencer {
                     reply,
                 } => {
                     let mut batch = vec![(rec, deadline, reply)];
+                    let wait_until = Instant::now() + self.commit_wait.min(self.last_write / 2);
                     while batch.len() < MAX_BATCH {
                         match rx.try_recv() {
                             Ok(Msg::Append {
@@ -265,6 +289,16 @@ impl Sequencer {
                             Ok(other) => {
                                 pending = Some(other);
                                 break;
+                            }
+                            // More appends are on their way and the last
+                            // round's write was slow: let them share this
+                            // one (not for less than a poll: a fast write is
+                            // better done now).
+                            Err(_)
+                                if self.announced()
+                                    && Instant::now() + COMMIT_POLL <= wait_until =>
+                            {
+                                thread::sleep(COMMIT_POLL);
                             }
                             Err(_) => break,
                         }
@@ -286,6 +320,14 @@ impl Sequencer {
         } else {
             Err(AuditError::Unavailable)
         }
+    }
+
+    /// Whether appends are announced but not queued yet.
+    fn announced(&self) -> bool {
+        self.stats
+            .announced
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
     }
 
     fn signer(&self) -> Option<Arc<CheckpointSigner>> {
@@ -379,7 +421,11 @@ impl Sequencer {
                 }
             }
         }
+        let started = Instant::now();
         let wrote = self.wait(&jobs, deadline);
+        if !replies.is_empty() {
+            self.last_write = started.elapsed();
+        }
         let any_required = self.slots.iter().any(|s| s.required);
         let ok = wrote
             .iter()
@@ -408,6 +454,11 @@ impl Sequencer {
                 self.anchor
                     .send_replace(Some((head.seq, head.hash.clone())));
             }
+        }
+        if !replies.is_empty() {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.stats.rounds.fetch_add(1, Relaxed);
+            self.stats.appends.fetch_add(replies.len() as u64, Relaxed);
         }
         // Before answering, so a caller that reads the head sees its line.
         self.publish();

@@ -45,6 +45,12 @@ pub struct BenchArgs {
     /// How long to measure each phase, e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
+    /// Send exactly this many Signs instead of measuring for --duration,
+    /// with no warm-up and no raw phase: a fixed amount of work, for
+    /// counting instructions per Sign (e.g. under `valgrind
+    /// --tool=callgrind`, comparing two counts).
+    #[arg(long, conflicts_with = "duration")]
+    requests: Option<u64>,
     /// HTTP/2 connections the requests are spread over.
     #[arg(long, default_value_t = 2)]
     connections: usize,
@@ -73,6 +79,10 @@ pub struct BenchArgs {
     /// per record costs.
     #[arg(long, default_value = "always", requires = "audit")]
     audit_fsync: String,
+    /// With --audit: the longest a write round waits for appends already
+    /// on their way (group commit); `0s` turns the wait off.
+    #[arg(long, default_value = "1ms", value_parser = parse_duration, requires = "audit")]
+    audit_commit_wait: Duration,
     /// Print the results as one JSON object.
     #[arg(long)]
     json: bool,
@@ -117,6 +127,9 @@ pub struct BenchReport {
     pub audited: bool,
     /// Audit bytes written per Sign (the file's size over its records).
     pub audit_bytes_per_sign: Option<f64>,
+    /// Appends per audit write round (group commit: one write and, with
+    /// fsync = always, one fsync per round), warm-up included.
+    pub audit_appends_per_round: Option<f64>,
     /// Requests in flight.
     pub concurrency: usize,
     /// Successful Signs per second over gRPC.
@@ -143,6 +156,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("--concurrency and --connections must be at least 1");
     }
     let claims = args.claims.clone().into_bytes();
+    let mut audit_log: Option<crate::audit::AuditLog> = None;
     let (addr, server) = if args.in_process {
         let alg: Algorithm = args.alg.parse().context("--alg")?;
         let keys = KeyManager::ephemeral(Arc::new(SystemClock)).await?;
@@ -155,18 +169,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let audit = if args.audit {
             let fsync: crate::audit::FsyncPolicy =
                 args.audit_fsync.parse().context("--audit-fsync")?;
-            let log = crate::audit::AuditLog::open(crate::audit::AuditConfig::new(vec![
-                crate::audit::SinkConfig {
+            let log = crate::audit::AuditLog::open(crate::audit::AuditConfig {
+                commit_wait: args.audit_commit_wait,
+                ..crate::audit::AuditConfig::new(vec![crate::audit::SinkConfig {
                     fsync,
                     ..crate::audit::SinkConfig::file(dir.join("audit.log"))
-                },
-            ]))
+                }])
+            })
             .await?;
             let key = crate::audit::AuditKey::from_bytes(zeroize::Zeroizing::new(
                 crate::crypto::random_bytes::<32>()?,
             ));
+            audit_log = Some(log.clone());
             Some(rpc::AuditParts {
-                log,
+                log: log.clone(),
                 key: Some(Arc::new(key)),
             })
         } else {
@@ -220,6 +236,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let grpc = grpc_phase(&args, &channels, &claims).await?;
     drop(channels);
     let mut audit_bytes_per_sign = None;
+    let audit_appends_per_round = audit_log.take().map(|log| {
+        let (rounds, appends) = log.rounds();
+        appends as f64 / rounds.max(1) as f64
+    });
     if let Some((stop, task, dir)) = server {
         let _ = stop.send(());
         task.await??;
@@ -233,13 +253,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(dir);
     }
     let raw_threads = thread::available_parallelism().map_or(2, |n| n.get());
-    let raw_per_sec = raw_phase(spec, raw_threads, args.duration, &claims).await?;
+    let raw_per_sec = if args.requests.is_some() {
+        0.0
+    } else {
+        raw_phase(spec, raw_threads, args.duration, &claims).await?
+    };
 
     let report = BenchReport {
         alg: spec.alg().name().to_owned(),
         authz: args.authz,
         audited: args.audit,
         audit_bytes_per_sign,
+        audit_appends_per_round,
         concurrency: args.concurrency,
         grpc_per_sec: grpc.per_sec,
         p50_ms: grpc.percentile(0.50),
@@ -270,7 +295,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             } + if args.audit { ", audited" } else { "" },
             args.concurrency,
             args.connections,
-            humantime::format_duration(args.duration),
+            match args.requests {
+                Some(n) => format!("{n} requests"),
+                None => humantime::format_duration(args.duration).to_string(),
+            },
         );
         println!(
             "  gRPC Sign  {:>9.0} /s   p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms   errors {}",
@@ -283,6 +311,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("  ratio      {:>9.1} % of raw", report.ratio * 100.0);
         if let Some(bytes) = report.audit_bytes_per_sign {
             println!("  audit      {bytes:>9.0} bytes per Sign (checkpoints included)");
+        }
+        if let Some(batch) = report.audit_appends_per_round {
+            println!("  audit      {batch:>9.1} appends per write round (group commit)");
         }
     }
     if let Some(e) = grpc.first_error {
@@ -348,7 +379,10 @@ async fn grpc_phase(
 ) -> anyhow::Result<GrpcResult> {
     // Warm up connections and caches; these requests are not counted.
     let warmup = (args.duration / 5).min(Duration::from_secs(1));
-    let measuring = Arc::new(AtomicBool::new(false));
+    // With --requests: no warm-up, and each task takes requests from this
+    // budget until it is spent.
+    let budget = Arc::new(AtomicU64::new(args.requests.unwrap_or(u64::MAX)));
+    let measuring = Arc::new(AtomicBool::new(args.requests.is_some()));
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(args.concurrency);
@@ -361,10 +395,15 @@ async fn grpc_phase(
             header_json: Vec::new(),
         };
         let (measuring, stop, errors) = (measuring.clone(), stop.clone(), errors.clone());
+        let budget = budget.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(4096);
             let mut first_error = None;
-            while !stop.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed)
+                && budget
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+            {
                 let start = Instant::now();
                 let result = client.sign(request.clone()).await;
                 let took = start.elapsed();
@@ -383,13 +422,17 @@ async fn grpc_phase(
             (latencies, first_error)
         }));
     }
-    tokio::time::sleep(warmup).await;
-    measuring.store(true, Ordering::Relaxed);
-    let start = Instant::now();
-    tokio::time::sleep(args.duration).await;
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = start.elapsed();
-    stop.store(true, Ordering::Relaxed);
+    let start = if args.requests.is_some() {
+        Instant::now()
+    } else {
+        tokio::time::sleep(warmup).await;
+        measuring.store(true, Ordering::Relaxed);
+        let start = Instant::now();
+        tokio::time::sleep(args.duration).await;
+        measuring.store(false, Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
+        start
+    };
     let mut latencies_us = Vec::new();
     let mut first_error = None;
     for t in tasks {
@@ -399,6 +442,7 @@ async fn grpc_phase(
             first_error = e;
         }
     }
+    let elapsed = start.elapsed();
     latencies_us.sort_unstable();
     Ok(GrpcResult {
         per_sec: latencies_us.len() as f64 / elapsed.as_secs_f64(),

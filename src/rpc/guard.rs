@@ -263,6 +263,9 @@ where
             {
                 return inner.call(req).await;
             }
+            // This request will be recorded: a round about to be written
+            // may wait a moment for its record (group commit).
+            let mut announced = guard.audit.as_ref().map(AuditLog::announce);
             let request_id = B64.encode(crate::crypto::random_bytes::<12>().unwrap_or_default());
             let peer = req.extensions().get::<PeerInfo>().cloned();
             let (identity, peer_addr) = match &peer {
@@ -289,7 +292,7 @@ where
                     rec.peer = identity.clone();
                     rec.peer_addr = peer_addr.clone();
                     rec.reason = Some(format!("request larger than {limit} bytes"));
-                    if let Err(s) = record(&guard, rec).await {
+                    if let Err(s) = record(&guard, rec, &mut announced).await {
                         return Ok(status_response(s, &request_id));
                     }
                     return Ok(status_response(status, &request_id));
@@ -329,7 +332,7 @@ where
                     rec.outcome = Outcome::Denied;
                     rec.code = code_name(status.code() as i32).to_owned();
                     rec.reason.get_or_insert(why);
-                    if let Err(s) = record(&guard, rec).await {
+                    if let Err(s) = record(&guard, rec, &mut announced).await {
                         return Ok(status_response(s, &request_id));
                     }
                     return Ok(status_response(status, &request_id));
@@ -344,7 +347,7 @@ where
                     code: "INTENT".to_owned(),
                     ..rec.clone()
                 };
-                if let Err(s) = record(&guard, intent).await {
+                if let Err(s) = record(&guard, intent, &mut announced).await {
                     return Ok(status_response(s, &request_id));
                 }
             }
@@ -360,7 +363,7 @@ where
             if route.streaming {
                 // The stream's opening is recorded; while it is open, each
                 // policy reload checks its caller again.
-                if let Err(s) = record(&guard, rec.clone()).await {
+                if let Err(s) = record(&guard, rec.clone(), &mut announced).await {
                     return Ok(status_response(s, &request_id));
                 }
                 let mut resp = match (guard.authz.changes(), peer) {
@@ -390,7 +393,7 @@ where
                     rec.outcome = Outcome::Error;
                     rec.code = code_name(status.code() as i32).to_owned();
                     rec.reason = Some("the response could not be read".to_owned());
-                    if let Err(s) = record(&guard, rec).await {
+                    if let Err(s) = record(&guard, rec, &mut announced).await {
                         return Ok(status_response(s, &request_id));
                     }
                     return Ok(status_response(status, &request_id));
@@ -411,7 +414,7 @@ where
             if code == 0 {
                 detail_response(&path, message(&data), &mut rec, audit_key.as_deref());
             }
-            if let Err(s) = record(&guard, rec).await {
+            if let Err(s) = record(&guard, rec, &mut announced).await {
                 // Fail closed: the caller gets no token and no result.
                 return Ok(status_response(s, &request_id));
             }
@@ -466,7 +469,7 @@ impl Watched {
                         rec.outcome = Outcome::Denied;
                         rec.code = code_name(tonic::Code::PermissionDenied as i32).to_owned();
                         rec.reason = Some(format!("policy reload: {why}"));
-                        let _ = record(&self.guard, rec).await;
+                        let _ = record(&self.guard, rec, &mut None).await;
                         let mut trailers = http::HeaderMap::new();
                         trailers.insert("grpc-status", http::HeaderValue::from_static("7"));
                         trailers.insert(
@@ -484,7 +487,13 @@ impl Watched {
 }
 
 /// Writes `rec`; a failure becomes UNAVAILABLE "audit unavailable".
-async fn record(guard: &Guard, rec: AuditRecord) -> Result<(), Status> {
+/// The request's announcement (if still held) ends as its record goes out.
+async fn record(
+    guard: &Guard,
+    rec: AuditRecord,
+    announced: &mut Option<crate::audit::Announced>,
+) -> Result<(), Status> {
+    announced.take();
     let Some(log) = &guard.audit else {
         return Ok(());
     };
