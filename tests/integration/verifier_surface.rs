@@ -544,6 +544,18 @@ async fn verifier_library() {
         v.verify(&t3).await.is_ok(),
         "fetch failed, last good set kept"
     );
+    // That verify started a refresh in the background, against the server
+    // that is gone. Wait for it to fail: finishing late, after the server is
+    // back and the clock has moved, it would put the verifier into backoff
+    // just when the next step needs a fetch (a flake seen once in 5 runs).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while v.consecutive_failures() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the background refresh against the stopped server never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // A just-activated key verifies: scheduled successor, published at day
     // 84+, activated 6 days later; the cache expires on the way.
