@@ -139,7 +139,8 @@ pub struct KeysArgs {
     #[arg(long, value_enum, default_value = "table")]
     format: KeysFormat,
     /// With --format pem: only this key, and the PEM alone.
-    #[arg(long)]
+    // A kid is base64url, so one in 64 begins with `-`.
+    #[arg(long, allow_hyphen_values = true)]
     kid: Option<String>,
 }
 
@@ -182,7 +183,9 @@ pub struct RotateArgs {
 /// Options of `signet revoke`.
 #[derive(Debug, Args)]
 pub struct RevokeArgs {
-    /// The kid to revoke.
+    /// The kid to revoke (one that begins with `-` is taken as a kid too).
+    // A kid is base64url, so one in 64 begins with `-`.
+    #[arg(allow_hyphen_values = true)]
     kid: String,
     #[command(flatten)]
     ring: RingArgs,

@@ -259,3 +259,27 @@ static LOG_FORMAT: std::sync::OnceLock<crate::telemetry::LogFormat> = std::sync:
 pub(crate) fn init_logging() {
     crate::telemetry::init_logging(LOG_FORMAT.get().copied().unwrap_or_default());
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+
+    /// A kid is base64url: one in 64 begins with `-`, and must still be
+    /// taken as the kid, not as an option (a test revoking such a kid
+    /// failed with "unexpected argument '-u'").
+    #[test]
+    fn a_kid_that_begins_with_a_dash_is_a_kid() {
+        let kid = "-uo3l2LThALqlJ1FCW2qGd56KdLNmD1NSZlVNPlzAZ4";
+        let cli = Cli::try_parse_from(["signet", "revoke", kid, "--ring", "r", "--reason", "x"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let Command::Revoke(args) = cli.command else {
+            panic!("not revoke");
+        };
+        assert!(format!("{args:?}").contains(kid), "{args:?}");
+        let cli = Cli::try_parse_from(["signet", "keys", "--format", "pem", "--kid", kid])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(format!("{:?}", cli.command).contains(kid));
+    }
+}
