@@ -129,7 +129,8 @@ async fn a_failed_fsync_answers_unavailable() {
 }
 
 /// An append that arrives while a round waits for it shares that round's
-/// fsync; without the wait it would start a round of its own.
+/// fsync; without the wait it would start a round of its own (the first
+/// append's 400 ms fsync would have begun).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_round_waits_for_an_announced_append() {
     let dir = tempfile::tempdir().unwrap();
@@ -144,16 +145,23 @@ async fn a_round_waits_for_an_announced_append() {
     assert_eq!(log.rounds(), (1, 1));
 
     let second = log.announce();
-    let first = tokio::spawn({
-        let log = log.clone();
-        async move { log.append(rec(1)).await }
-    });
-    // Arrives well within the round's wait (the test's only timing: the
-    // second append comes 20 ms after the first, the wait is 200 ms).
+    // The first append is queued (its first poll sends it) while the
+    // second is announced, so the round that takes it waits.
+    let mut first = std::pin::pin!(log.append(rec(1)));
+    assert!(futures::poll!(first.as_mut()).is_pending());
+    // Time for the writer to take it alone (the only timing here: were the
+    // writer slower, both would be drained together and the test would
+    // pass without showing the wait; it cannot fail because of it).
     tokio::time::sleep(Duration::from_millis(20)).await;
+    // As the guard does: the record is sent, then its announcement ends
+    // (the other order leaves a moment where the writer sees nothing on
+    // its way and writes alone).
+    let mut third = std::pin::pin!(log.append(rec(2)));
+    assert!(futures::poll!(third.as_mut()).is_pending());
     drop(second);
-    log.append(rec(2)).await.unwrap();
-    first.await.unwrap().unwrap();
+    let (first, third) = tokio::join!(first, third);
+    first.unwrap();
+    third.unwrap();
     assert_eq!(log.rounds(), (2, 3), "both appends in one round");
 }
 
