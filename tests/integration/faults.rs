@@ -453,22 +453,25 @@ fn a_slow_store_commit_delays_only_the_writer() {
                 .await
         })
     });
+    // A Sign that completes while the rotation is still held in its commit
+    // was not queued behind the writer (no wall-clock bound per call: a
+    // CLI process on a loaded machine may take seconds to start).
     let mut signed = 0;
     while !rotating.is_finished() {
-        let t = std::time::Instant::now();
         proc.ok(&["sign", "--claims", "{}"]);
-        assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "Sign waited on the writer"
-        );
-        signed += 1;
+        if !rotating.is_finished() {
+            signed += 1;
+        }
     }
     let done = rotating.join().unwrap().unwrap().into_inner();
     assert!(
         started.elapsed() >= Duration::from_secs(3),
         "the commit was slow"
     );
-    assert!(signed >= 2, "signing went on during the slow commit");
+    assert!(
+        signed >= 1,
+        "Sign waited on the writer: none completed during the slow commit"
+    );
     let after = rt.block_on(state(&proc)).0;
     assert_eq!(after.len(), before.len() + 1);
     assert_eq!(active(&after), vec![done.new_key.unwrap().kid]);
