@@ -29,13 +29,13 @@ pub(super) enum Change {
         reason: Option<String>,
         request_id: Option<RequestId>,
     },
-    /// An existing key gets a new timeline (and is re-sealed for it), and
-    /// the id of the Rotate request that moved it, if any.
+    /// An existing key gets a new timeline (and is re-sealed for it), and,
+    /// if given, its stored request ids replaced (see [`StoredIds`]).
     Retime {
         kid: Kid,
         timeline: Timeline,
         reason: Option<String>,
-        request_id: Option<RequestId>,
+        request_id: Option<String>,
     },
     /// An existing key's material is destroyed; its kid stays as a tombstone
     /// with this timeline.
@@ -187,6 +187,16 @@ impl KeyManager {
         request_id: Option<&RequestId>,
     ) -> Result<(KeyInfo, Option<KeyInfo>), Error> {
         let name = RingName::parse(name, "key_ring")?;
+        if let Some(id) = request_id
+            && self
+                .current(&name)
+                .is_ok_and(|ring| ring.record.keys.iter().any(|k| carries(k, id)))
+        {
+            // A retry: answer it from the store as it is now, not from this
+            // replica's snapshot, which another replica may have moved on
+            // from (promoted the key, or revoked it).
+            self.refresh().await?;
+        }
         match self
             .rotate_once(&name, immediate, fresh, reason, request_id)
             .await
@@ -254,7 +264,12 @@ impl KeyManager {
                             .map(|r| format!(": {r}"))
                             .unwrap_or_default()
                     )),
-                    request_id: request_id.cloned(),
+                    // Both calls stay answerable: a late retry of the
+                    // Rotate that created the successor gets it back
+                    // instead of making another.
+                    request_id: Some(
+                        StoredIds::parse(next.request_id.as_deref()).promoted_by(request_id),
+                    ),
                 },
                 Change::Retime {
                     kid: active.kid.clone(),
@@ -622,9 +637,7 @@ impl KeyManager {
                     let key = ring.loaded(&kid).ok_or_else(|| unavailable(ring, &kid))?;
                     let mut rec = sealed_record(kek, name, key, timeline, None).await?;
                     rec.reason = reason.or_else(|| old.reason.clone());
-                    rec.request_id = request_id
-                        .map(|id| id.as_str().to_owned())
-                        .or_else(|| old.request_id.clone());
+                    rec.request_id = request_id.or_else(|| old.request_id.clone());
                     update.push(rec);
                 }
                 Change::Destroy {
@@ -746,20 +759,31 @@ fn replay(
     now: UnixTime,
 ) -> Result<Option<(KeyInfo, Option<KeyInfo>)>, Error> {
     let keys = &ring.record.keys;
-    let Some(made) = keys
-        .iter()
-        .find(|k| k.request_id.as_deref() == Some(id.as_str()))
-    else {
+    let Some((made, was_immediate)) = keys.iter().find_map(|k| {
+        let ids = StoredIds::parse(k.request_id.as_deref());
+        if ids.promoted == Some(Some(id.as_str())) {
+            // The immediate rotation that promoted this successor.
+            Some((k, true))
+        } else if ids.created == Some(id.as_str()) {
+            // Only a waiting successor is ever promoted, so a promoted key
+            // was made by a scheduled rotation. Otherwise (and for keys
+            // stored before promotions kept both ids) the timeline tells: an
+            // immediate rotation's key signs as soon as it is published, or
+            // (a promoted successor) sooner than publish_lead after it.
+            let timeline = &k.timeline;
+            let immediate = ids.promoted.is_none()
+                && (timeline.activate_at <= timeline.publish_at
+                    || timeline.activate_at
+                        < timeline
+                            .publish_at
+                            .saturating_add(ring.record.policy.publish_lead));
+            Some((k, immediate))
+        } else {
+            None
+        }
+    }) else {
         return Ok(None);
     };
-    // An immediate rotation's key signs as soon as it is published, or (a
-    // promoted successor) sooner than publish_lead after it.
-    let was_immediate = made.timeline.activate_at <= made.timeline.publish_at
-        || made.timeline.activate_at
-            < made
-                .timeline
-                .publish_at
-                .saturating_add(ring.record.policy.publish_lead);
     if was_immediate != immediate {
         let (used, asked) = if was_immediate {
             ("an immediate", "a scheduled")
@@ -785,6 +809,53 @@ fn replay(
         key_info(made, spec, now),
         replaced.map(|k| key_info(k, spec, now)),
     )))
+}
+
+/// The request ids stored on a key (the `request_id` column): the Rotate
+/// that created it and, once an immediate rotation has promoted it, that
+/// call's too, as `created>promoted` (either side may be empty; a request id
+/// cannot contain `>`). Keeping both lets a late retry of either call be
+/// answered with this key instead of starting another rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StoredIds<'a> {
+    created: Option<&'a str>,
+    /// `Some` once promoted; `Some(None)` if the promoting call had no id.
+    promoted: Option<Option<&'a str>>,
+}
+
+impl<'a> StoredIds<'a> {
+    fn parse(stored: Option<&'a str>) -> Self {
+        let non_empty = |s: &'a str| Some(s).filter(|s| !s.is_empty());
+        match stored.map(|s| s.split_once('>').ok_or(s)) {
+            None => Self {
+                created: None,
+                promoted: None,
+            },
+            Some(Ok((created, promoted))) => Self {
+                created: non_empty(created),
+                promoted: Some(non_empty(promoted)),
+            },
+            Some(Err(created)) => Self {
+                created: non_empty(created),
+                promoted: None,
+            },
+        }
+    }
+
+    /// The stored form after a promotion by the call with `id`.
+    fn promoted_by(self, id: Option<&RequestId>) -> String {
+        format!(
+            "{}>{}",
+            self.created.unwrap_or_default(),
+            id.map(RequestId::as_str).unwrap_or_default()
+        )
+    }
+}
+
+/// Whether `key` was created or promoted by the Rotate with `id`.
+fn carries(key: &KeyRecord, id: &RequestId) -> bool {
+    let ids = StoredIds::parse(key.request_id.as_deref());
+    ids.created == Some(id.as_str()) || ids.promoted == Some(Some(id.as_str()))
 }
 
 /// A successor on the normal timeline: published now, signing
@@ -910,4 +981,43 @@ pub(super) async fn sealed_record(
         reason,
         request_id: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoredIds;
+
+    #[test]
+    fn stored_ids_round_trip_a_promotion() {
+        let id = |s| super::RequestId::parse_optional(s, "request_id").unwrap();
+        let none = StoredIds::parse(None);
+        assert_eq!(
+            none,
+            StoredIds {
+                created: None,
+                promoted: None
+            }
+        );
+        let made = StoredIds::parse(Some("planned-1"));
+        assert_eq!(made.created, Some("planned-1"));
+        assert_eq!(made.promoted, None);
+
+        let both = made.promoted_by(id("drill-1").as_ref());
+        assert_eq!(both, "planned-1>drill-1");
+        let both = StoredIds::parse(Some(&both));
+        assert_eq!(both.created, Some("planned-1"));
+        assert_eq!(both.promoted, Some(Some("drill-1")));
+
+        // Either call may have come without an id; the promotion still shows.
+        let anonymous = made.promoted_by(None);
+        assert_eq!(
+            StoredIds::parse(Some(&anonymous)).promoted,
+            Some(None),
+            "{anonymous}"
+        );
+        let only_promoter = none.promoted_by(id("drill-2").as_ref());
+        let parsed = StoredIds::parse(Some(&only_promoter));
+        assert_eq!(parsed.created, None);
+        assert_eq!(parsed.promoted, Some(Some("drill-2")));
+    }
 }

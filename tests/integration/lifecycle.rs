@@ -596,6 +596,83 @@ async fn immediate_rotation_promotes_a_published_successor() {
     assert_eq!(err.failure, signet::crypto::verify::Failure::UnknownKid);
 }
 
+/// A promotion keeps the id of the Rotate that made the successor: a late
+/// retry of that scheduled call (its answer was lost) gets the promoted key
+/// back instead of starting another rotation, on the replica that promoted
+/// it and on one whose snapshot still shows the successor waiting.
+#[tokio::test]
+async fn a_late_retry_of_a_promoted_successors_rotate_makes_no_key() {
+    let h = Harness::new(Policy::default()).await;
+    // A second replica over the same store, with its own snapshot.
+    let other = KeyManager::open(h.store.clone(), h.clock.clone(), h.kek.clone())
+        .await
+        .unwrap();
+    other.unseal().await.unwrap();
+    let id = |s| {
+        signet::keyring::RequestId::parse_optional(s, "request_id")
+            .unwrap()
+            .unwrap()
+    };
+    let (planned, drill) = (id("planned-7"), id("drill-2"));
+
+    h.set(at(85));
+    let (next, _) = h
+        .keys
+        .rotate("r", false, "scheduled", Some(&planned))
+        .await
+        .unwrap();
+    other.refresh().await.unwrap();
+    let later = at(85).saturating_add(std::time::Duration::from_secs(2 * 3600));
+    h.set(later);
+    let (promoted, _) = h
+        .keys
+        .rotate("r", true, "drill", Some(&drill))
+        .await
+        .unwrap();
+    assert_eq!(promoted.kid, next.kid, "the waiting successor is promoted");
+
+    // The other replica has not refreshed: its snapshot still shows the
+    // successor waiting, with the scheduled call's id.
+    let stale = other.ring_info("r", "r").unwrap().keys;
+    let waiting = stale.iter().find(|k| k.kid == next.kid).unwrap();
+    assert_eq!(waiting.state, KeyState::Published);
+
+    for keys in [&h.keys, &other] {
+        let (again, _) = keys
+            .rotate("r", false, "scheduled", Some(&planned))
+            .await
+            .unwrap();
+        assert_eq!(again.kid, next.kid, "the scheduled call's key");
+        assert_eq!(
+            again.state,
+            KeyState::Active,
+            "answered as the store has it now (promoted), not from a stale snapshot"
+        );
+        assert_eq!(again.timeline.activate_at, later);
+        let (again, _) = keys.rotate("r", true, "drill", Some(&drill)).await.unwrap();
+        assert_eq!(again.kid, next.kid, "the promoting call's key");
+    }
+    other.refresh().await.unwrap();
+    assert_eq!(h.infos().len(), 2, "no key made by any retry");
+    assert_eq!(other.ring_info("r", "r").unwrap().keys.len(), 2);
+
+    // Each id stays bound to its kind of rotation.
+    for (keys, immediate, id) in [(&h.keys, true, &planned), (&other, false, &drill)] {
+        let e = keys
+            .rotate("r", immediate, "reuse", Some(id))
+            .await
+            .unwrap_err();
+        let status = tonic::Status::from(e);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().starts_with("request_id: was used for "),
+            "{}",
+            status.message()
+        );
+    }
+    assert_eq!(h.infos().len(), 2);
+}
+
 /// A successor published less than jwks_max_age + clock_skew ago may not
 /// be in every verifier's cache yet: an emergency rotation then generates a
 /// fresh key and withdraws the waiting one, as before.

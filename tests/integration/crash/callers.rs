@@ -70,8 +70,8 @@ pub async fn administer(ctx: Ctx, ring: String, mut rng: Rng) {
             3 => {
                 // The request id of this task's last rotation, reused for
                 // the other kind: refused. (Only while no rotation came
-                // since: promoting a successor moves the promoting call's
-                // id onto it.) Sent to the replica that made it: another
+                // since: a later rotation could leave no key carrying it.)
+                // Sent to the replica that made it: another
                 // may not have heard of it yet, and a scheduled Rotate that
                 // finds a successor waiting answers from the replica's
                 // snapshot without asking the store.
