@@ -207,6 +207,14 @@ pub struct Listen {
         with = "humantime_serde_compat"
     )]
     pub max_connection_age_grace: std::time::Duration,
+    /// On SIGTERM, how long requests in flight may finish before the
+    /// connections still open are closed (a client that never answers the
+    /// server's GOAWAY would otherwise hold the shutdown forever). Keep it
+    /// below the supervisor's stop timeout (systemd `TimeoutStopSec`,
+    /// Kubernetes `terminationGracePeriodSeconds`: 30s in `deploy/`), or the
+    /// final audit checkpoint is lost to SIGKILL. Default `"10s"`.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde_compat")]
+    pub shutdown_grace: std::time::Duration,
     /// HTTP address (JWKS for verifiers, health). Default `127.0.0.1:8080`.
     #[serde(default = "default_http")]
     pub http: SocketAddr,
@@ -224,6 +232,7 @@ impl Default for Listen {
             grpc_socket_group: None,
             max_connection_age: default_max_connection_age(),
             max_connection_age_grace: default_max_connection_age_grace(),
+            shutdown_grace: default_shutdown_grace(),
             http: default_http(),
             metrics: default_metrics(),
         }
@@ -310,6 +319,11 @@ fn default_max_connection_age() -> std::time::Duration {
 
 fn default_max_connection_age_grace() -> std::time::Duration {
     std::time::Duration::from_secs(60)
+}
+
+/// Also `signet dev`'s.
+pub(crate) fn default_shutdown_grace() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
 }
 
 fn default_metrics() -> SocketAddr {
@@ -593,6 +607,13 @@ impl Config {
         }
         if self.listen.max_connection_age_grace > std::time::Duration::from_secs(3600) {
             return Err("listen.max_connection_age_grace: must be at most 1h".into());
+        }
+        if self.listen.shutdown_grace > std::time::Duration::from_secs(600) {
+            return Err(format!(
+                "listen.shutdown_grace: {} is over the limit of 10m; a stop that long \
+                 outlasts any supervisor's stop timeout",
+                humantime::format_duration(self.listen.shutdown_grace)
+            ));
         }
         if self.listen.metrics.port() != 0 && self.listen.metrics.port() == self.listen.http.port()
         {

@@ -38,6 +38,9 @@ pub struct ServerOptions {
     /// gRPC connections are closed after this long, with this grace for
     /// requests in flight.
     pub max_connection_age: (std::time::Duration, std::time::Duration),
+    /// After the shutdown signal, how long connections may drain before
+    /// those still open are closed.
+    pub shutdown_grace: std::time::Duration,
     /// HTTP listen address.
     pub http_listen: SocketAddr,
     /// Separate `/metrics` listen address, if any.
@@ -619,15 +622,19 @@ impl Prepared {
             ));
         }
         shutdown.await;
-        tracing::info!("shutting down");
+        tracing::info!(grace = %humantime::format_duration(opts.shutdown_grace), "shutting down");
         drop(stop_tx);
-        grpc_task.await?.context("gRPC server failed")?;
+        // Graceful: requests in flight finish and each connection closes
+        // once its peer has seen GOAWAY; but a peer that never answers
+        // holds its connection open. Past the grace, those are dropped.
+        let deadline = tokio::time::Instant::now() + opts.shutdown_grace;
+        drain("gRPC", grpc_task, deadline).await?;
         if let Some(path) = socket_file {
             let _ = fs::remove_file(path);
         }
-        http_task.await?.context("HTTP server failed")?;
+        drain("HTTP", http_task, deadline).await?;
         if let Some(t) = metrics_task {
-            t.await?.context("metrics server failed")?;
+            drain("metrics", t, deadline).await?;
         }
         scheduler.await?;
         // The log ends signed, and the store knows where.
@@ -637,6 +644,35 @@ impl Prepared {
         self.keys.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Waits for a listener's server task to finish draining until `deadline`,
+/// then aborts it, which closes the connections still open.
+async fn drain<E>(
+    what: &str,
+    mut task: tokio::task::JoinHandle<Result<(), E>>,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<()>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match tokio::time::timeout_at(deadline, &mut task).await {
+        Ok(joined) => joined?.with_context(|| format!("{what} server failed")),
+        Err(_) => {
+            tracing::warn!(
+                listener = what,
+                "connections still open at the end of the shutdown grace \
+                 (listen.shutdown_grace); closing them"
+            );
+            task.abort();
+            // Cancelled now, or it finished just as it was aborted.
+            match task.await {
+                Ok(result) => result.with_context(|| format!("{what} server failed")),
+                Err(e) if e.is_cancelled() => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
     }
 }
 

@@ -78,6 +78,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             std::time::Duration::from_secs(3600),
             std::time::Duration::from_secs(60),
         ),
+        shutdown_grace: crate::config::default_shutdown_grace(),
         http_listen,
         metrics_listen: None,
         data_dir: data_dir.clone(),

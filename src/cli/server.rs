@@ -89,6 +89,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             c.listen.max_connection_age,
             c.listen.max_connection_age_grace,
         ),
+        shutdown_grace: c.listen.shutdown_grace,
         http_listen: c.listen.http,
         metrics_listen: Some(c.listen.metrics),
         data_dir: c.store.data_dir.clone(),

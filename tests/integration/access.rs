@@ -49,7 +49,10 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
-async fn start(audit_file: Option<&Path>) -> Fixture {
+/// A server whose audit appends give up after `audit_timeout`: short where
+/// a test waits for the failure, long elsewhere (a loaded disk can stall an
+/// fsync for more than a second, and then the Sign fails closed).
+async fn start(audit_file: Option<&Path>, audit_timeout: Duration) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let ca = ca("test CA");
     let (cert, key) = leaf(
@@ -73,7 +76,7 @@ async fn start(audit_file: Option<&Path>) -> Fixture {
     }
     let audit_path = audit_file.map_or_else(|| dir.path().join("audit.log"), Path::to_path_buf);
     let mut config = AuditConfig::new(vec![SinkConfig::file(audit_path.clone())]);
-    config.timeout = Duration::from_millis(500);
+    config.timeout = audit_timeout;
     let audit = AuditLog::open(config).await.unwrap();
     let on_reject = signet::server::audit_rejected(audit.clone());
     let authz = SharedAuthz::new(Authz::from_toml(POLICY).unwrap());
@@ -137,7 +140,7 @@ async fn code_of<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {
 
 #[tokio::test]
 async fn permission_matrix_over_mtls_and_every_call_audited() {
-    let f = start(None).await;
+    let f = start(None, Duration::from_secs(30)).await;
     let issuer = leaf(
         &f.ca,
         "issuer",
@@ -406,7 +409,7 @@ async fn audit_failure_fails_closed_and_recovers() {
     let link = dir.path().join("audit.log");
     let real = dir.path().join("real.log");
     std::os::unix::fs::symlink("/dev/full", &link).unwrap();
-    let f = start(Some(&link)).await;
+    let f = start(Some(&link), Duration::from_millis(500)).await;
     let team = leaf(
         &f.ca,
         "security-team",
@@ -441,7 +444,7 @@ async fn audit_failure_fails_closed_and_recovers() {
 /// 10,000 concurrent Signs through the guard produce a log that verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_concurrent_signs_verify() {
-    let f = start(None).await;
+    let f = start(None, Duration::from_secs(30)).await;
     let team = leaf(
         &f.ca,
         "security-team",

@@ -1,13 +1,15 @@
 //! Operator-facing limits and messages: bounded policy durations, Status
 //! messages without internal detail, Seal's reason, log lines callers cannot
 //! forge, the `unseal` action, `signet rings list`, `signet status`,
-//! `env:` KEKs, and error chains that say each thing once.
+//! `env:` KEKs, error chains that say each thing once, and a stop no peer
+//! can hold up.
 
 mod access;
 mod cli;
 mod messages;
 mod policy_bounds;
 mod seal_and_logs;
+mod shutdown;
 
 use std::{path::Path, sync::Arc};
 
