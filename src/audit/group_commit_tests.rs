@@ -104,6 +104,14 @@ async fn no_append_is_answered_before_its_fsync_returns() {
     assert_eq!(answered, 8);
     let text = std::fs::read_to_string(&path).unwrap();
     assert_eq!(text.lines().count(), 8, "{text}");
+    // The held fsync (300 ms at least) is in the rounds' write time that
+    // `signet bench --audit` reports.
+    let (rounds, _) = log.rounds();
+    let total = log.mean_round_write() * u32::try_from(rounds).unwrap();
+    assert!(
+        total >= Duration::from_millis(299),
+        "{total:?} over {rounds} rounds"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -323,6 +323,15 @@ impl AuditLog {
         (stats.rounds.load(Relaxed), stats.appends.load(Relaxed))
     }
 
+    /// The mean time a round carrying appends took to write (and, with
+    /// `fsync = always`, fsync): the least an append waits for its answer.
+    pub fn mean_round_write(&self) -> std::time::Duration {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = &self.shared.stats;
+        let nanos = stats.write_nanos.load(Relaxed) / stats.rounds.load(Relaxed).max(1);
+        std::time::Duration::from_nanos(nanos)
+    }
+
     /// Every sink's state, in configuration order.
     pub fn sinks(&self) -> Vec<SinkStatus> {
         // A poisoned lock only means a panic while copying plain values.

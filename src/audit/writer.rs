@@ -59,6 +59,9 @@ pub(super) type Answers = Vec<(
 pub(super) struct RoundStats {
     pub(super) rounds: std::sync::atomic::AtomicU64,
     pub(super) appends: std::sync::atomic::AtomicU64,
+    /// Nanoseconds those rounds spent writing (and fsyncing): from handing
+    /// the lines to the sinks until the sink rule was met or timed out.
+    pub(super) write_nanos: std::sync::atomic::AtomicU64,
     /// Appends announced and not yet queued (see `AuditLog::announce`).
     pub(super) announced: std::sync::atomic::AtomicI64,
 }
@@ -425,6 +428,10 @@ impl Sequencer {
         let wrote = self.wait(&jobs, deadline);
         if !replies.is_empty() {
             self.last_write = started.elapsed();
+            let nanos = u64::try_from(self.last_write.as_nanos()).unwrap_or(u64::MAX);
+            self.stats
+                .write_nanos
+                .fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
         }
         let any_required = self.slots.iter().any(|s| s.required);
         let ok = wrote

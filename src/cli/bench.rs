@@ -130,6 +130,12 @@ pub struct BenchReport {
     /// Appends per audit write round (group commit: one write and, with
     /// fsync = always, one fsync per round), warm-up included.
     pub audit_appends_per_round: Option<f64>,
+    /// Mean time of an audit write round (write and fsync), milliseconds.
+    pub audit_round_ms: Option<f64>,
+    /// CPU time of the whole process (server, load generator, audit
+    /// threads) per successful Sign, user and kernel, microseconds; only
+    /// with `--in-process`.
+    pub cpu_us_per_sign: Option<(f64, f64)>,
     /// Requests in flight.
     pub concurrency: usize,
     /// Successful Signs per second over gRPC.
@@ -233,13 +239,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .into_inner();
     let spec = spec_of(&jwks.jwks_json)?;
 
+    let cpu_before = process_cpu()?;
     let grpc = grpc_phase(&args, &channels, &claims).await?;
+    let cpu_us_per_sign = server.is_some().then(|| -> anyhow::Result<(f64, f64)> {
+        let after = process_cpu()?;
+        let signs = grpc.completed.max(1) as f64;
+        Ok((
+            (after.0 - cpu_before.0).as_secs_f64() * 1e6 / signs,
+            (after.1 - cpu_before.1).as_secs_f64() * 1e6 / signs,
+        ))
+    });
+    let cpu_us_per_sign = cpu_us_per_sign.transpose()?;
     drop(channels);
     let mut audit_bytes_per_sign = None;
-    let audit_appends_per_round = audit_log.take().map(|log| {
+    let log = audit_log.take();
+    let audit_appends_per_round = log.as_ref().map(|log| {
         let (rounds, appends) = log.rounds();
         appends as f64 / rounds.max(1) as f64
     });
+    let audit_round_ms = log
+        .as_ref()
+        .map(|log| log.mean_round_write().as_secs_f64() * 1e3);
+    drop(log);
     if let Some((stop, task, dir)) = server {
         let _ = stop.send(());
         task.await??;
@@ -265,6 +286,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         audited: args.audit,
         audit_bytes_per_sign,
         audit_appends_per_round,
+        audit_round_ms,
+        cpu_us_per_sign,
         concurrency: args.concurrency,
         grpc_per_sec: grpc.per_sec,
         p50_ms: grpc.percentile(0.50),
@@ -315,6 +338,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         if let Some(batch) = report.audit_appends_per_round {
             println!("  audit      {batch:>9.1} appends per write round (group commit)");
         }
+        if let Some(ms) = report.audit_round_ms {
+            println!("  audit      {ms:>9.3} ms per write round (write and fsync), mean");
+        }
+        if let Some((user, sys)) = report.cpu_us_per_sign {
+            println!(
+                "  CPU        {:>9.1} µs per Sign: user {user:.1}, kernel {sys:.1} (whole process)",
+                user + sys
+            );
+        }
     }
     if let Some(e) = grpc.first_error {
         eprintln!(
@@ -323,6 +355,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// User and kernel CPU time of this process so far (every thread).
+fn process_cpu() -> anyhow::Result<(std::time::Duration, std::time::Duration)> {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let usage = getrusage(UsageWho::RUSAGE_SELF).context("getrusage")?;
+    let time = |t: nix::sys::time::TimeVal| {
+        std::time::Duration::new(
+            u64::try_from(t.tv_sec()).unwrap_or(0),
+            u32::try_from(t.tv_usec()).unwrap_or(0) * 1000,
+        )
+    };
+    Ok((time(usage.user_time()), time(usage.system_time())))
 }
 
 /// A private directory for the bench's Unix socket.
@@ -358,6 +403,9 @@ struct GrpcResult {
     latencies_us: Vec<u32>,
     errors: u64,
     first_error: Option<String>,
+    /// Successful Signs over the whole phase, warm-up included (the
+    /// window the CPU time is measured over).
+    completed: u64,
 }
 
 impl GrpcResult {
@@ -385,6 +433,7 @@ async fn grpc_phase(
     let measuring = Arc::new(AtomicBool::new(args.requests.is_some()));
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
+    let completed = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(args.concurrency);
     for i in 0..args.concurrency {
         let mut client = SignerClient::new(channels[i % channels.len()].clone());
@@ -395,6 +444,7 @@ async fn grpc_phase(
             header_json: Vec::new(),
         };
         let (measuring, stop, errors) = (measuring.clone(), stop.clone(), errors.clone());
+        let completed = completed.clone();
         let budget = budget.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(4096);
@@ -407,6 +457,9 @@ async fn grpc_phase(
                 let start = Instant::now();
                 let result = client.sign(request.clone()).await;
                 let took = start.elapsed();
+                if result.is_ok() {
+                    completed.fetch_add(1, Ordering::Relaxed);
+                }
                 if !measuring.load(Ordering::Relaxed) {
                     continue;
                 }
@@ -449,6 +502,7 @@ async fn grpc_phase(
         latencies_us,
         errors: errors.load(Ordering::Relaxed),
         first_error,
+        completed: completed.load(Ordering::Relaxed),
     })
 }
 
