@@ -6,7 +6,6 @@ use crate::common::{self, certs, process::Proc};
 
 use std::{
     net::SocketAddr,
-    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -15,7 +14,7 @@ use axum::{Router, routing::get};
 use signet::{
     clock::SystemClock,
     crypto::{Algorithm, KeySpec},
-    http::{HttpLimits, HttpTlsFiles, HttpsAcceptor},
+    http::{HttpLimits, HttpsAcceptor},
     keyring::KeyManager,
     pb,
     seal::EphemeralKek,
@@ -605,23 +604,6 @@ async fn signet_dev_under_slow_loris_serves_jwks_and_stops_on_sigterm() {
     }
 }
 
-/// Writes a leaf for 127.0.0.1 signed by `ca` to `dir/cert.pem` and
-/// `dir/key.pem`.
-fn write_leaf(ca: &certs::Ca, dir: &Path) -> HttpTlsFiles {
-    let (cert, key) = certs::leaf(
-        ca,
-        "127.0.0.1",
-        vec![rcgen::SanType::IpAddress([127, 0, 0, 1].into())],
-    );
-    let files = HttpTlsFiles {
-        cert: dir.join("cert.pem"),
-        key: dir.join("key.pem"),
-    };
-    std::fs::write(&files.cert, cert).unwrap();
-    std::fs::write(&files.key, key).unwrap();
-    files
-}
-
 async fn fetches_with(url: &str, ca: &certs::Ca) -> bool {
     Verifier::new(url)
         .unwrap()
@@ -638,7 +620,7 @@ async fn fetches_with(url: &str, ca: &certs::Ca) -> bool {
 async fn https_certificate_reloads_and_a_broken_file_keeps_the_old() {
     let dir = tempfile::tempdir().unwrap();
     let (old_ca, new_ca) = (certs::ca("old CA"), certs::ca("new CA"));
-    let files = write_leaf(&old_ca, dir.path());
+    let files = certs::https_files(&old_ca, dir.path());
     let acceptor = Arc::new(HttpsAcceptor::load(files.clone()).unwrap());
     let keys = keys_with_default_ring().await;
     let server = serve_https(signet::http::router(keys), acceptor.clone()).await;
@@ -656,7 +638,7 @@ async fn https_certificate_reloads_and_a_broken_file_keeps_the_old() {
         "a broken file keeps the old certificate"
     );
 
-    write_leaf(&new_ca, dir.path());
+    certs::https_files(&new_ca, dir.path());
     acceptor.reload().unwrap();
     assert!(fetches_with(&url, &new_ca).await);
     assert!(!fetches_with(&url, &old_ca).await);
@@ -675,7 +657,7 @@ async fn signet_server_http_tls_reloads_on_sighup() {
         &[("r", "EdDSA")],
     );
     let (old_ca, new_ca) = (certs::ca("old CA"), certs::ca("new CA"));
-    let files = write_leaf(&old_ca, dir.path());
+    let files = certs::https_files(&old_ca, dir.path());
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!(
         "\n[http_tls]\ncert = {:?}\nkey = {:?}\n",
@@ -687,7 +669,7 @@ async fn signet_server_http_tls_reloads_on_sighup() {
     let url = format!("https://{}/v1/rings/r/jwks.json", server.http_addr());
     assert!(fetches_with(&url, &old_ca).await);
 
-    write_leaf(&new_ca, dir.path());
+    certs::https_files(&new_ca, dir.path());
     let pid = server.child.id().to_string();
     let hup = || {
         std::process::Command::new("kill")

@@ -4,10 +4,9 @@
 //! installed by scripts/oidc-client-setup) follows from the issuer URL
 //! alone to verify a Signet token.
 
-use std::{path::PathBuf, process::Command, sync::Arc};
+use std::{path::PathBuf, process::Command};
 
 use signet::pb::{self, signer_client::SignerClient};
-use tokio::net::TcpListener;
 use tonic::{Code, transport::Channel};
 
 use crate::common::{self, TestServer, certs, http_get, part};
@@ -87,29 +86,10 @@ async fn an_independent_oidc_client_discovers_and_verifies() {
         .unwrap();
     let server = TestServer::start(&[]).await;
     let ca = certs::ca("oidc CA");
-    let (cert, key) = certs::leaf(
-        &ca,
-        "127.0.0.1",
-        vec![rcgen::SanType::IpAddress([127, 0, 0, 1].into())],
-    );
     let dir = tempfile::tempdir().unwrap();
-    let files = signet::http::HttpTlsFiles {
-        cert: dir.path().join("cert.pem"),
-        key: dir.path().join("key.pem"),
-    };
-    std::fs::write(&files.cert, cert).unwrap();
-    std::fs::write(&files.key, key).unwrap();
     let ca_path = dir.path().join("ca.pem");
     std::fs::write(&ca_path, &ca.pem).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(signet::http::serve_with(
-        listener,
-        signet::http::router(server.keys.clone()),
-        signet::http::HttpLimits::default(),
-        Some(Arc::new(signet::http::HttpsAcceptor::load(files).unwrap())),
-        std::future::pending(),
-    ));
+    let addr = certs::serve_https(server.keys.clone(), &ca, dir.path()).await;
 
     let origin = format!("https://{addr}");
     let payments = format!("https://{addr}/v1/rings/payments");

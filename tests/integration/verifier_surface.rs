@@ -595,28 +595,8 @@ async fn verifier_library_over_https() {
     use crate::common::certs;
     let server = common::TestServer::start(&[("default", Algorithm::Es256)]).await;
     let ca = certs::ca("jwks CA");
-    // An IP SAN, so the test needs no name resolution.
-    let (cert, key) = certs::leaf(
-        &ca,
-        "127.0.0.1",
-        vec![rcgen::SanType::IpAddress([127, 0, 0, 1].into())],
-    );
     let dir = tempfile::tempdir().unwrap();
-    let files = signet::http::HttpTlsFiles {
-        cert: dir.path().join("cert.pem"),
-        key: dir.path().join("key.pem"),
-    };
-    std::fs::write(&files.cert, cert).unwrap();
-    std::fs::write(&files.key, key).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(signet::http::serve_with(
-        listener,
-        signet::http::router(server.keys.clone()),
-        signet::http::HttpLimits::default(),
-        Some(Arc::new(signet::http::HttpsAcceptor::load(files).unwrap())),
-        std::future::pending(),
-    ));
+    let addr = certs::serve_https(server.keys.clone(), &ca, dir.path()).await;
     let url = format!("https://{addr}/.well-known/jwks.json");
     let token = server
         .keys

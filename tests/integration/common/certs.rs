@@ -62,3 +62,40 @@ pub fn crl(ca: &Ca, serials: &[u64]) -> String {
     };
     params.signed_by(&ca.issuer).unwrap().pem().unwrap()
 }
+
+/// Writes a leaf for 127.0.0.1 (an IP SAN: no name resolution) signed by
+/// `ca` to `dir/cert.pem` and `dir/key.pem`, as `[http_tls]` names them.
+pub fn https_files(ca: &Ca, dir: &std::path::Path) -> signet::http::HttpTlsFiles {
+    let (cert, key) = leaf(
+        ca,
+        "127.0.0.1",
+        vec![SanType::IpAddress([127, 0, 0, 1].into())],
+    );
+    let files = signet::http::HttpTlsFiles {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    std::fs::write(&files.cert, cert).unwrap();
+    std::fs::write(&files.key, key).unwrap();
+    files
+}
+
+/// The public HTTP surface of `keys` over HTTPS on a port of its own, under
+/// a leaf of `ca` written to `dir`; returns its address.
+pub async fn serve_https(
+    keys: signet::keyring::KeyManager,
+    ca: &Ca,
+    dir: &std::path::Path,
+) -> std::net::SocketAddr {
+    let acceptor = signet::http::HttpsAcceptor::load(https_files(ca, dir)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(signet::http::serve_with(
+        listener,
+        signet::http::router(keys),
+        signet::http::HttpLimits::default(),
+        Some(std::sync::Arc::new(acceptor)),
+        std::future::pending(),
+    ));
+    addr
+}
