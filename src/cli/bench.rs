@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// Options of `signet bench`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Server to drive. Omit and pass --in-process to start one here.
     #[arg(long, env = "SIGNET_ADDR", conflicts_with = "in_process")]
@@ -83,7 +83,15 @@ pub struct BenchArgs {
     /// on their way (group commit); `0s` turns the wait off.
     #[arg(long, default_value = "1ms", value_parser = parse_duration, requires = "audit")]
     audit_commit_wait: Duration,
-    /// Print the results as one JSON object.
+    /// With --in-process: the audit log's cost in one run. ROUNDS rounds,
+    /// each an unaudited server then an audited one (fresh servers, same
+    /// options otherwise, no raw phase), so both see the same machine;
+    /// prints each round's ratio and the median of each side.
+    #[arg(long, value_name = "ROUNDS", requires = "in_process", conflicts_with_all = ["audit", "requests"],
+          value_parser = clap::value_parser!(u32).range(1..=20))]
+    compare_audit: Option<u32>,
+    /// Print the results as one JSON object (with --compare-audit: one per
+    /// run, then the summary).
     #[arg(long)]
     json: bool,
 }
@@ -161,6 +169,97 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.concurrency == 0 || args.connections == 0 {
         bail!("--concurrency and --connections must be at least 1");
     }
+    match args.compare_audit {
+        Some(rounds) => compare_audit(&args, rounds).await,
+        None => measure(&args, true).await.map(drop),
+    }
+}
+
+/// One round's Sign rates without and with the audit log.
+#[derive(Debug, serde::Serialize)]
+struct AuditRound {
+    unaudited_per_sec: f64,
+    audited_per_sec: f64,
+    ratio: f64,
+}
+
+/// What `--compare-audit` prints last.
+#[derive(Debug, serde::Serialize)]
+struct AuditComparison {
+    alg: String,
+    authz: BenchAuthz,
+    concurrency: usize,
+    rounds: Vec<AuditRound>,
+    median_unaudited_per_sec: f64,
+    median_audited_per_sec: f64,
+    /// median audited / median unaudited.
+    ratio_of_medians: f64,
+}
+
+async fn compare_audit(args: &BenchArgs, rounds: u32) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    let mut alg = String::new();
+    for _ in 0..rounds {
+        let mut run = args.clone();
+        run.audit = false;
+        let unaudited = measure(&run, false).await?;
+        run.audit = true;
+        let audited = measure(&run, false).await?;
+        alg.clone_from(&audited.alg);
+        results.push(AuditRound {
+            unaudited_per_sec: unaudited.grpc_per_sec,
+            audited_per_sec: audited.grpc_per_sec,
+            ratio: audited.grpc_per_sec / unaudited.grpc_per_sec.max(f64::MIN_POSITIVE),
+        });
+    }
+    let median = |f: fn(&AuditRound) -> f64| {
+        let mut v: Vec<f64> = results.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (unaudited, audited) = (
+        median(|r| r.unaudited_per_sec),
+        median(|r| r.audited_per_sec),
+    );
+    let summary = AuditComparison {
+        alg,
+        authz: args.authz,
+        concurrency: args.concurrency,
+        median_unaudited_per_sec: unaudited,
+        median_audited_per_sec: audited,
+        ratio_of_medians: audited / unaudited.max(f64::MIN_POSITIVE),
+        rounds: results,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+        return Ok(());
+    }
+    println!(
+        "signet bench --compare-audit: {} rounds, {}, concurrency {}",
+        rounds, summary.alg, summary.concurrency
+    );
+    for (i, r) in summary.rounds.iter().enumerate() {
+        println!(
+            "  round {}   unaudited {:>9.0} /s   audited {:>9.0} /s   {:>5.1} %",
+            i + 1,
+            r.unaudited_per_sec,
+            r.audited_per_sec,
+            r.ratio * 100.0
+        );
+    }
+    println!(
+        "  median     unaudited {:>9.0} /s   audited {:>9.0} /s   {:>5.1} % (audited / unaudited)",
+        summary.median_unaudited_per_sec,
+        summary.median_audited_per_sec,
+        summary.ratio_of_medians * 100.0
+    );
+    Ok(())
+}
+
+/// One measurement: a server (in-process or `--addr`), the gRPC phase,
+/// then (with `raw`, and without `--requests`) the raw signing phase;
+/// prints the report and returns it.
+async fn measure(args: &BenchArgs, raw: bool) -> anyhow::Result<BenchReport> {
     let claims = args.claims.clone().into_bytes();
     let mut audit_log: Option<crate::audit::AuditLog> = None;
     let (addr, server) = if args.in_process {
@@ -240,7 +339,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let spec = spec_of(&jwks.jwks_json)?;
 
     let cpu_before = process_cpu()?;
-    let grpc = grpc_phase(&args, &channels, &claims).await?;
+    let grpc = grpc_phase(args, &channels, &claims).await?;
     let cpu_us_per_sign = server.is_some().then(|| -> anyhow::Result<(f64, f64)> {
         let after = process_cpu()?;
         let signs = grpc.completed.max(1) as f64;
@@ -274,7 +373,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(dir);
     }
     let raw_threads = thread::available_parallelism().map_or(2, |n| n.get());
-    let raw_per_sec = if args.requests.is_some() {
+    let raw_per_sec = if args.requests.is_some() || !raw {
         0.0
     } else {
         raw_phase(spec, raw_threads, args.duration, &claims).await?
@@ -327,11 +426,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "  gRPC Sign  {:>9.0} /s   p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms   errors {}",
             report.grpc_per_sec, report.p50_ms, report.p99_ms, report.max_ms, report.errors
         );
-        println!(
-            "  raw sign   {:>9.0} /s   ({} threads, KeyManager::sign without gRPC)",
-            report.raw_per_sec, report.raw_threads
-        );
-        println!("  ratio      {:>9.1} % of raw", report.ratio * 100.0);
+        if report.raw_per_sec > 0.0 {
+            println!(
+                "  raw sign   {:>9.0} /s   ({} threads, KeyManager::sign without gRPC)",
+                report.raw_per_sec, report.raw_threads
+            );
+            println!("  ratio      {:>9.1} % of raw", report.ratio * 100.0);
+        }
         if let Some(bytes) = report.audit_bytes_per_sign {
             println!("  audit      {bytes:>9.0} bytes per Sign (checkpoints included)");
         }
@@ -354,7 +455,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             grpc.errors
         );
     }
-    Ok(())
+    Ok(report)
 }
 
 /// User and kernel CPU time of this process so far (every thread).

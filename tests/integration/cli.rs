@@ -347,6 +347,90 @@ fn bench_through_a_policy_and_a_claim_rule() {
     );
 }
 
+/// `--compare-audit` measures an unaudited and an audited server per round
+/// in one run and reports what each did, with the CPU and the audit's write
+/// rounds of the audited ones; it refuses to be mixed with `--audit`.
+#[test]
+fn bench_compares_audited_and_unaudited_in_one_run() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "--in-process",
+            "--alg",
+            "EdDSA",
+            "--authz",
+            "grant",
+        ])
+        .args([
+            "--duration",
+            "500ms",
+            "--concurrency",
+            "4",
+            "--compare-audit",
+            "2",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Two rounds of (unaudited, audited), then the summary.
+    assert_eq!(lines.len(), 5, "{text}");
+    let runs = &lines[..4];
+    for (i, r) in runs.iter().enumerate() {
+        assert_eq!(r["audited"].as_bool(), Some(i % 2 == 1), "{r}");
+        assert_eq!(r["errors"], 0, "{r}");
+        assert_eq!(r["raw_per_sec"], 0.0, "no raw phase: {r}");
+        let cpu = r["cpu_us_per_sign"].as_array().unwrap();
+        assert!(cpu.iter().all(|c| c.as_f64().unwrap() >= 0.0), "{r}");
+        assert!(cpu[0].as_f64().unwrap() > 0.0, "user CPU per Sign: {r}");
+        if i % 2 == 1 {
+            assert!(r["audit_appends_per_round"].as_f64().unwrap() >= 1.0, "{r}");
+            assert!(r["audit_round_ms"].as_f64().unwrap() > 0.0, "{r}");
+        } else {
+            assert!(r["audit_round_ms"].is_null(), "{r}");
+        }
+    }
+    let summary = &lines[4];
+    let rounds = summary["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2, "{summary}");
+    for (round, pair) in rounds.iter().zip(runs.chunks(2)) {
+        let (u, a) = (
+            pair[0]["grpc_per_sec"].as_f64().unwrap(),
+            pair[1]["grpc_per_sec"].as_f64().unwrap(),
+        );
+        assert_eq!(round["unaudited_per_sec"].as_f64(), Some(u), "{summary}");
+        assert_eq!(round["audited_per_sec"].as_f64(), Some(a), "{summary}");
+        assert!(
+            (round["ratio"].as_f64().unwrap() - a / u).abs() < 1e-9,
+            "{summary}"
+        );
+    }
+    let ratio = summary["ratio_of_medians"].as_f64().unwrap();
+    let medians = summary["median_audited_per_sec"].as_f64().unwrap()
+        / summary["median_unaudited_per_sec"].as_f64().unwrap();
+    assert!((ratio - medians).abs() < 1e-9, "{summary}");
+
+    let out = Command::new(BIN)
+        .args(["bench", "--in-process", "--audit", "--compare-audit", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--compare-audit") && stderr.contains("--audit"),
+        "{stderr}"
+    );
+}
+
 /// `signet timeline --simulate` is pinned by a snapshot: under the default
 /// policy (publish_lead 6d, grace 7d) it shows the practice's example, a key
 /// published six days before it signs and its predecessor removed seven
