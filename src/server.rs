@@ -648,7 +648,8 @@ impl Prepared {
 }
 
 /// Waits for a listener's server task to finish draining until `deadline`,
-/// then aborts it, which closes the connections still open.
+/// then aborts it and stops waiting. Connections still open (tasks of their
+/// own) are dropped when the runtime shuts down as `serve` returns.
 async fn drain<E>(
     what: &str,
     mut task: tokio::task::JoinHandle<Result<(), E>>,
