@@ -761,25 +761,24 @@ fn replay(
     let keys = &ring.record.keys;
     let Some((made, was_immediate)) = keys.iter().find_map(|k| {
         let ids = StoredIds::parse(k.request_id.as_deref());
-        if ids.promoted == Some(Some(id.as_str())) {
+        match ids.role_of(id)? {
             // The immediate rotation that promoted this successor.
-            Some((k, true))
-        } else if ids.created == Some(id.as_str()) {
+            Role::Promoted => Some((k, true)),
             // Only a waiting successor is ever promoted, so a promoted key
             // was made by a scheduled rotation. Otherwise (and for keys
             // stored before promotions kept both ids) the timeline tells: an
             // immediate rotation's key signs as soon as it is published, or
             // (a promoted successor) sooner than publish_lead after it.
-            let timeline = &k.timeline;
-            let immediate = ids.promoted.is_none()
-                && (timeline.activate_at <= timeline.publish_at
-                    || timeline.activate_at
-                        < timeline
-                            .publish_at
-                            .saturating_add(ring.record.policy.publish_lead));
-            Some((k, immediate))
-        } else {
-            None
+            Role::Created => {
+                let timeline = &k.timeline;
+                let immediate = ids.promoted.is_none()
+                    && (timeline.activate_at <= timeline.publish_at
+                        || timeline.activate_at
+                            < timeline
+                                .publish_at
+                                .saturating_add(ring.record.policy.publish_lead));
+                Some((k, immediate))
+            }
         }
     }) else {
         return Ok(None);
@@ -842,6 +841,17 @@ impl<'a> StoredIds<'a> {
         }
     }
 
+    /// Which of the two calls `id` was, if either.
+    fn role_of(&self, id: &RequestId) -> Option<Role> {
+        if self.promoted == Some(Some(id.as_str())) {
+            Some(Role::Promoted)
+        } else if self.created == Some(id.as_str()) {
+            Some(Role::Created)
+        } else {
+            None
+        }
+    }
+
     /// The stored form after a promotion by the call with `id`.
     fn promoted_by(self, id: Option<&RequestId>) -> String {
         format!(
@@ -852,10 +862,18 @@ impl<'a> StoredIds<'a> {
     }
 }
 
+/// What a Rotate did to the key whose [`StoredIds`] name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Created,
+    Promoted,
+}
+
 /// Whether `key` was created or promoted by the Rotate with `id`.
 fn carries(key: &KeyRecord, id: &RequestId) -> bool {
-    let ids = StoredIds::parse(key.request_id.as_deref());
-    ids.created == Some(id.as_str()) || ids.promoted == Some(Some(id.as_str()))
+    StoredIds::parse(key.request_id.as_deref())
+        .role_of(id)
+        .is_some()
 }
 
 /// A successor on the normal timeline: published now, signing
