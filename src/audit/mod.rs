@@ -39,6 +39,10 @@ mod key;
 mod log;
 mod record;
 mod sink;
+/// Fsync hooks for unit tests elsewhere in the crate (a sink that fails
+/// on demand).
+#[cfg(test)]
+pub(crate) use sink::test_hooks;
 mod verify;
 mod writer;
 

@@ -378,7 +378,7 @@ fn sync_data(file: &File, spec: &SinkSpec) -> io::Result<()> {
 
 /// Hooks run after a file sink's fsync, per path (unit tests only).
 #[cfg(test)]
-pub(super) mod test_hooks {
+pub(crate) mod test_hooks {
     use std::{
         collections::HashMap,
         io,

@@ -158,6 +158,10 @@ pub async fn run(
         holds: Vec::new(),
     };
     let mut announced: std::collections::HashSet<(RingName, Kid)> = Default::default();
+    // Notices (a clock jump, a held destruction) the audit log could not
+    // take yet: each is seen once, so it is kept and written at a later
+    // tick rather than lost with a sink that was briefly down.
+    let mut unwritten: Vec<crate::audit::AuditRecord> = Vec::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -176,24 +180,21 @@ pub async fn run(
             let what = format!("the service clock jumped {way} by {by} between scheduler ticks");
             tracing::warn!(jump = %what, now = %keys.now(), "clock jump");
             counter!("signet_clock_jumps_total").increment(1);
-            if let Some(log) = &audit {
-                let mut rec = crate::audit::AuditRecord::new(
-                    "scheduler/clock",
-                    crate::audit::Outcome::Ok,
-                    "OK",
-                );
-                rec.reason = Some(what);
-                if log.append(rec).await.is_err() {
-                    counter!("signet_audit_failures_total").increment(1);
-                }
-            }
+            let mut rec =
+                crate::audit::AuditRecord::new("scheduler/clock", crate::audit::Outcome::Ok, "OK");
+            rec.reason = Some(what);
+            unwritten.push(rec);
         }
         // Take in what other replicas wrote, so this tick plans from the
         // store's state (a lost CAS last time is resolved here).
         if let Err(e) = keys.refresh().await {
             tracing::warn!(error = %e, "could not refresh from the store");
         }
-        hold_back(&keys, &watch, &mut announced, audit.as_ref()).await;
+        hold_back(&keys, &watch, &mut announced, &mut unwritten).await;
+        match &audit {
+            Some(log) => write_notices(log, &mut unwritten).await,
+            None => unwritten.clear(),
+        }
         let report = keys.tick_holding(audit.as_ref(), &|k| watch.holds(k)).await;
         counter!("signet_scheduler_runs_total").increment(1);
         if let Some(log) = &audit {
@@ -216,7 +217,7 @@ async fn hold_back(
     keys: &KeyManager,
     watch: &JumpWatch,
     announced: &mut std::collections::HashSet<(RingName, Kid)>,
-    audit: Option<&crate::audit::AuditLog>,
+    notices: &mut Vec<crate::audit::AuditRecord>,
 ) {
     let now = keys.now();
     let mut held = std::collections::HashSet::new();
@@ -234,22 +235,32 @@ async fn hold_back(
                        published and its material kept until its grace has really passed";
             tracing::warn!(ring = %ring.name(), kid = %k.kid, "destruction held back: {why}");
             counter!("signet_destroy_held_total").increment(1);
-            if let Some(log) = audit {
-                let mut rec = crate::audit::AuditRecord::new(
-                    "scheduler/hold",
-                    crate::audit::Outcome::Ok,
-                    "OK",
-                );
-                (rec.ring, rec.kid) = (ring.name().to_string(), k.kid.to_string());
-                rec.reason = Some(why.to_owned());
-                if log.append(rec).await.is_err() {
-                    counter!("signet_audit_failures_total").increment(1);
-                }
-            }
+            let mut rec =
+                crate::audit::AuditRecord::new("scheduler/hold", crate::audit::Outcome::Ok, "OK");
+            (rec.ring, rec.kid) = (ring.name().to_string(), k.kid.to_string());
+            rec.reason = Some(why.to_owned());
+            notices.push(rec);
         }
     }
     // Verifiers keep the held keys too, until the hold ends.
     keys.hold_published(&held).await;
+}
+
+/// Writes the notices in order; the first that cannot be written stays,
+/// with every one after it, for the next tick (the audit is down: logged
+/// and counted, and `signet_audit_up` falls).
+async fn write_notices(log: &crate::audit::AuditLog, notices: &mut Vec<crate::audit::AuditRecord>) {
+    let mut written = 0;
+    for rec in notices.iter() {
+        if let Err(e) = log.append(rec.clone()).await {
+            counter!("signet_audit_failures_total").increment(1);
+            metrics::gauge!("signet_audit_up").set(0.0);
+            tracing::warn!(error = %e, rpc = %rec.rpc, "scheduler notice not audited yet; trying again next tick");
+            break;
+        }
+        written += 1;
+    }
+    notices.drain(..written);
 }
 
 /// One audit record per scheduler action (successor generated, material
@@ -291,4 +302,128 @@ async fn record(log: &crate::audit::AuditLog, report: &super::TickReport) {
         up = false;
     }
     metrics::gauge!("signet_audit_up").set(if up { 1.0 } else { 0.0 });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    };
+
+    use super::*;
+    use crate::{
+        audit::{AuditConfig, AuditLog, SinkConfig, test_hooks},
+        clock::ManualClock,
+        crypto::{Algorithm, KeySpec},
+    };
+
+    fn lines_with(path: &std::path::Path, rpc: &str, needle: &str) -> usize {
+        std::fs::read_to_string(path).map_or(0, |t| {
+            t.lines()
+                .filter(|l| l.contains(rpc) && l.contains(needle))
+                .count()
+        })
+    }
+
+    async fn until(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !check() {
+            assert!(std::time::Instant::now() < deadline, "{what} within 20s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A clock jump and the hold it causes are seen once; with the audit
+    /// sink failing at that moment, their records are written once it is
+    /// back, not lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn notices_the_audit_cannot_take_are_written_once_it_is_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(UnixTime::from_secs(1_700_000_000)));
+        let keys = KeyManager::ephemeral(clock.clone()).await.unwrap();
+        let spec = KeySpec::new(Algorithm::EdDsa, 0).unwrap();
+        // Ring `g`'s successor is due at the first pass: its record shows
+        // the scheduler has taken its first reading of the clock.
+        keys.create_ring("g", spec).await.unwrap();
+        clock.advance(Duration::from_secs(85 * 86_400));
+        let ring = keys.create_ring("r", spec).await.unwrap();
+        let old = ring.keys[0].kid.to_string();
+        let mut policy = ring.policy;
+        policy.max_token_ttl = Duration::from_secs(1);
+        policy.default_token_ttl = Duration::from_secs(1);
+        policy.jwks_max_age = Duration::ZERO;
+        policy.clock_skew = Duration::ZERO;
+        policy.grace = Duration::from_secs(60);
+        keys.update_policy("r", policy).await.unwrap();
+        keys.rotate("r", true, "retire the first key", None)
+            .await
+            .unwrap();
+
+        let path = dir.path().join("audit.log");
+        // While `down`, every fsync fails and what it was to make durable is
+        // cut off again, as a lost write would leave the file.
+        let (down, failed) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let (d, f, p) = (down.clone(), failed.clone(), path.clone());
+        let synced = std::sync::Mutex::new(0u64);
+        test_hooks::on_sync(&path, move || {
+            let mut synced = synced.lock().unwrap();
+            if d.load(Ordering::SeqCst) {
+                f.fetch_add(1, Ordering::SeqCst);
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)?
+                    .set_len(*synced)?;
+                return Err(std::io::Error::other("the disk is gone"));
+            }
+            *synced = std::fs::metadata(&p)?.len();
+            Ok(())
+        });
+        let mut config = AuditConfig::new(vec![SinkConfig::file(&path)]);
+        config.timeout = Duration::from_secs(30);
+        config.retry_interval = Duration::from_millis(20);
+        let log = AuditLog::open(config).await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let scheduler = tokio::spawn(run(
+            keys.clone(),
+            Duration::from_millis(50),
+            Some(log),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        until("the first pass", || {
+            lines_with(&path, "scheduler/generate", "\"ok\"") > 0
+        })
+        .await;
+
+        // The sink fails; the clock jumps and the removal of `old` falls
+        // due by it (held: its grace has not really passed).
+        down.store(true, Ordering::SeqCst);
+        clock.advance(Duration::from_secs(30 * 86_400));
+        // Passes try to write the notices and fail (two attempts: each
+        // pass stops at the first failure).
+        until("two failed writes", || failed.load(Ordering::SeqCst) >= 2).await;
+        assert_eq!(lines_with(&path, "scheduler/clock", "jumped"), 0);
+        down.store(false, Ordering::SeqCst);
+
+        until("the jump audited", || {
+            lines_with(&path, "scheduler/clock", "jumped forwards by 30days") == 1
+        })
+        .await;
+        until("the hold audited", || {
+            lines_with(&path, "scheduler/hold", &old) == 1
+        })
+        .await;
+        let _ = stop.send(());
+        scheduler.await.unwrap();
+        // Written once each, however many passes retried them.
+        assert_eq!(lines_with(&path, "scheduler/clock", "jumped"), 1);
+        assert_eq!(lines_with(&path, "scheduler/hold", &old), 1);
+        let report = crate::audit::verify_file(&path).unwrap();
+        assert!(report.is_valid(), "{report:?}");
+    }
 }
