@@ -150,9 +150,6 @@ struct Sequencer {
     stats: Arc<RoundStats>,
     /// The longest a round waits for announced appends.
     commit_wait: Duration,
-    /// How long the last round with appends took to write (its fsync
-    /// included): a round waits at most half of it.
-    last_write: Duration,
 }
 
 /// Starts the sink threads and the sequencer. The receiver answers once the
@@ -205,7 +202,6 @@ pub(super) fn start(
         fanout,
         stats,
         commit_wait: config.commit_wait,
-        last_write: Duration::ZERO,
     };
     thread::Builder::new()
         .name("signet-audit".into())
@@ -281,7 +277,7 @@ impl Sequencer {
                     reply,
                 } => {
                     let mut batch = vec![(rec, deadline, reply)];
-                    let wait_until = Instant::now() + self.commit_wait.min(self.last_write / 2);
+                    let wait_until = Instant::now() + self.commit_wait;
                     while batch.len() < MAX_BATCH {
                         match rx.try_recv() {
                             Ok(Msg::Append {
@@ -293,10 +289,11 @@ impl Sequencer {
                                 pending = Some(other);
                                 break;
                             }
-                            // More appends are on their way and the last
-                            // round's write was slow: let them share this
-                            // one (not for less than a poll: a fast write is
-                            // better done now).
+                            // More appends are on their way: let them share
+                            // this round (its fsync and every hand-off
+                            // between threads), within the bound. Under a
+                            // closed load this ends by itself once every
+                            // request in flight has queued its record.
                             Err(_)
                                 if self.announced()
                                     && Instant::now() + COMMIT_POLL <= wait_until =>
@@ -427,8 +424,7 @@ impl Sequencer {
         let started = Instant::now();
         let wrote = self.wait(&jobs, deadline);
         if !replies.is_empty() {
-            self.last_write = started.elapsed();
-            let nanos = u64::try_from(self.last_write.as_nanos()).unwrap_or(u64::MAX);
+            let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
             self.stats
                 .write_nanos
                 .fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);

@@ -81,7 +81,7 @@ pub struct BenchArgs {
     audit_fsync: String,
     /// With --audit: the longest a write round waits for appends already
     /// on their way (group commit); `0s` turns the wait off.
-    #[arg(long, default_value = "1ms", value_parser = parse_duration, requires = "audit")]
+    #[arg(long, default_value = "2ms", value_parser = parse_duration, requires = "audit")]
     audit_commit_wait: Duration,
     /// With --in-process: the audit log's cost in one run. ROUNDS rounds,
     /// each an unaudited server then an audited one (fresh servers, same
