@@ -136,22 +136,11 @@ async fn a_failed_fsync_answers_unavailable() {
     }
 }
 
-/// An append that arrives while a round waits for it shares that round's
-/// fsync; without the wait it would start a round of its own (the first
-/// append's 400 ms fsync would have begun).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_round_waits_for_an_announced_append() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.log");
-    // A slow disk: every fsync takes 400 ms, so a round may wait 200 ms.
-    test_hooks::on_sync(&path, || {
-        std::thread::sleep(Duration::from_millis(400));
-        Ok(())
-    });
-    let log = open(&path, Duration::from_secs(1)).await;
-    log.append(rec(0)).await.unwrap();
+/// Appends `rec(1)` while another append is announced, then (once a round
+/// that did not wait would have been written) that other one: both must
+/// share one round. `log` has written one round, of `rec(0)`.
+async fn an_announced_append_shares_the_round(log: &AuditLog) {
     assert_eq!(log.rounds(), (1, 1));
-
     let second = log.announce();
     // The first append is queued (its first poll sends it) while the
     // second is announced, so the round that takes it waits.
@@ -160,7 +149,7 @@ async fn a_round_waits_for_an_announced_append() {
     // Time for the writer to take it alone (the only timing here: were the
     // writer slower, both would be drained together and the test would
     // pass without showing the wait; it cannot fail because of it).
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
     // As the guard does: the record is sent, then its announcement ends
     // (the other order leaves a moment where the writer sees nothing on
     // its way and writes alone).
@@ -173,6 +162,23 @@ async fn a_round_waits_for_an_announced_append() {
     assert_eq!(log.rounds(), (2, 3), "both appends in one round");
 }
 
+/// An append that arrives while a round waits for it shares that round's
+/// fsync; without the wait it would start a round of its own (the first
+/// append's 400 ms fsync would have begun).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_waits_for_an_announced_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    // A slow disk: every fsync takes 400 ms.
+    test_hooks::on_sync(&path, || {
+        std::thread::sleep(Duration::from_millis(400));
+        Ok(())
+    });
+    let log = open(&path, Duration::from_secs(1)).await;
+    log.append(rec(0)).await.unwrap();
+    an_announced_append_shares_the_round(&log).await;
+}
+
 /// A fast disk is no reason to write at once: a round costs its hand-offs
 /// between threads as well as its fsync, so it waits for an announced
 /// append whatever the last write took (it once waited at most half of
@@ -183,21 +189,7 @@ async fn a_round_waits_for_an_announced_append_on_a_fast_disk() {
     let path = dir.path().join("audit.log");
     let log = open(&path, Duration::from_secs(5)).await;
     log.append(rec(0)).await.unwrap();
-    assert_eq!(log.rounds(), (1, 1));
-
-    let second = log.announce();
-    let mut first = std::pin::pin!(log.append(rec(1)));
-    assert!(futures::poll!(first.as_mut()).is_pending());
-    // Long enough for a round that did not wait to have been written (as
-    // above, a slower writer only hides the wait; it cannot fail the test).
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let mut third = std::pin::pin!(log.append(rec(2)));
-    assert!(futures::poll!(third.as_mut()).is_pending());
-    drop(second);
-    let (first, third) = tokio::join!(first, third);
-    first.unwrap();
-    third.unwrap();
-    assert_eq!(log.rounds(), (2, 3), "both appends in one round");
+    an_announced_append_shares_the_round(&log).await;
 }
 
 /// A round does not wait for an announcement that never becomes an
