@@ -421,6 +421,16 @@ where
             if let Ok(v) = http::HeaderValue::from_str(&request_id) {
                 parts.headers.insert("x-request-id", v);
             }
+            if data.is_empty() && trailers.is_none() {
+                // A trailers-only answer (an error: its status is in the
+                // headers) stays one: a body known to be empty lets the
+                // HEADERS frame end the stream. Replayed as a stream, the
+                // end came in a frame after it; a client done at the
+                // headers reset the stream meanwhile, and a connection
+                // past h2's limit on such resets was torn down with
+                // ENHANCE_YOUR_CALM (every call on it failing).
+                return Ok(http::Response::from_parts(parts, Body::empty()));
+            }
             let mut frames: Vec<Result<Frame<Bytes>, Status>> = vec![Ok(Frame::data(data))];
             if let Some(t) = trailers {
                 frames.push(Ok(Frame::trailers(t)));
@@ -605,5 +615,89 @@ fn detail_response(path: &str, msg: &[u8], rec: &mut AuditRecord, _key: Option<&
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hyper::body::Body as _;
+    use prost::Message as _;
+
+    use super::*;
+    use crate::{
+        audit::{AuditConfig, SinkConfig},
+        clock::SystemClock,
+        crypto::{Algorithm, KeySpec},
+        keyring::KeyManager,
+        pb::signer_server::SignerServer,
+        rpc::SignerService,
+    };
+
+    /// A Sign call as a client sends it: one length-prefixed message.
+    fn sign_call(claims: &[u8]) -> http::Request<Body> {
+        let msg = pb::SignRequest {
+            key_ring: "r".into(),
+            claims_json: claims.to_vec(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&u32::try_from(msg.len()).unwrap().to_be_bytes());
+        frame.extend_from_slice(&msg);
+        let mut req = http::Request::post("http://local/signet.v1.Signer/Sign")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Body::new(http_body_util::Full::new(Bytes::from(frame))))
+            .unwrap();
+        req.extensions_mut().insert(PeerInfo {
+            identity: "local".into(),
+            names: vec!["local".into()],
+            addr: None,
+        });
+        req
+    }
+
+    /// An error the service answers with its status in the headers leaves
+    /// the guard the same way: a body known to be empty, so the HEADERS
+    /// frame ends the stream. Replayed as a stream (an empty DATA frame
+    /// after the headers), clients done at the headers reset it, and past
+    /// h2's limit on such resets the connection went down with
+    /// ENHANCE_YOUR_CALM, failing every call on it (`signet bench` with
+    /// denied claims saw RESOURCE_EXHAUSTED and CANCELLED among the
+    /// PERMISSION_DENIED).
+    #[tokio::test]
+    async fn an_error_answer_ends_with_its_headers_and_a_token_keeps_its_trailers() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeyManager::ephemeral(Arc::new(SystemClock)).await.unwrap();
+        keys.create_ring("r", KeySpec::new(Algorithm::EdDsa, 0).unwrap())
+            .await
+            .unwrap();
+        let log = AuditLog::open(AuditConfig::new(vec![SinkConfig::file(
+            dir.path().join("audit.log"),
+        )]))
+        .await
+        .unwrap();
+        let guard = Guard::new(Arc::new(AllowAll), Some(log), None);
+        let mut svc = guard.layer(SignerServer::new(SignerService::new(keys)));
+
+        let resp = svc.call(sign_call(b"not json")).await.unwrap();
+        let code = resp
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.as_bytes().to_vec());
+        assert_eq!(code.as_deref(), Some(&b"3"[..]), "{:?}", resp.headers());
+        assert!(resp.headers().contains_key("x-request-id"));
+        assert!(
+            resp.body().is_end_stream(),
+            "a trailers-only answer must end with its headers"
+        );
+
+        // A token still comes as its message and then the trailers.
+        let resp = svc.call(sign_call(br#"{"sub":"a"}"#)).await.unwrap();
+        assert!(resp.headers().get("grpc-status").is_none());
+        let body = resp.into_body().collect().await.unwrap();
+        let trailers = body.trailers().cloned().expect("trailers");
+        assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+        assert!(body.to_bytes().len() > 5, "the token's message");
     }
 }
