@@ -140,8 +140,11 @@ async fn sign(proc: &Proc) -> Result<pb::SignResponse, tonic::Status> {
         .map(tonic::Response::into_inner)
 }
 
-/// Retries `f` until it succeeds (space came back, a sink reopened).
+/// Retries `f` until it succeeds (space came back, a sink reopened). If it
+/// never does, the failure carries the end of `proc`'s log, which says why
+/// the store or the sink does not answer.
 async fn until_ok<T, F: std::future::Future<Output = Result<T, tonic::Status>>>(
+    proc: &Proc,
     what: &str,
     mut f: impl FnMut() -> F,
 ) -> T {
@@ -151,10 +154,15 @@ async fn until_ok<T, F: std::future::Future<Output = Result<T, tonic::Status>>>(
             Ok(v) => return v,
             Err(e) => {
                 eprintln!("{what}: {:?}: {}", e.code(), e.message());
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "{what}: still failing: {e:?}"
-                );
+                if std::time::Instant::now() >= deadline {
+                    let logs = proc.stderr.lock().unwrap().clone();
+                    let tail: Vec<&str> = logs.lines().rev().take(40).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    panic!(
+                        "{what}: still failing: {e:?}\nthe server's last log lines:\n{}",
+                        tail.join("\n")
+                    );
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -196,7 +204,7 @@ async fn store_disk_full_refuses_writes_keeps_signing_and_resumes() {
     // Once in about thirty runs the first write after space returned has
     // failed (its status was not kept); a retry within the bound is still
     // "resumes", and any failed attempt is printed.
-    let done = until_ok("Rotate once space returns", || rotate(&proc)).await;
+    let done = until_ok(&proc, "Rotate once space returns", || rotate(&proc)).await;
     let (keys, _) = state(&proc).await.unwrap();
     assert_eq!(keys.len(), before.0.len() + 1);
     assert_eq!(sign(&proc).await.unwrap().kid, done.new_key.unwrap().kid);
@@ -238,7 +246,7 @@ async fn audit_disk_full_refuses_every_call_changes_nothing_and_resumes() {
     );
 
     std::fs::remove_file(&filler).unwrap();
-    let after = until_ok("ListKeys once space returns", || state(&proc)).await;
+    let after = until_ok(&proc, "ListKeys once space returns", || state(&proc)).await;
     assert_eq!(
         after, before,
         "nothing changed while the audit log was full"
