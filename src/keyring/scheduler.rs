@@ -191,14 +191,17 @@ pub async fn run(
             tracing::warn!(error = %e, "could not refresh from the store");
         }
         hold_back(&keys, &watch, &mut announced, &mut unwritten).await;
-        match &audit {
+        let notices_written = match &audit {
             Some(log) => write_notices(log, &mut unwritten).await,
-            None => unwritten.clear(),
-        }
+            None => {
+                unwritten.clear();
+                true
+            }
+        };
         let report = keys.tick_holding(audit.as_ref(), &|k| watch.holds(k)).await;
         counter!("signet_scheduler_runs_total").increment(1);
         if let Some(log) = &audit {
-            record(log, &report).await;
+            record(log, &report, notices_written).await;
         }
         if !report.failed.is_empty() {
             counter!("signet_scheduler_failures_total").increment(1);
@@ -247,25 +250,29 @@ async fn hold_back(
 }
 
 /// Writes the notices in order; the first that cannot be written stays,
-/// with every one after it, for the next tick (the audit is down: logged
-/// and counted, and `signet_audit_up` falls).
-async fn write_notices(log: &crate::audit::AuditLog, notices: &mut Vec<crate::audit::AuditRecord>) {
+/// with every one after it, for the next tick (logged and counted).
+/// Returns whether all were written.
+async fn write_notices(
+    log: &crate::audit::AuditLog,
+    notices: &mut Vec<crate::audit::AuditRecord>,
+) -> bool {
     let mut written = 0;
     for rec in notices.iter() {
         if let Err(e) = log.append(rec.clone()).await {
             counter!("signet_audit_failures_total").increment(1);
-            metrics::gauge!("signet_audit_up").set(0.0);
             tracing::warn!(error = %e, rpc = %rec.rpc, "scheduler notice not audited yet; trying again next tick");
             break;
         }
         written += 1;
     }
     notices.drain(..written);
+    notices.is_empty()
 }
 
 /// One audit record per scheduler action (successor generated, material
-/// destroyed, ring failed).
-async fn record(log: &crate::audit::AuditLog, report: &super::TickReport) {
+/// destroyed, ring failed); sets `signet_audit_up`, which is also 0 while
+/// notices wait to be written (`notices_written` false).
+async fn record(log: &crate::audit::AuditLog, report: &super::TickReport, notices_written: bool) {
     use crate::audit::{AuditRecord, Outcome};
     let mut records = Vec::new();
     for (ring, kid) in &report.generated {
@@ -284,7 +291,7 @@ async fn record(log: &crate::audit::AuditLog, report: &super::TickReport) {
         r.reason = Some(why.clone());
         records.push(r);
     }
-    let mut up = true;
+    let mut up = notices_written;
     for r in records {
         if let Err(e) = log.append(r).await {
             counter!("signet_audit_failures_total").increment(1);
